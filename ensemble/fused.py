@@ -1,0 +1,314 @@
+"""The fused MLP: N independent networks held as stacked weights and run as one batched computation.
+
+Axes used throughout: `(N, B, F)` = members, batch, features.
+
+Member `n` of a `FusedMLP` is an ordinary MLP whose layer `l` has kernel `kernels[l][n]` `(in, out)` and bias
+`biases[l][n]` `(out,)`. Nothing mixes members: a forward pass is one batched matmul per layer,
+`(N, B, in) @ (N, in, out) -> (N, B, out)`, so N members cost a handful of ops whatever N is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import keras
+import numpy as np
+from keras import ops
+
+Task = Literal["binary", "multiclass", "regression"]
+TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
+HEAD_ACTIVATIONS: dict[str, str] = {"binary": "sigmoid", "multiclass": "softmax", "regression": "linear"}
+
+
+def derive_seed(member_seed: int, layer_index: int) -> int:
+    """A reproducible 31-bit seed for one (member, layer) pair."""
+    return int(np.random.SeedSequence([member_seed, layer_index]).generate_state(1)[0] >> 1)
+
+
+@keras.saving.register_keras_serializable(package="ensemble")
+class MemberwiseInitializer(keras.initializers.Initializer):
+    """Initialises a stacked kernel `(N, in, out)` slice by slice, each slice with its own fans and seed.
+
+    Keras initialisers treat a 3-D shape like a convolution kernel and get the fans wrong (the Glorot variance
+    comes out ~N times too small). Here slice `n` is exactly what `initializer` with `seed=seeds[n]` gives a
+    plain `Dense` kernel of shape `(in, out)`.
+
+    Args:
+        initializer: name or config of a seedable Keras initialiser, e.g. `"glorot_uniform"`.
+        seeds: one int seed per member; its length is N.
+    """
+
+    def __init__(self, initializer: str | dict = "glorot_uniform", seeds: Sequence[int] = (0,)):
+        if len(seeds) < 1:
+            raise ValueError(
+                f"Argument `seeds` must hold one seed per member (>= 1). Received: seeds={seeds}"
+            )
+        self.initializer = keras.initializers.serialize(keras.initializers.get(initializer))
+        self.seeds = [int(s) for s in seeds]
+
+    def member_initializer(self, n: int) -> keras.initializers.Initializer:
+        config = dict(self.initializer)
+        config["config"] = {**config.get("config", {}), "seed": self.seeds[n]}
+        return keras.initializers.deserialize(config)
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 3 or shape[0] != len(self.seeds):
+            raise ValueError(
+                f"MemberwiseInitializer expects a shape (N={len(self.seeds)}, in, out). Received: shape={shape}"
+            )
+        return ops.stack([self.member_initializer(n)(shape[1:], dtype=dtype) for n in range(shape[0])])
+
+    def get_config(self) -> dict:
+        return {"initializer": self.initializer, "seeds": self.seeds}
+
+
+@keras.saving.register_keras_serializable(package="ensemble")
+class FusedDense(keras.layers.Layer):
+    """N independent dense layers, each applied to its own batch: `y[n] = activation(x[n] @ W[n] + b[n])`.
+
+    Args:
+        units: output width of every member.
+        seeds: one seed per member; `len(seeds)` is the number of members N.
+        activation: any Keras activation name.
+        kernel_initializer: initialiser of one member's `(in, out)` kernel (applied per slice, see
+            `MemberwiseInitializer`).
+
+    Input shape: `(N, B, in)`. Output shape: `(N, B, units)`.
+    Weights: `kernel (N, in, units)`, `bias (N, units)`.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        seeds: Sequence[int],
+        activation: str | None = None,
+        kernel_initializer: str | dict = "glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(units) < 1:
+            raise ValueError(f"Argument `units` must be >= 1. Received: units={units}")
+        if len(seeds) < 1:
+            raise ValueError(
+                f"Argument `seeds` must hold one seed per member (>= 1). Received: seeds={seeds}"
+            )
+        self.units = int(units)
+        self.seeds = [int(s) for s in seeds]
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = kernel_initializer
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+
+    @property
+    def members(self) -> int:
+        return len(self.seeds)
+
+    def build(self, input_shape):
+        in_features = input_shape[-1]
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.members, in_features, self.units),
+            initializer=MemberwiseInitializer(self.kernel_initializer, self.seeds),
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.members, self.units), initializer="zeros")
+
+    def call(self, x):
+        y = ops.matmul(x, self.kernel)  # (N, B, units)
+        return self.activation(y + self.bias[:, None, :])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "seeds": self.seeds,
+            "activation": keras.activations.serialize(self.activation),
+            "kernel_initializer": self.kernel_initializer,
+        }
+
+
+@keras.saving.register_keras_serializable(package="ensemble")
+class FusedMLP(keras.Model):
+    """An ensemble of N MLPs of identical shape, differing only in their seeds, as one Keras model.
+
+    Args:
+        members: number of members N (>= 1).
+        input_dim: number of input features d.
+        hidden_units: width of each hidden layer, e.g. `(32, 32)`; `()` gives a linear model.
+        task: `"binary"` (1 logit), `"multiclass"` (`num_classes` logits) or `"regression"` (1 output).
+        num_classes: classes for `"multiclass"` (>= 2); ignored otherwise.
+        activation: hidden-layer activation.
+        seed: base seed; member n uses `seed + n` unless `member_seeds` is given.
+        member_seeds: explicit per-member seeds (length N).
+        kernel_initializer: initialiser of every member's kernels (fans computed per member).
+
+    Call: `x (N, B, d) -> raw outputs (N, B, out)` (logits for classification). Use `predict_members` for
+    probabilities.
+    """
+
+    def __init__(
+        self,
+        members: int,
+        input_dim: int,
+        hidden_units: Sequence[int] = (32, 32),
+        task: Task = "multiclass",
+        num_classes: int = 2,
+        activation: str = "relu",
+        seed: int = 0,
+        member_seeds: Sequence[int] | None = None,
+        kernel_initializer: str | dict = "glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(members) < 1:
+            raise ValueError(f"Argument `members` must be >= 1. Received: members={members}")
+        if int(input_dim) < 1:
+            raise ValueError(f"Argument `input_dim` must be >= 1. Received: input_dim={input_dim}")
+        if any(int(u) < 1 for u in hidden_units):
+            raise ValueError(
+                f"Every entry of `hidden_units` must be >= 1. Received: hidden_units={hidden_units}"
+            )
+        if task not in TASKS:
+            raise ValueError(f"Argument `task` must be one of {TASKS}. Received: task={task!r}")
+        if task == "multiclass" and int(num_classes) < 2:
+            raise ValueError(
+                f"Argument `num_classes` must be >= 2 for multiclass. Received: num_classes={num_classes}"
+            )
+        if member_seeds is not None and len(member_seeds) != int(members):
+            raise ValueError(
+                f"Argument `member_seeds` must have one seed per member ({members}). Received {len(member_seeds)}."
+            )
+        keras.activations.get(activation)  # fails early on an unknown name
+        self.members = int(members)
+        self.input_dim = int(input_dim)
+        self.hidden_units = [int(u) for u in hidden_units]
+        self.task = task
+        self.num_classes = int(num_classes) if task == "multiclass" else (2 if task == "binary" else 0)
+        self.activation = activation
+        self.seed = int(seed)
+        self.member_seeds = (
+            [int(s) for s in member_seeds]
+            if member_seeds is not None
+            else [self.seed + n for n in range(self.members)]
+        )
+        self.kernel_initializer = kernel_initializer
+
+        self.hidden_layers = [
+            FusedDense(
+                units,
+                seeds=[derive_seed(s, i) for s in self.member_seeds],
+                activation=activation,
+                kernel_initializer=kernel_initializer,
+                name=f"hidden_{i}",
+            )
+            for i, units in enumerate(self.hidden_units)
+        ]
+        self.head = FusedDense(
+            self.output_dim,
+            seeds=[derive_seed(s, len(self.hidden_units)) for s in self.member_seeds],
+            kernel_initializer=kernel_initializer,
+            name="head",
+        )
+        self.build((self.members, None, self.input_dim))
+
+    @property
+    def output_dim(self) -> int:
+        """Raw outputs per member: 1 for binary and regression, C for multiclass."""
+        return self.num_classes if self.task == "multiclass" else 1
+
+    @property
+    def dense_layers(self) -> list[FusedDense]:
+        """Hidden layers followed by the head."""
+        return [*self.hidden_layers, self.head]
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.dense_layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.built = True
+
+    def call(self, x):
+        for layer in self.hidden_layers:
+            x = layer(x)  # (N, B, H)
+        return self.head(x)  # (N, B, out)
+
+    def predict_members(self, x, batch_size: int = 4096) -> np.ndarray:
+        """Per-member predictions for one shared batch.
+
+        Args:
+            x: `(B, d)` features, given to every member (or `(N, B, d)`, one batch per member).
+            batch_size: rows per forward pass (memory bound only; results do not depend on it).
+
+        Returns:
+            Classification: probabilities `(N, B, C)` (binary: `C = 2`, columns `[1 - p, p]`).
+            Regression: predictions `(N, B)`.
+        """
+        x = np.asarray(x, dtype="float32")
+        if x.ndim == 2:
+            x = np.broadcast_to(x, (self.members, *x.shape))
+        if x.ndim != 3 or x.shape[0] != self.members or x.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"Expected features of shape (B, {self.input_dim}) or ({self.members}, B, {self.input_dim}). "
+                f"Received: shape={x.shape}"
+            )
+        chunks = [
+            ops.convert_to_numpy(self(x[:, i : i + batch_size]))
+            for i in range(0, max(x.shape[1], 1), batch_size)
+        ]
+        out = np.concatenate(chunks, axis=1) if chunks else np.zeros((self.members, 0, self.output_dim))
+        return outputs_to_predictions(out, self.task)
+
+    def member_model(self, n: int) -> keras.Sequential:
+        """Member `n` as a plain `keras.Sequential` of `Dense` layers with identical predictions.
+
+        The head carries the task's activation (sigmoid / softmax / linear), so `member_model(n).predict(x)`
+        gives probabilities (binary: `(B, 1)`, the positive class) or regression outputs.
+        """
+        if not 0 <= n < self.members:
+            raise ValueError(f"Argument `n` must be in [0, {self.members}). Received: n={n}")
+        layers: list = [keras.Input(shape=(self.input_dim,))]
+        for i, units in enumerate(self.hidden_units):
+            layers.append(keras.layers.Dense(units, activation=self.activation, name=f"hidden_{i}"))
+        layers.append(
+            keras.layers.Dense(self.output_dim, activation=HEAD_ACTIVATIONS[self.task], name="head")
+        )
+        model = keras.Sequential(layers, name=f"member_{n}")
+        model.set_weights(self.member_weights(n))
+        return model
+
+    def member_weights(self, n: int) -> list[np.ndarray]:
+        """Member `n`'s weights in `keras.Sequential` order: `[W_0 (in, h), b_0 (h,), ..., W_head, b_head]`."""
+        weights = []
+        for layer in self.dense_layers:
+            weights += [ops.convert_to_numpy(layer.kernel[n]), ops.convert_to_numpy(layer.bias[n])]
+        return weights
+
+    def get_config(self) -> dict:
+        return {
+            "members": self.members,
+            "input_dim": self.input_dim,
+            "hidden_units": self.hidden_units,
+            "task": self.task,
+            "num_classes": self.num_classes,
+            "activation": self.activation,
+            "seed": self.seed,
+            "member_seeds": self.member_seeds,
+            "kernel_initializer": self.kernel_initializer,
+            "name": self.name,
+        }
+
+
+def outputs_to_predictions(outputs: np.ndarray, task: Task) -> np.ndarray:
+    """Raw member outputs `(N, B, out)` -> probabilities `(N, B, C)`, or predictions `(N, B)` for regression."""
+    outputs = np.asarray(outputs, dtype="float64")
+    if task == "regression":
+        return outputs[..., 0]
+    if task == "binary":
+        p = 1.0 / (1.0 + np.exp(-outputs[..., 0]))
+        return np.stack([1.0 - p, p], axis=-1)
+    shifted = outputs - outputs.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)

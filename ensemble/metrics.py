@@ -1,0 +1,398 @@
+"""Ensemble combiners and evaluation metrics on member predictions (pure NumPy).
+
+Every metric derives from one array of member outputs:
+
+- classification: probabilities `member_probs` of shape `(N, B, C)` = members, batch, classes (a binary task uses
+  `C=2`, i.e. `[1 - p, p]`), labels `y` of shape `(B,)` with integers in `0..C-1`;
+- regression: predicted means `member_preds` of shape `(N, B)` or `(N, B, 1)`, targets `y` of shape `(B,)`.
+
+The combiners follow Kondratyuk et al. (2020), "When Ensembling Smaller Models is More Efficient than Single Large
+Models": the arithmetic mean of the members' softmax outputs, or their renormalised geometric mean.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+EPS = 1e-12
+"""Probabilities are clipped to `[EPS, 1]` before any logarithm, so `log 0` never occurs."""
+
+_SUM_TOL = 1e-3
+_METHODS = ("mean", "geometric")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_probs(probs, name: str, ndim: int) -> np.ndarray:
+    """Returns `probs` as a float array after checking its rank, emptiness, range and row sums."""
+    probs = np.asarray(probs, dtype=np.float64)
+    axes = "(N, B, C)" if ndim == 3 else "(B, C)"
+    if probs.ndim != ndim:
+        raise ValueError(
+            f"Argument `{name}` must be a {ndim}-D array of probabilities with shape {axes}. "
+            f"Received: {name}.shape={probs.shape}"
+        )
+    if 0 in probs.shape:
+        raise ValueError(
+            f"Argument `{name}` must have no empty axis {axes}. Received: {name}.shape={probs.shape}"
+        )
+    if probs.shape[-1] < 2:
+        raise ValueError(
+            f"Argument `{name}` must have C >= 2 classes (use [1 - p, p] for a binary task). "
+            f"Received: {name}.shape={probs.shape}"
+        )
+    if not np.all(np.isfinite(probs)) or probs.min() < 0.0 or probs.max() > 1.0 + _SUM_TOL:
+        raise ValueError(
+            f"Argument `{name}` must hold finite probabilities in [0, 1]. "
+            f"Received: min={probs.min()!r}, max={probs.max()!r}"
+        )
+    worst = float(np.max(np.abs(probs.sum(axis=-1) - 1.0)))
+    if worst > _SUM_TOL:
+        raise ValueError(
+            f"Argument `{name}` must have rows summing to 1 (within {_SUM_TOL}); pass softmax outputs, not logits. "
+            f"Received: largest |row sum - 1|={worst:.4g}"
+        )
+    return probs
+
+
+def _check_labels(y, batch: int, num_classes: int) -> np.ndarray:
+    """Returns integer class labels `(B,)` after checking shape, integrality and range."""
+    y = np.asarray(y)
+    if y.shape != (batch,):
+        raise ValueError(f"Argument `y` must have shape (B,)=({batch},). Received: y.shape={y.shape}")
+    integral_floats = np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_) or integral_floats):
+        raise ValueError(f"Argument `y` must hold integer class labels. Received: y.dtype={y.dtype}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(
+            f"Argument `y` must hold labels in 0..{num_classes - 1}. Received: min={y.min()}, max={y.max()}"
+        )
+    return y
+
+
+def _select(member_outputs: np.ndarray, members: Sequence[int] | None) -> np.ndarray:
+    """Returns the members (first axis) listed in `members`, or all of them when `members` is None."""
+    if members is None:
+        return member_outputs
+    index = np.asarray(members)
+    num = member_outputs.shape[0]
+    if index.ndim != 1 or index.size == 0 or not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(
+            f"Argument `members` must be a non-empty sequence of ints. Received: members={members!r}"
+        )
+    if index.min() < 0 or index.max() >= num:
+        raise ValueError(
+            f"Argument `members` must index members in 0..{num - 1} (N={num}). Received: members={list(members)}"
+        )
+    if np.unique(index).size != index.size:
+        raise ValueError(f"Argument `members` must not repeat a member. Received: members={list(members)}")
+    return member_outputs[index]
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    """Stable `log(sum(exp(x)))` along `axis`, keeping the axis."""
+    peak = np.max(x, axis=axis, keepdims=True)
+    return peak + np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Combiners
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def combine(member_probs, method: str = "mean", members: Sequence[int] | None = None) -> np.ndarray:
+    """Combines member probabilities into ensemble probabilities.
+
+    Args:
+        member_probs: Member probabilities `(N, B, C)`.
+        method: `"mean"`, the arithmetic mean `sum_i p_i / N`, or `"geometric"`, the normalised geometric mean
+            `(prod_i p_i)^(1/N)` renormalised over classes (Kondratyuk et al., eq. 1). The geometric mean is
+            computed in log space, `softmax(mean_i log max(p_i, EPS))`, so a zero probability in one member
+            drives the class towards (but not to) zero instead of producing `log 0`.
+        members: Indices of the members to combine; all `N` when None.
+
+    Returns:
+        Ensemble probabilities `(B, C)`; every row sums to 1.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"Argument `method` must be one of {_METHODS}. Received: method={method!r}")
+    probs = _select(_check_probs(member_probs, "member_probs", ndim=3), members)  # (N, B, C)
+    if method == "mean":
+        return probs.mean(axis=0)  # (B, C)
+    log_mean = np.log(np.clip(probs, EPS, 1.0)).mean(axis=0)  # (B, C)
+    return np.exp(log_mean - _logsumexp(log_mean, axis=-1))  # (B, C)
+
+
+def _check_regression(member_preds) -> np.ndarray:
+    """Returns member predictions as `(N, B)` floats, accepting `(N, B)` or `(N, B, 1)`."""
+    preds = np.asarray(member_preds, dtype=np.float64)
+    if preds.ndim == 3 and preds.shape[-1] == 1:
+        preds = preds[..., 0]  # (N, B)
+    if preds.ndim != 2 or 0 in preds.shape:
+        raise ValueError(
+            "Argument `member_preds` must have shape (N, B) or (N, B, 1) with N, B >= 1. "
+            f"Received: member_preds.shape={np.shape(member_preds)}"
+        )
+    return preds
+
+
+def _check_targets(y, batch: int) -> np.ndarray:
+    """Returns regression targets as `(B,)` floats, accepting `(B,)` or `(B, 1)`."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim == 2 and y.shape[-1] == 1:
+        y = y[:, 0]
+    if y.shape != (batch,):
+        raise ValueError(f"Argument `y` must have shape (B,)=({batch},). Received: y.shape={np.shape(y)}")
+    return y
+
+
+def combine_regression(member_preds, members: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Combines member regression predictions into a mean and a spread.
+
+    Args:
+        member_preds: Member predicted means `(N, B)` or `(N, B, 1)`.
+        members: Indices of the members to combine; all `N` when None.
+
+    Returns:
+        `(mean, spread)`, both `(B,)`: the average over members and their standard deviation (ddof=0, so a single
+        member has spread 0).
+    """
+    preds = _select(_check_regression(member_preds), members)  # (N, B)
+    return preds.mean(axis=0), preds.std(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classification metrics on combined probabilities (B, C)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def accuracy(probs, y) -> float:
+    """Fraction of samples whose argmax class (ties: lowest index) equals the label. `probs` is `(B, C)`."""
+    probs = _check_probs(probs, "probs", ndim=2)
+    y = _check_labels(y, *probs.shape)
+    return float(np.mean(probs.argmax(axis=-1) == y))
+
+
+def nll(probs, y) -> float:
+    """Mean negative log-likelihood `mean_b -log p_b[y_b]` of probabilities `(B, C)` (log loss).
+
+    The probability of the true class is clipped to `[EPS, 1]`, so a confident mistake costs `-log(EPS) ~= 27.6`
+    rather than infinity. The inputs are probabilities: no softmax is applied.
+    """
+    probs = _check_probs(probs, "probs", ndim=2)
+    y = _check_labels(y, *probs.shape)
+    true_prob = probs[np.arange(probs.shape[0]), y]  # (B,)
+    return float(np.mean(-np.log(np.clip(true_prob, EPS, 1.0))))
+
+
+def brier(probs, y) -> float:
+    """Multi-class Brier score `mean_b sum_c (p_bc - onehot(y_b)_c)^2` of probabilities `(B, C)`.
+
+    It ranges over `[0, 2]`. For a binary task written as `C=2` columns `[1 - p, p]` it equals twice the
+    binary-only Brier score `mean_b (p_b - y_b)^2`, because both columns make the same error.
+    """
+    probs = _check_probs(probs, "probs", ndim=2)
+    y = _check_labels(y, *probs.shape)
+    onehot = np.eye(probs.shape[-1])[y]  # (B, C)
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=-1)))
+
+
+def expected_calibration_error(probs, y, bins: int = 15) -> float:
+    """Expected calibration error of the top-class confidence, with equal-width bins.
+
+    The confidence `max_c p_bc` falls in bin `k` when it lies in `(k / bins, (k + 1) / bins]`; the ECE is
+    `sum_k (n_k / B) * |accuracy_k - mean confidence_k|` over non-empty bins.
+
+    Args:
+        probs: Probabilities `(B, C)`.
+        y: Labels `(B,)`.
+        bins: Number of equal-width confidence bins on `[0, 1]`.
+
+    Returns:
+        The ECE in `[0, 1]`.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        raise ValueError(f"Argument `bins` must be an int >= 1. Received: bins={bins!r}")
+    probs = _check_probs(probs, "probs", ndim=2)
+    y = _check_labels(y, *probs.shape)
+    confidence = probs.max(axis=-1)  # (B,)
+    correct = (probs.argmax(axis=-1) == y).astype(np.float64)  # (B,)
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)  # (B,)
+    gap = np.bincount(index, weights=correct - confidence, minlength=bins)  # (bins,) n_k * (acc_k - conf_k)
+    return float(np.sum(np.abs(gap)) / probs.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Diversity metrics on member probabilities (N, B, C)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def disagreement(member_probs) -> float:
+    """Average over member pairs of the fraction of samples on which their argmax classes differ.
+
+    Args:
+        member_probs: Member probabilities `(N, B, C)`.
+
+    Returns:
+        A value in `[0, 1]`; 0 for a single member.
+    """
+    probs = _check_probs(member_probs, "member_probs", ndim=3)
+    num, batch, classes = probs.shape
+    if num == 1:
+        return 0.0
+    preds = probs.argmax(axis=-1)  # (N, B)
+    flat = (preds + classes * np.arange(batch)).ravel()  # (N * B,) class index per (sample, class) cell
+    votes = np.bincount(flat, minlength=batch * classes).reshape(batch, classes)  # (B, C) members voting c
+    agreeing_pairs = np.sum(votes * (votes - 1) / 2, axis=-1)  # (B,)
+    pairs = num * (num - 1) / 2
+    return float(np.mean(1.0 - agreeing_pairs / pairs))
+
+
+def normalized_disagreement(member_probs, y, method: str = "mean") -> float:
+    """Disagreement divided by the error rate of the combined ensemble (disagreement normalised by error).
+
+    Values near 1 mean the members disagree about as often as the ensemble errs. The error is floored at `1 / B`,
+    the smallest non-zero error the batch can show, so a perfect ensemble gives `disagreement * B` (0 when the
+    members also agree) instead of infinity or NaN.
+
+    Args:
+        member_probs: Member probabilities `(N, B, C)`.
+        y: Labels `(B,)`.
+        method: The combiner whose error normalises, see `combine`.
+
+    Returns:
+        A finite value `>= 0`.
+    """
+    probs = _check_probs(member_probs, "member_probs", ndim=3)
+    error = 1.0 - accuracy(combine(probs, method=method), y)
+    return float(disagreement(probs) / max(error, 1.0 / probs.shape[1]))
+
+
+def oracle_accuracy(member_probs, y) -> float:
+    """Fraction of samples that at least one member classifies correctly. `member_probs` is `(N, B, C)`."""
+    probs = _check_probs(member_probs, "member_probs", ndim=3)
+    y = _check_labels(y, *probs.shape[1:])
+    return float(np.mean(np.any(probs.argmax(axis=-1) == y, axis=0)))
+
+
+def member_metrics(member_probs, y, bins: int = 15) -> list[dict[str, float]]:
+    """Per-member `member` (index), `accuracy`, `nll`, `brier` and `ece` for member probabilities `(N, B, C)`."""
+    probs = _check_probs(member_probs, "member_probs", ndim=3)
+    return [
+        {
+            "member": index,
+            "accuracy": accuracy(member, y),
+            "nll": nll(member, y),
+            "brier": brier(member, y),
+            "ece": expected_calibration_error(member, y, bins=bins),
+        }
+        for index, member in enumerate(probs)
+    ]
+
+
+def evaluate_classification(
+    member_probs, y, method: str = "mean", bins: int = 15, members: Sequence[int] | None = None
+) -> dict[str, float]:
+    """Evaluates a classification ensemble and its members.
+
+    Args:
+        member_probs: Member probabilities `(N, B, C)`.
+        y: Labels `(B,)`.
+        method: Combiner, `"mean"` or `"geometric"` (see `combine`).
+        bins: Number of ECE bins.
+        members: Indices of the members to evaluate; all `N` when None.
+
+    Returns:
+        Plain Python numbers: `accuracy`, `nll`, `brier`, `ece` of the combined ensemble; `disagreement`,
+        `normalized_disagreement`, `oracle_accuracy` of the members; `mean_member_accuracy`, `mean_member_nll`,
+        `best_member_accuracy`; and `num_members` (an int).
+    """
+    probs = _select(_check_probs(member_probs, "member_probs", ndim=3), members)  # (N, B, C)
+    combined = combine(probs, method=method)  # (B, C)
+    per_member = member_metrics(probs, y, bins=bins)
+    return {
+        "accuracy": accuracy(combined, y),
+        "nll": nll(combined, y),
+        "brier": brier(combined, y),
+        "ece": expected_calibration_error(combined, y, bins=bins),
+        "disagreement": disagreement(probs),
+        "normalized_disagreement": normalized_disagreement(probs, y, method=method),
+        "oracle_accuracy": oracle_accuracy(probs, y),
+        "mean_member_accuracy": float(np.mean([m["accuracy"] for m in per_member])),
+        "mean_member_nll": float(np.mean([m["nll"] for m in per_member])),
+        "best_member_accuracy": float(max(m["accuracy"] for m in per_member)),
+        "num_members": int(probs.shape[0]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Regression metrics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def rmse(pred, y) -> float:
+    """Root mean squared error between predictions `(B,)` and targets `(B,)`."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    y = _check_targets(y, pred.shape[0])
+    return float(np.sqrt(np.mean((pred - y) ** 2)))
+
+
+def mae(pred, y) -> float:
+    """Mean absolute error between predictions `(B,)` and targets `(B,)`."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    y = _check_targets(y, pred.shape[0])
+    return float(np.mean(np.abs(pred - y)))
+
+
+def gaussian_nll(mean, spread, y, min_std: float = 1e-3) -> float:
+    """Mean Gaussian negative log-likelihood `0.5 * log(2 pi var) + (y - mean)^2 / (2 var)`.
+
+    Args:
+        mean: Predicted means `(B,)`.
+        spread: Predicted standard deviations `(B,)`, e.g. the member spread from `combine_regression`.
+        y: Targets `(B,)`.
+        min_std: Floor on the standard deviation, `var = max(spread, min_std)^2`, so a single member (spread 0)
+            gives a large but finite value.
+
+    Returns:
+        The NLL averaged over samples.
+    """
+    if not min_std > 0:
+        raise ValueError(f"Argument `min_std` must be > 0. Received: min_std={min_std!r}")
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    spread = np.asarray(spread, dtype=np.float64).reshape(-1)
+    if spread.shape != mean.shape:
+        raise ValueError(
+            f"Argument `spread` must have the shape of `mean` {mean.shape}. Received: spread.shape={spread.shape}"
+        )
+    y = _check_targets(y, mean.shape[0])
+    var = np.maximum(spread, min_std) ** 2  # (B,)
+    return float(np.mean(0.5 * np.log(2.0 * np.pi * var) + (y - mean) ** 2 / (2.0 * var)))
+
+
+def evaluate_regression(member_preds, y, members: Sequence[int] | None = None) -> dict[str, float]:
+    """Evaluates a regression ensemble and its members.
+
+    Args:
+        member_preds: Member predicted means `(N, B)` or `(N, B, 1)`.
+        y: Targets `(B,)`.
+        members: Indices of the members to evaluate; all `N` when None.
+
+    Returns:
+        Plain Python numbers: `rmse`, `mae`, `gaussian_nll` of the ensemble mean (with the member spread as its
+        standard deviation), `mean_member_rmse`, `mean_spread`, and `num_members` (an int).
+    """
+    preds = _select(_check_regression(member_preds), members)  # (N, B)
+    mean, spread = combine_regression(preds)  # (B,), (B,)
+    return {
+        "rmse": rmse(mean, y),
+        "mae": mae(mean, y),
+        "gaussian_nll": gaussian_nll(mean, spread, y),
+        "mean_member_rmse": float(np.mean([rmse(member, y) for member in preds])),
+        "mean_spread": float(np.mean(spread)),
+        "num_members": int(preds.shape[0]),
+    }

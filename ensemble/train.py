@@ -1,0 +1,257 @@
+"""The fused training loop: per-member index streams, many steps per compiled call, the summed member loss.
+
+Every member sees its own batch each step: `(N, B, d)`, from its own shuffle of the training rows (or of its own
+bootstrap resample with `bagging=True`). The loss is the SUM of the N member losses, so member n's gradient is
+exactly the gradient it would get alone, and with an elementwise optimiser (Adam, SGD, momentum) a fused run equals
+N separate runs.
+
+Hooks (plain `keras.callbacks.Callback`s): `on_train_begin/end`, `on_epoch_begin/end(epoch, logs)`, and, for
+callbacks that define it, `on_cycle_end(cycle, logs)`. A learning-rate schedule that defines
+`cycle_ends(total_steps) -> list[int]` (global step counts at which a cycle ends) makes the loop stop a compiled
+call exactly there, so a snapshot taken in `on_cycle_end` holds the weights of that step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ensemble.fused import FusedMLP, outputs_to_predictions
+from ensemble.optimizers import apply_gradients, check_elementwise
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train a fused ensemble.
+
+    Attributes:
+        epochs: passes over the training rows (each member's own order).
+        batch_size: rows per member per step (B); 1 is supported and fast.
+        bagging: each member trains on its own bootstrap resample of the rows (drawn once, reshuffled each epoch).
+        seed: seed of the data order (and of bootstrap draws); weights are seeded by the model.
+        steps_per_call: optimiser steps inside one compiled call (the Python loop runs once per call).
+        jit_compile: XLA-compile the step loop (helps on a GPU; fails on some CPUs).
+        train_metrics: evaluate each member on the full training set at every epoch end.
+        track_unit_gradients: accumulate |dL/dW| per hidden unit over each epoch (for targeted growth).
+    """
+
+    epochs: int = 10
+    batch_size: int = 1
+    bagging: bool = False
+    seed: int = 0
+    steps_per_call: int = 1000
+    jit_compile: bool = False
+    train_metrics: bool = True
+    track_unit_gradients: bool = False
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "steps_per_call"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"Argument `{name}` must be >= 1. Received: {name}={getattr(self, name)}")
+
+    def get_config(self) -> dict:
+        return asdict(self)
+
+
+def member_rows(n_rows: int, member: int, seed: int, bagging: bool) -> np.ndarray:
+    """The rows member `member` trains on: all of them, or its own bootstrap resample `(n_rows,)`."""
+    if not bagging:
+        return np.arange(n_rows)
+    return np.random.default_rng([seed, member, 0xB007]).integers(0, n_rows, size=n_rows)
+
+
+def epoch_indices(
+    n_rows: int, members: int, batch_size: int, epoch: int, seed: int, bagging: bool
+) -> np.ndarray:
+    """Row indices of one epoch for all members, `(steps, N, B)` int32 with `steps = n_rows // B`.
+
+    Member n's order depends only on `(seed, n, epoch)`: it does not change when other members are added or their
+    data changes, and an epoch can be regenerated exactly (resume).
+    """
+    steps = n_rows // batch_size
+    orders = []
+    for n in range(members):
+        rows = member_rows(n_rows, n, seed, bagging)
+        orders.append(np.random.default_rng([seed, n, epoch]).permutation(rows)[: steps * batch_size])
+    return np.stack(orders).reshape(members, steps, batch_size).transpose(1, 0, 2).astype("int32")
+
+
+def member_losses(task: str, y, outputs):
+    """Mean loss over the batch, per member: `y (N, B)`, `outputs (N, B, out)` -> `(N,)`."""
+    if task == "multiclass":
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=outputs)
+    elif task == "binary":
+        losses = tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.cast(y, outputs.dtype), logits=outputs[..., 0]
+        )
+    else:
+        losses = tf.square(outputs[..., 0] - tf.cast(y, outputs.dtype))
+    return tf.reduce_mean(losses, axis=1)  # (N,)
+
+
+def evaluate_members(model: FusedMLP, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-member loss (and accuracy for classification) on one shared set: each value `(N,)`."""
+    outputs = model(np.broadcast_to(np.asarray(x, "float32"), (model.members, *np.shape(x))))
+    y_members = np.broadcast_to(y, (model.members, len(y)))
+    result = {"loss": member_losses(model.task, y_members, outputs).numpy()}
+    if model.task != "regression":
+        probs = outputs_to_predictions(outputs.numpy(), model.task)  # (N, B, C)
+        result["accuracy"] = (probs.argmax(-1) == y[None, :]).mean(axis=1)
+        result["ensemble_accuracy"] = np.float64((probs.mean(0).argmax(-1) == y).mean())
+    return result
+
+
+def check_training_data(
+    model: FusedMLP, x: np.ndarray, y: np.ndarray, batch_size: int, name: str = "train"
+) -> None:
+    """Shape/label checks that must pass before any step runs."""
+    if x.ndim != 2 or x.shape[1] != model.input_dim:
+        raise ValueError(f"`x_{name}` must have shape (rows, {model.input_dim}). Received: shape={x.shape}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"`y_{name}` must have shape ({x.shape[0]},). Received: shape={y.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"`x_{name}` contains NaN or inf values.")
+    if x.shape[0] < batch_size:
+        raise ValueError(f"`x_{name}` has {x.shape[0]} rows, fewer than batch_size={batch_size}.")
+    if model.task != "regression" and (y.min() < 0 or y.max() >= model.num_classes):
+        raise ValueError(
+            f"`y_{name}` labels must be in [0, {model.num_classes}). Received: [{y.min()}, {y.max()}]"
+        )
+
+
+def fit(
+    model: FusedMLP,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    optimizer: keras.optimizers.Optimizer,
+    config: TrainConfig = TrainConfig(),
+    validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
+) -> keras.callbacks.History:
+    """Train all members of `model` at once.
+
+    Args:
+        model: the fused ensemble.
+        x: training features `(rows, d)`; y: labels `(rows,)` (int classes or float targets).
+        optimizer: an elementwise Keras optimiser (its `learning_rate` may be a schedule).
+        config: see `TrainConfig`; `config.epochs` is the epoch to stop at (as Keras' `epochs`).
+        validation_data: `(x_val, y_val)` scored per member at each epoch end.
+        callbacks: Keras callbacks; `on_cycle_end(cycle, logs)` is called on those that define it.
+        initial_epoch: epoch to start at (resume, growth rounds).
+
+    Returns:
+        A `History` whose `history` maps each log key to one value per epoch. Scalar keys: `loss` (mean step loss
+        over the epoch, averaged over members), `accuracy`, `val_loss`, `val_accuracy` (means over members),
+        `val_ensemble_accuracy`, `lr` (at the epoch's last step). Per-member `(N,)` arrays: `member_loss`,
+        `member_accuracy`, `member_val_loss`, `member_val_accuracy`. `history.learning_rates` holds the learning
+        rate of every step as the optimiser used it, `history.steps` the matching global step numbers.
+    """
+    x, y = np.asarray(x, "float32"), np.asarray(y)
+    check_training_data(model, x, y, config.batch_size)
+    if validation_data is not None:
+        check_training_data(
+            model, np.asarray(validation_data[0], "float32"), np.asarray(validation_data[1]), 1, "val"
+        )
+    check_elementwise(optimizer)
+    variables = model.trainable_variables
+    if not optimizer.built:
+        optimizer.build(variables)
+    x_train = tf.constant(x)
+    y_train = tf.constant(y.astype("int32" if model.task != "regression" else "float32"))
+    unit_grads = [tf.Variable(tf.zeros((model.members, units))) for units in model.hidden_units]
+
+    @tf.function(
+        jit_compile=config.jit_compile, input_signature=[tf.TensorSpec([None, model.members, None], tf.int32)]
+    )
+    def run_steps(batch_indices):  # (S, N, B)
+        steps = tf.shape(batch_indices)[0]
+        loss_sum = tf.zeros([model.members])
+        lrs = tf.TensorArray(tf.float32, size=steps)
+        for s in tf.range(steps):
+            rows = batch_indices[s]  # (N, B)
+            xb, yb = tf.gather(x_train, rows), tf.gather(y_train, rows)  # (N, B, d), (N, B)
+            with tf.GradientTape() as tape:
+                losses = member_losses(model.task, yb, model(xb, training=True))  # (N,)
+                total = tf.reduce_sum(losses)  # sum, not mean: each member gets exactly its own gradient
+            grads = tape.gradient(total, variables)
+            lrs = lrs.write(s, tf.cast(optimizer.learning_rate, tf.float32))  # the LR this step uses
+            apply_gradients(optimizer, grads, variables)
+            loss_sum += losses
+            if config.track_unit_gradients:
+                for acc, layer in zip(unit_grads, model.hidden_layers, strict=True):
+                    acc.assign_add(
+                        tf.reduce_sum(tf.abs(grads[variables.index(layer.kernel)]), axis=1)
+                    )  # (N, H)
+        return loss_sum, lrs.stack()
+
+    history = keras.callbacks.History()
+    history.learning_rates, history.steps = [], []
+    callback_list = keras.callbacks.CallbackList([*callbacks, history], model=model)
+    cycle_hooks = [cb for cb in callbacks if hasattr(cb, "on_cycle_end")]
+    steps_per_epoch = len(x) // config.batch_size
+    start_step = int(optimizer.iterations)
+    total_steps = start_step + (config.epochs - initial_epoch) * steps_per_epoch
+    all_cycle_ends = schedule_cycle_ends(optimizer, total_steps)
+    cycle_ends = [s for s in all_cycle_ends if s > start_step]
+
+    model.stop_training = False
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, config.epochs):
+        callback_list.on_epoch_begin(epoch)
+        for acc in unit_grads:
+            acc.assign(tf.zeros_like(acc))
+        indices = epoch_indices(len(x), model.members, config.batch_size, epoch, config.seed, config.bagging)
+        loss_sum, done = np.zeros(model.members), 0
+        while done < steps_per_epoch:
+            step = int(optimizer.iterations)
+            stop = min(steps_per_epoch, done + config.steps_per_call)
+            next_end = next((e for e in cycle_ends if e > step), None)
+            if next_end is not None:
+                stop = min(stop, done + next_end - step)
+            chunk_loss, chunk_lrs = run_steps(tf.constant(indices[done:stop]))
+            loss_sum += chunk_loss.numpy()
+            history.learning_rates.extend(chunk_lrs.numpy().tolist())
+            history.steps.extend(range(step + 1, step + 1 + stop - done))
+            done = stop
+            if next_end is not None and int(optimizer.iterations) == next_end:
+                for hook in cycle_hooks:
+                    hook.on_cycle_end(all_cycle_ends.index(next_end), {"step": next_end, "epoch": epoch})
+        logs = epoch_logs(model, x, y, validation_data, loss_sum / steps_per_epoch, config)
+        logs["lr"] = history.learning_rates[-1]
+        if config.track_unit_gradients:
+            logs["unit_gradients"] = [acc.numpy() for acc in unit_grads]
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end()
+    return history
+
+
+def schedule_cycle_ends(optimizer: keras.optimizers.Optimizer, total_steps: int) -> list[int]:
+    """Global step counts at which the optimiser's LR schedule ends a cycle (empty without such a schedule)."""
+    schedule = getattr(optimizer, "_learning_rate", None)
+    return sorted(schedule.cycle_ends(total_steps)) if hasattr(schedule, "cycle_ends") else []
+
+
+def epoch_logs(model, x, y, validation_data, mean_step_loss: np.ndarray, config: TrainConfig) -> dict:
+    """Epoch-end logs: scalar means over members plus per-member `(N,)` arrays (see `fit`)."""
+    logs: dict = {"member_loss": mean_step_loss, "loss": float(mean_step_loss.mean())}
+    if config.train_metrics and model.task != "regression":
+        logs["member_accuracy"] = evaluate_members(model, x, y)["accuracy"]
+        logs["accuracy"] = float(logs["member_accuracy"].mean())
+    if validation_data is not None:
+        scores = evaluate_members(model, *validation_data)
+        logs["member_val_loss"], logs["val_loss"] = scores["loss"], float(scores["loss"].mean())
+        if "accuracy" in scores:
+            logs["member_val_accuracy"], logs["val_accuracy"] = (
+                scores["accuracy"],
+                float(scores["accuracy"].mean()),
+            )
+            logs["val_ensemble_accuracy"] = float(scores["ensemble_accuracy"])
+    return logs
