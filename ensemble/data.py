@@ -1,6 +1,6 @@
 """Tabular data: load, validate, infer the task, split, standardise, and persist the splits as Parquet.
 
-Shapes: `B` = rows (batch), `d` = features, `C` = classes.
+Shapes: `B` = rows, `d` = features, `C` = classes.
 """
 
 from __future__ import annotations
@@ -38,8 +38,21 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, float | int | np.number) and not isinstance(value, bool) and 0 < value < 1
+
+
+_CONFIG_RULES = {  # argument -> (is valid, what it must be)
+    "source": (lambda v: isinstance(v, str) and v != "", f"a file path or one of {BUNDLED_DATASETS}"),
+    "target": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column name or None"),
+    "task": (lambda v: v in _TASKS, f"one of {_TASKS}"),
+    "val_fraction": (_is_fraction, "a float in (0, 1)"),
+    "test_fraction": (_is_fraction, "a float in (0, 1)"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "standardize": (lambda v: isinstance(v, bool), "a bool"),
+    "max_classes": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "train_rows": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or None"),
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class DataConfig:
         val_fraction: fraction of rows in the validation split, in (0, 1).
         test_fraction: fraction of rows in the test split, in (0, 1); `val_fraction + test_fraction < 1`.
         seed: seed of the shuffled split (stratified by class for classification).
-        standardize: fit mean/std on the train split; if False the transform is the identity.
+        standardize: fit mean/std on the train split; if False the feature transform is the identity.
         max_classes: integer targets with more distinct values than this are treated as regression.
         train_rows: if set, the first `train_rows` rows in source order (no shuffle) form the train split and
             the remaining rows are split into val/test in the ratio `val_fraction : test_fraction`.
@@ -70,32 +83,9 @@ class DataConfig:
     train_rows: int | None = None
 
     def __post_init__(self) -> None:
-        rows, classes = self.train_rows, self.max_classes
-        checks = {
-            "source": (
-                isinstance(self.source, str) and self.source != "",
-                f"a path or one of {BUNDLED_DATASETS}",
-            ),
-            "target": (
-                self.target is None or (isinstance(self.target, str) and self.target != ""),
-                "a name or None",
-            ),
-            "task": (self.task in _TASKS, f"one of {_TASKS}"),
-            "val_fraction": (_is_real(self.val_fraction) and 0 < self.val_fraction < 1, "a float in (0, 1)"),
-            "test_fraction": (
-                _is_real(self.test_fraction) and 0 < self.test_fraction < 1,
-                "a float in (0, 1)",
-            ),
-            "seed": (_is_int(self.seed) and self.seed >= 0, "an integer >= 0"),
-            "standardize": (isinstance(self.standardize, bool), "a bool"),
-            "max_classes": (_is_int(classes) and classes >= 2, "an integer >= 2"),
-            "train_rows": (rows is None or (_is_int(rows) and rows >= 1), "an integer >= 1 or None"),
-        }
-        for name, (ok, what) in checks.items():
-            if not ok:
-                raise ValueError(
-                    f"Argument `{name}` must be {what}. Received: {name}={getattr(self, name)!r}"
-                )
+        for name, (is_valid, what) in _CONFIG_RULES.items():
+            if not is_valid(value := getattr(self, name)):
+                raise ValueError(f"Argument `{name}` must be {what}. Received: {name}={value!r}")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 "Arguments `val_fraction` + `test_fraction` must be < 1 so that rows remain for training. "
@@ -107,16 +97,13 @@ class DataConfig:
 
 
 def _bundled_frame(name: str) -> pd.DataFrame:
-    """Bundled data set as a frame with feature columns and an integer `"target"` column."""
+    """Bundled data set as a frame `[B, d + 1]` with feature columns and an integer `"target"` column."""
     if name == "blobs":
         x, y = sk_datasets.make_blobs(n_samples=1100, centers=3, n_features=2, cluster_std=2, random_state=2)
         names = [f"x{i}" for i in range(x.shape[1])]
     else:
-        bunch = {
-            "breast_cancer": sk_datasets.load_breast_cancer,
-            "digits": sk_datasets.load_digits,
-            "wine": sk_datasets.load_wine,
-        }[name]()
+        loaders = {"breast_cancer": "load_breast_cancer", "digits": "load_digits", "wine": "load_wine"}
+        bunch = getattr(sk_datasets, loaders[name])()
         x, y = bunch.data, bunch.target
         names = [re.sub(r"[^0-9A-Za-z_]+", "_", str(n)).strip("_") for n in bunch.feature_names]
     frame = pd.DataFrame(x, columns=names)
@@ -133,27 +120,19 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
     if source in BUNDLED_DATASETS:
         return _bundled_frame(source), target or "target"
     path = Path(source)
-    if path.suffix.lower() not in _EXTENSIONS:
-        if not path.suffix and not path.exists() and "/" not in source and "\\" not in source:
-            raise DataError(
-                f"Unknown bundled data set {source!r}. Available: {list(BUNDLED_DATASETS)}; "
-                f"or pass a path to a {'/'.join(_EXTENSIONS)} file."
-            )
-        raise DataError(
-            f"Unsupported file extension {path.suffix!r} for {path}. Use one of {list(_EXTENSIONS)}."
-        )
+    suffix = path.suffix.lower()
+    if suffix not in _EXTENSIONS:
+        if not suffix and not path.exists() and len(path.parts) == 1:
+            raise DataError(f"Unknown bundled data set {source!r}. Available: {list(BUNDLED_DATASETS)}.")
+        raise DataError(f"Unsupported file extension {path.suffix!r} ({path}); use one of {_EXTENSIONS}.")
     if not path.is_file():
         raise DataError(f"Data file not found: {path} (resolved to {path.resolve()}).")
     try:
-        frame = (
-            pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path, engine="pyarrow")
-        )
+        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path, engine="pyarrow")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError) as error:
         raise DataError(f"Could not read {path}: {error}") from error
     if target is None:
-        raise DataError(
-            f"Argument `target` is required when loading {path}. Available columns: {list(frame.columns)}"
-        )
+        raise DataError(f"Argument `target` is required for {path}. Available columns: {list(frame.columns)}")
     return frame, target
 
 
@@ -163,17 +142,14 @@ def _is_numeric(column: pd.Series) -> bool:
 
 def _feature_matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """Feature columns as a `[B, d]` float64 matrix; DataError naming non-numeric or non-finite columns."""
-    non_numeric = {c: str(frame[c].dtype) for c in columns if not _is_numeric(frame[c])}
-    if non_numeric:
-        raise DataError(
-            f"Feature columns must be numeric; encode or drop the non-numeric columns {non_numeric}."
-        )
+    if non_numeric := {c: str(frame[c].dtype) for c in columns if not _is_numeric(frame[c])}:
+        raise DataError(f"Feature columns must be numeric; encode or drop the columns (dtype) {non_numeric}.")
     x = frame[columns].to_numpy(dtype=np.float64, na_value=np.nan)  # (B, d)
     bad = (~np.isfinite(x)).sum(axis=0)  # (d,)
     if bad.any():
         counts = {c: int(n) for c, n in zip(columns, bad, strict=True) if n}
         raise DataError(
-            f"Feature columns contain NaN or inf values (column: bad rows) {counts}; drop or impute them."
+            f"Feature columns with NaN or inf values (column: bad rows): {counts}; drop or impute."
         )
     return x
 
@@ -184,19 +160,15 @@ def validate_frame(frame: pd.DataFrame, target: str) -> None:
         raise DataError(f"Expected a pandas DataFrame. Received: {type(frame).__name__}")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise DataError(f"The data frame is empty (shape {frame.shape}).")
-    if not all(isinstance(c, str) for c in frame.columns):
-        raise DataError(
-            f"Column names must be strings. Received: {[c for c in frame.columns if not isinstance(c, str)]}"
-        )
-    duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))
-    if duplicated:
+    if bad_names := [c for c in frame.columns if not isinstance(c, str)]:
+        raise DataError(f"Column names must be strings. Received: {bad_names}")
+    if duplicated := sorted(set(frame.columns[frame.columns.duplicated()])):
         raise DataError(f"Duplicate column names: {duplicated}.")
     if target not in frame.columns:
         raise DataError(f"Target column {target!r} not found. Available columns: {list(frame.columns)}")
-    features = [c for c in frame.columns if c != target]
-    if not features:
+    if len(frame.columns) == 1:
         raise DataError(f"No feature columns: the frame only has the target column {target!r}.")
-    _feature_matrix(frame, features)
+    _feature_matrix(frame, [c for c in frame.columns if c != target])
     y = frame[target]
     if _is_numeric(y) and not pd.api.types.is_bool_dtype(y):
         bad = int((~np.isfinite(y.to_numpy(dtype=np.float64, na_value=np.nan))).sum())
@@ -206,34 +178,28 @@ def validate_frame(frame: pd.DataFrame, target: str) -> None:
         raise DataError(f"Target column {target!r} has {bad} rows with NaN or inf; drop them.")
 
 
-def _to_python(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _distinct_values(y: pd.Series) -> list:
-    """Sorted distinct values of `y` as JSON-safe Python scalars; DataError if fewer than 2."""
-    values = [_to_python(v) for v in y.dropna().unique()]
+def _classes_of(y: pd.Series) -> list:
+    """Sorted distinct values of `y` `[B]` as JSON-safe Python scalars; DataError if fewer than 2."""
+    values = [v.item() if isinstance(v, np.generic) else v for v in y.dropna().unique()]
     try:
         values = sorted(values)
-    except TypeError:
+    except TypeError:  # mixed types
         values = sorted(values, key=repr)
     if len(values) < 2:
-        single = repr(values[0]) if values else "(none)"
-        raise DataError(f"Target column {y.name!r} has a single class {single}; need at least 2 classes.")
+        raise DataError(f"Target column {y.name!r} has a single class {values[:1]}; need at least 2 classes.")
     return values
 
 
 def infer_task(y: pd.Series, max_classes: int = 50) -> TaskType:
     """Infers the task from a target column `[B]`.
 
-    Two distinct values -> binary. Non-float (string, bool, categorical) or integer-like values with at most
-    `max_classes` distinct values -> multiclass. Floats with a fractional part, or more than `max_classes`
-    distinct integers -> regression.
+    Two distinct values -> binary. Non-float (string, bool, categorical) targets, or integer-like values with
+    at most `max_classes` distinct values -> multiclass. Floats with a fractional part, or more than
+    `max_classes` distinct integers -> regression.
     """
     y = pd.Series(y)
-    n = len(_distinct_values(y))
-    numeric = _is_numeric(y) and not pd.api.types.is_bool_dtype(y)
-    if n == 2 or not numeric or isinstance(y.dtype, pd.CategoricalDtype):
+    n = len(_classes_of(y))
+    if n == 2 or not _is_numeric(y) or pd.api.types.is_bool_dtype(y):
         return "binary" if n == 2 else "multiclass"
     values = y.dropna().to_numpy(dtype=np.float64)
     if pd.api.types.is_float_dtype(y) and not np.all(np.mod(values, 1) == 0):
@@ -243,41 +209,35 @@ def infer_task(y: pd.Series, max_classes: int = 50) -> TaskType:
 
 def _check_task(y: pd.Series, task: TaskType) -> TaskType:
     """Checks an explicitly configured task against the target `[B]`."""
-    values = _distinct_values(y)
+    classes = _classes_of(y)
     if task == "regression" and (not _is_numeric(y) or pd.api.types.is_bool_dtype(y)):
-        raise DataError(
-            f"task='regression' needs a numeric target; column {y.name!r} has dtype {y.dtype}. "
-            "Pass task='binary', 'multiclass' or 'auto'."
-        )
-    if task == "binary" and len(values) != 2:
-        raise DataError(
-            f"task='binary' needs exactly 2 classes; column {y.name!r} has {len(values)}: "
-            f"{values[:10]}. Pass task='multiclass' or 'auto'."
-        )
+        raise DataError(f"task='regression' needs a numeric target; {y.name!r} has dtype {y.dtype}.")
+    if task == "binary" and len(classes) != 2:
+        raise DataError(f"task='binary' needs 2 classes; {y.name!r} has {len(classes)}. Use 'multiclass'.")
     return task
 
 
 def _encode(classes: list, y: pd.Series | np.ndarray) -> np.ndarray:
-    """Maps labels `[B]` to int32 class indices `[B]` in `0..C-1`; DataError naming unknown labels."""
+    """Labels `[B]` -> int32 class indices `[B]` in `0..C-1`; DataError naming unknown labels."""
     labels = np.asarray(y, dtype=object)
-    codes = pd.Index(classes, dtype=object).get_indexer(labels)
+    codes = pd.Index(classes, dtype=object).get_indexer(labels)  # (B,), -1 where unknown
     if (codes < 0).any():
-        unknown = sorted({repr(v) for v in labels[codes < 0]})
-        raise DataError(f"Unknown labels {unknown[:10]} (not seen in training). Known classes: {classes}")
+        unknown = list(dict.fromkeys(labels[codes < 0].tolist()))[:10]
+        raise DataError(f"Unknown labels {unknown} (not seen in training). Known classes: {classes}")
     return codes.astype(np.int32)
 
 
 @dataclass(eq=False)
 class Preprocessor:
-    """Prediction-time transform: column selection, standardisation and label encoding (JSON-serialisable).
+    """Prediction-time transform: feature selection and standardisation, label encoding. JSON-serialisable.
 
     Attributes:
         feature_names: the `d` feature columns, in model order.
         target: the target column name.
         task: `"binary"`, `"multiclass"` or `"regression"`.
-        classes: sorted original label values (`C`), or None for regression.
+        classes: the `C` sorted original label values, or None for regression.
         mean: `[d]` float32 train means (zeros if not standardising).
-        scale: `[d]` float32 train standard deviations, 0 replaced by 1 (ones if not standardising).
+        scale: `[d]` float32 train standard deviations with 0 replaced by 1 (ones if not standardising).
     """
 
     feature_names: list[str]
@@ -301,7 +261,7 @@ class Preprocessor:
         """Fits the standardisation on the raw train split `[n_train, d + 1]` only."""
         names = [c for c in train.columns if c != target]
         x = _feature_matrix(train, names)  # (n_train, d)
-        mean = x.mean(axis=0) if standardize else np.zeros(len(names))
+        mean = x.mean(axis=0) if standardize else np.zeros(len(names))  # (d,)
         scale = x.std(axis=0).astype(np.float32) if standardize else np.ones(len(names), np.float32)
         scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0
         return cls(names, target, task, classes, mean, scale)
@@ -315,66 +275,47 @@ class Preprocessor:
         return self.num_classes if self.task == "multiclass" else 1
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Raw frame `[B, *]` -> standardised features `[B, d]` float32 in `feature_names` order.
+        """Raw frame `[B, *]` -> standardised features `[B, d]` float32, columns in `feature_names` order.
 
-        Extra columns (e.g. the target) are ignored; missing, non-numeric or non-finite features raise DataError.
+        Extra columns (e.g. the target) are ignored; missing, non-numeric or NaN/inf features raise DataError.
         """
         if not isinstance(frame, pd.DataFrame):
             raise DataError(f"Expected a pandas DataFrame. Received: {type(frame).__name__}")
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
+        if missing := [c for c in self.feature_names if c not in frame.columns]:
             raise DataError(f"Missing feature columns {missing}. Expected columns: {self.feature_names}")
         x = _feature_matrix(frame, self.feature_names)  # (B, d) float64
         return ((x - self.mean.astype(np.float64)) / self.scale.astype(np.float64)).astype(np.float32)
 
     def encode_labels(self, y: pd.Series | np.ndarray) -> np.ndarray:
         """Labels `[B]` -> int32 class indices `[B]` (classification) or float32 values `[B]` (regression)."""
-        if self.classes is None:
-            values = np.asarray(y, dtype=np.float32)
-            if not np.isfinite(values).all():
-                raise DataError(
-                    f"Target {self.target!r} has {int((~np.isfinite(values)).sum())} NaN/inf values."
-                )
-            return values
-        return _encode(self.classes, y)
+        return _encode(self.classes, y) if self.classes is not None else np.asarray(y, dtype=np.float32)
 
     def decode_labels(self, idx: np.ndarray) -> np.ndarray:
         """Class indices `[B]` -> original label values `[B]`; regression values pass through."""
-        if self.classes is None:
-            return np.asarray(idx)
         idx = np.asarray(idx)
+        if self.classes is None:
+            return idx
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_classes):
-            raise ValueError(
-                f"Argument `idx` must be in [0, {self.num_classes - 1}]. "
-                f"Received: idx in [{idx.min()}, {idx.max()}]"
-            )
+            raise ValueError(f"Argument `idx` must be in [0, {self.num_classes}). Received: idx={idx}")
         return np.asarray(self.classes)[idx]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "feature_names": list(self.feature_names),
-            "target": self.target,
-            "task": self.task,
-            "classes": self.classes,
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-        }
+        return {**dataclasses.asdict(self), "mean": self.mean.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
-        keys = ("feature_names", "target", "task", "classes", "mean", "scale")
-        missing = [k for k in keys if k not in d]
-        if missing:
-            raise DataError(f"Preprocessor metadata is missing keys {missing}. Received keys: {sorted(d)}")
-        return cls(**{k: d[k] for k in keys})
+        names = [f.name for f in dataclasses.fields(cls)]
+        if missing := [k for k in names if k not in d]:
+            raise DataError(f"Preprocessor metadata lacks the keys {missing}. Received keys: {sorted(d)}")
+        return cls(**{k: d[k] for k in names})
 
 
 @dataclass(eq=False)
 class PreparedData:
     """Standardised, encoded train/val/test arrays and the preprocessor that made them.
 
-    `x_*` are `[n_split, d]` float32; `y_*` are `[n_split]` int32 class indices or float32 regression
-    targets. `raw` holds the raw split frames `[n_split, d + 1]` that `save` writes.
+    `x_*` are `[n_split, d]` float32; `y_*` are `[n_split]` int32 class indices (classification) or float32
+    targets (regression). `raw` holds the raw split frames `[n_split, d + 1]` that `save` writes.
     """
 
     x_train: np.ndarray
@@ -397,7 +338,7 @@ class PreparedData:
     def from_frames(
         cls, frames: dict[str, pd.DataFrame], preprocessor: Preprocessor, config: DataConfig
     ) -> PreparedData:
-        """Applies `preprocessor` to raw `train`/`val`/`test` frames."""
+        """Applies `preprocessor` to the raw `train`/`val`/`test` frames `[n_split, d + 1]`."""
         arrays = {}
         for name in _SPLITS:
             arrays[f"x_{name}"] = preprocessor.transform(frames[name])  # (n_split, d)
@@ -407,17 +348,16 @@ class PreparedData:
     def save(self, directory: str | Path) -> dict[str, Path]:
         """Writes `{train,val,test}.parquet` (raw features + original target) and `metadata.json`."""
         if self.raw is None:
-            raise DataError("This PreparedData has no raw split frames; build it with `prepare_data`.")
+            raise DataError(
+                "This PreparedData has no raw split frames to save; build it with `prepare_data`."
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = {name: directory / f"{name}.parquet" for name in _SPLITS}
         for name, path in paths.items():
             self.raw[name].to_parquet(path, engine="pyarrow", index=False)
-        metadata = {
-            **self.preprocessor.to_dict(),
-            "config": self.config.get_config(),
-            "rows": {name: len(self.raw[name]) for name in _SPLITS},
-        }
+        rows = {name: len(self.raw[name]) for name in _SPLITS}
+        metadata = {**self.preprocessor.to_dict(), "config": self.config.get_config(), "rows": rows}
         paths["metadata"] = directory / "metadata.json"
         paths["metadata"].write_text(json.dumps(metadata, indent=2))
         return paths
@@ -445,40 +385,31 @@ def _split_sizes(n: int, config: DataConfig) -> tuple[int, int, int]:
     return n - n_test - n_val, n_val, n_test
 
 
-def _split_indices(
-    n: int, codes: np.ndarray | None, classes: list | None, config: DataConfig
-) -> dict[str, np.ndarray]:
+def _split_indices(n: int, codes: np.ndarray | None, classes: list | None, config: DataConfig) -> dict:
     """Row indices per split, stratified by class codes `[B]` (classification); DataError if too few rows."""
-    per_split = 1 if classes is None else len(classes)
-    where = "per split" if classes is None else f"per split (one per class, {per_split} classes)"
+    per_split, head = len(classes or [None]), config.train_rows or 0
     if config.train_rows is not None and config.train_rows < per_split:
-        raise DataError(
-            f"Argument `train_rows` must be >= {per_split} to hold every class. "
-            f"Received: train_rows={config.train_rows}"
-        )
+        raise DataError(f"Argument `train_rows` must be >= {per_split} (one row per class). Received: {head}")
     if min(_split_sizes(n, config)) < per_split:
         needed = next(m for m in itertools.count(n + 1) if min(_split_sizes(m, config)) >= per_split)
         raise DataError(
-            f"Too few rows to split: the data has {n} rows, but train_rows={config.train_rows}, "
-            f"val_fraction={config.val_fraction}, test_fraction={config.test_fraction} need at least {needed} rows "
-            f"to give >= {per_split} rows {where}."
+            f"Too few rows to split: the data has {n} rows; at least {needed} are needed for >= {per_split} "
+            f"row(s) per split with val_fraction={config.val_fraction}, "
+            f"test_fraction={config.test_fraction}, train_rows={config.train_rows}."
         )
-    index = np.arange(n)
-    head = 0 if config.train_rows is None else config.train_rows
-    if codes is not None:  # each class needs a row in every split it is drawn from at random
-        counts = np.bincount(codes[head:], minlength=len(classes))
-        need = 3 if config.train_rows is None else 2
+    if codes is not None:  # stratified draws need >= 2 rows per class per draw
+        counts, need = np.bincount(codes[head:], minlength=per_split), 3 if head == 0 else 2
         if counts.min() < need:
             label = classes[int(counts.argmin())]
             raise DataError(
-                f"Class {label!r} has only {int(counts.min())} rows to split; each class needs at least "
-                f"{need} so that every split holds one. Add rows of that class or drop it."
+                f"Class {label!r} has {counts.min()} rows to split; need >= {need}, one per split."
             )
 
-    def split(rows: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
+    def split(rows: np.ndarray, size: float) -> list[np.ndarray]:
         strata = None if codes is None else codes[rows]
         return train_test_split(rows, test_size=size, random_state=config.seed, stratify=strata)
 
+    index = np.arange(n)
     if config.train_rows is None:
         rest, test = split(index, config.test_fraction)
         train, val = split(rest, config.val_fraction / (1 - config.test_fraction))
@@ -487,11 +418,10 @@ def _split_indices(
         val, test = split(index[head:], config.test_fraction / (config.val_fraction + config.test_fraction))
     splits = {"train": train, "val": val, "test": test}
     for name, rows in splits.items():
-        absent = [] if codes is None else sorted(set(range(len(classes))) - set(codes[rows].tolist()))
-        if absent:
+        if codes is not None and (absent := sorted(set(range(per_split)) - set(codes[rows].tolist()))):
+            label = classes[absent[0]]
             raise DataError(
-                f"Class {classes[absent[0]]!r} has no rows in the {name} split (seed={config.seed}); "
-                "add rows of that class or change the split fractions, `train_rows` or `seed`."
+                f"Class {label!r} has no rows in the {name} split; add rows or change the fractions."
             )
     return splits
 
@@ -514,10 +444,10 @@ def prepare_data(config: DataConfig, frame: pd.DataFrame | None = None) -> Prepa
     frame = frame.reset_index(drop=True)
     y = frame[target]
     task = infer_task(y, config.max_classes) if config.task == "auto" else _check_task(y, config.task)
-    classes = None if task == "regression" else _distinct_values(y)
-    codes = None if classes is None else _encode(classes, y)
+    classes = None if task == "regression" else _classes_of(y)
+    codes = None if classes is None else _encode(classes, y)  # (B,)
     splits = _split_indices(len(frame), codes, classes, config)
-    frames = {name: frame.iloc[idx].reset_index(drop=True) for name, idx in splits.items()}
+    frames = {name: frame.iloc[rows].reset_index(drop=True) for name, rows in splits.items()}
     preprocessor = Preprocessor.fit(frames["train"], target, task, classes, config.standardize)
     return PreparedData.from_frames(frames, preprocessor, config)
 

@@ -13,6 +13,7 @@ call exactly there, so a snapshot taken in `on_cycle_end` holds the weights of t
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -159,36 +160,12 @@ def fit(
             model, np.asarray(validation_data[0], "float32"), np.asarray(validation_data[1]), 1, "val"
         )
     check_elementwise(optimizer)
-    variables = model.trainable_variables
     if not optimizer.built:
-        optimizer.build(variables)
+        optimizer.build(model.trainable_variables)
     x_train = tf.constant(x)
     y_train = tf.constant(y.astype("int32" if model.task != "regression" else "float32"))
-    unit_grads = [tf.Variable(tf.zeros((model.members, units))) for units in model.hidden_units]
 
-    @tf.function(
-        jit_compile=config.jit_compile, input_signature=[tf.TensorSpec([None, model.members, None], tf.int32)]
-    )
-    def run_steps(batch_indices):  # (S, N, B)
-        steps = tf.shape(batch_indices)[0]
-        loss_sum = tf.zeros([model.members])
-        lrs = tf.TensorArray(tf.float32, size=steps)
-        for s in tf.range(steps):
-            rows = batch_indices[s]  # (N, B)
-            xb, yb = tf.gather(x_train, rows), tf.gather(y_train, rows)  # (N, B, d), (N, B)
-            with tf.GradientTape() as tape:
-                losses = member_losses(model.task, yb, model(xb, training=True))  # (N,)
-                total = tf.reduce_sum(losses)  # sum, not mean: each member gets exactly its own gradient
-            grads = tape.gradient(total, variables)
-            lrs = lrs.write(s, tf.cast(optimizer.learning_rate, tf.float32))  # the LR this step uses
-            apply_gradients(optimizer, grads, variables)
-            loss_sum += losses
-            if config.track_unit_gradients:
-                for acc, layer in zip(unit_grads, model.hidden_layers, strict=True):
-                    acc.assign_add(
-                        tf.reduce_sum(tf.abs(grads[variables.index(layer.kernel)]), axis=1)
-                    )  # (N, H)
-        return loss_sum, lrs.stack()
+    run_steps = compiled_steps(model, optimizer, config)
 
     history = keras.callbacks.History()
     history.learning_rates, history.steps = [], []
@@ -204,7 +181,7 @@ def fit(
     callback_list.on_train_begin()
     for epoch in range(initial_epoch, config.epochs):
         callback_list.on_epoch_begin(epoch)
-        for acc in unit_grads:
+        for acc in run_steps.unit_gradients:
             acc.assign(tf.zeros_like(acc))
         indices = epoch_indices(len(x), model.members, config.batch_size, epoch, config.seed, config.bagging)
         loss_sum, done = np.zeros(model.members), 0
@@ -214,7 +191,7 @@ def fit(
             next_end = next((e for e in cycle_ends if e > step), None)
             if next_end is not None:
                 stop = min(stop, done + next_end - step)
-            chunk_loss, chunk_lrs = run_steps(tf.constant(indices[done:stop]))
+            chunk_loss, chunk_lrs = run_steps(x_train, y_train, tf.constant(indices[done:stop]))
             loss_sum += chunk_loss.numpy()
             history.learning_rates.extend(chunk_lrs.numpy().tolist())
             history.steps.extend(range(step + 1, step + 1 + stop - done))
@@ -225,12 +202,55 @@ def fit(
         logs = epoch_logs(model, x, y, validation_data, loss_sum / steps_per_epoch, config)
         logs["lr"] = history.learning_rates[-1]
         if config.track_unit_gradients:
-            logs["unit_gradients"] = [acc.numpy() for acc in unit_grads]
+            logs["unit_gradients"] = [acc.numpy() for acc in run_steps.unit_gradients]
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
     callback_list.on_train_end()
     return history
+
+
+# One compiled step loop per (model, optimiser, options): re-tracing costs ~1 s, so `fit` calls reuse it.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_steps(model: FusedMLP, optimizer: keras.optimizers.Optimizer, config: TrainConfig):
+    """The compiled loop `run_steps(x (rows, d), y (rows,), batch_indices (S, N, B)) -> (loss_sum (N,), lr (S,))`.
+
+    It runs S optimiser steps in one call; step s trains member n on rows `batch_indices[s, n]`.
+    `run_steps.unit_gradients` holds, per hidden layer, the accumulated |dL/dW| per unit `(N, H)`.
+    """
+    key = (id(optimizer), config.jit_compile, config.track_unit_gradients)
+    cached = _COMPILED.setdefault(model, {})
+    if key in cached:
+        return cached[key]
+    variables = model.trainable_variables
+    unit_gradients = [tf.Variable(tf.zeros((model.members, units))) for units in model.hidden_units]
+    kernel_index = [[id(v) for v in variables].index(id(layer.kernel)) for layer in model.hidden_layers]
+
+    @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
+    def run_steps(x_train, y_train, batch_indices):  # (rows, d), (rows,), (S, N, B)
+        steps = tf.shape(batch_indices)[0]
+        loss_sum = tf.zeros([model.members])
+        lrs = tf.TensorArray(tf.float32, size=steps)
+        for s in tf.range(steps):
+            rows = batch_indices[s]  # (N, B)
+            xb, yb = tf.gather(x_train, rows), tf.gather(y_train, rows)  # (N, B, d), (N, B)
+            with tf.GradientTape() as tape:
+                losses = member_losses(model.task, yb, model(xb, training=True))  # (N,)
+                total = tf.reduce_sum(losses)  # sum, not mean: each member gets exactly its own gradient
+            grads = tape.gradient(total, variables)
+            lrs = lrs.write(s, tf.cast(optimizer.learning_rate, tf.float32))  # the LR this step uses
+            apply_gradients(optimizer, grads, variables)
+            loss_sum += losses
+            if config.track_unit_gradients:
+                for acc, index in zip(unit_gradients, kernel_index, strict=True):
+                    acc.assign_add(tf.reduce_sum(tf.abs(grads[index]), axis=1))  # (N, H)
+        return loss_sum, lrs.stack()
+
+    run_steps.unit_gradients = unit_gradients
+    cached[key] = run_steps
+    return run_steps
 
 
 def schedule_cycle_ends(optimizer: keras.optimizers.Optimizer, total_steps: int) -> list[int]:
