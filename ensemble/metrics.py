@@ -18,7 +18,7 @@ EPS = 1e-12
 """Probabilities are clipped to `[EPS, 1]` before any logarithm, so `log 0` never occurs."""
 
 _SUM_TOL = 1e-3
-_METHODS = ("mean", "geometric")
+COMBINERS = ("mean", "geometric")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -118,8 +118,8 @@ def combine(member_probs, method: str = "mean", members: Sequence[int] | None = 
     Returns:
         Ensemble probabilities `(B, C)`; every row sums to 1.
     """
-    if method not in _METHODS:
-        raise ValueError(f"Argument `method` must be one of {_METHODS}. Received: method={method!r}")
+    if method not in COMBINERS:
+        raise ValueError(f"Argument `method` must be one of {COMBINERS}. Received: method={method!r}")
     probs = _select(_check_probs(member_probs, "member_probs", ndim=3), members)  # (N, B, C)
     if method == "mean":
         return probs.mean(axis=0)  # (B, C)

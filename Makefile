@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything they need is installed here.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install run test lint bench ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## train, evaluate and register the default ensemble (SQLite MLflow store in ./mlflow.db)
+	$(BIN)/ensemble train $(ARGS)
+
+test: install  ## lint + the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install  ## performance scripts: each prints ratios against its baseline
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script --quick || exit 1; done
+
+ui: install
+	$(BIN)/ensemble ui
+
+clean:
+	rm -rf $(VENV) mlflow.db mlartifacts outputs .pytest_cache
