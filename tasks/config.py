@@ -1,0 +1,204 @@
+"""The pipeline's one validated configuration: pydantic models (typos fail at parse time), loaded from YAML,
+overridable by `section.key=value` strings (the CLI's `--set`) and by named CLI options.
+
+Field names equal the library's argument names, so each section converts to its library config one to one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(Section):
+    """Where the data comes from and how it is split (see `ensemble.data.DataConfig`)."""
+
+    source: str = "digits"
+    target: str | None = None
+    task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+    standardize: bool = True
+    max_classes: int = Field(50, ge=2)
+    train_rows: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> DataSection:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 to leave training rows. "
+                f"Received: {self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+class ModelSection(Section):
+    """The member architecture (see `ensemble.fused.FusedMLP`)."""
+
+    members: int = Field(8, ge=1, le=100_000)
+    hidden_units: list[int] = Field(default_factory=lambda: [32, 32])
+    activation: str = "relu"
+    seed: int = 0
+
+    @field_validator("hidden_units")
+    @classmethod
+    def _positive_widths(cls, value: list[int]) -> list[int]:
+        if any(u < 1 for u in value):
+            raise ValueError(f"every hidden width must be >= 1. Received: {value}")
+        return value
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        known = {
+            "relu",
+            "tanh",
+            "sigmoid",
+            "gelu",
+            "elu",
+            "selu",
+            "softplus",
+            "swish",
+            "silu",
+            "linear",
+            "leaky_relu",
+        }
+        if value not in known:
+            raise ValueError(f"unknown activation {value!r}; use one of {sorted(known)}")
+        return value
+
+
+class OptimizerSection(Section):
+    """An elementwise Keras optimiser (global-norm clipping would couple members and is not offered)."""
+
+    name: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+
+
+class TrainSection(Section):
+    """The fused training loop (see `ensemble.train.TrainConfig`)."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(1, ge=1)
+    bagging: bool = False
+    seed: int = 0
+    steps_per_call: int = Field(1000, ge=1)
+    jit_compile: bool = False
+
+
+class SnapshotSection(Section):
+    """SGDR + one snapshot per cycle (seed 002 parameter names); `cycle_length` is in epochs."""
+
+    enabled: bool = True
+    cycle_length: int = Field(5, ge=1)
+    cycle_length_multiplier: float = Field(1.0, ge=1)
+    lr_init: float = Field(0.01, gt=0)
+    lr_min: float = Field(1e-4, ge=0)
+    lr_multiplier: float = Field(1.0, gt=0)
+    skip_first: int = Field(0, ge=0)
+    keep_best: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _min_below_init(self) -> SnapshotSection:
+        if self.lr_min >= self.lr_init:
+            raise ValueError(
+                f"lr_min must be < lr_init. Received: lr_min={self.lr_min}, lr_init={self.lr_init}"
+            )
+        return self
+
+
+class GrowthSection(Section):
+    """Plateau-triggered, function-preserving neuron splitting (see `ensemble.growth`)."""
+
+    enabled: bool = False
+    monitor: str = "val_accuracy"
+    min_delta: float = Field(0.005, ge=0)
+    patience: int = Field(2, ge=1)
+    max_width: int = Field(256, ge=1)
+    max_rounds: int = Field(3, ge=1)
+    strategy: Literal["all", "targeted"] = "all"
+    units_per_split: int = Field(4, ge=1)
+    noise: float = Field(1e-3, ge=0)
+
+
+class EvaluationSection(Section):
+    combiner: Literal["mean", "geometric"] = "mean"
+    bins: int = Field(15, ge=1)
+    # The test metric that decides whether a new model version becomes champion (higher is better for
+    # accuracy; lower for nll/brier/ece/rmse/mae).
+    metric: Literal["accuracy", "nll", "brier", "ece", "rmse", "mae"] = "accuracy"
+
+
+class RegistrySection(Section):
+    enabled: bool = True
+    model_name: str | None = None  # None: `registered_model_name` of mlflow.yaml
+
+
+class PipelineConfig(Section):
+    """Everything one `train` flow run needs. `output_dir` holds prepared data, checkpoints and artifacts."""
+
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    optimizer: OptimizerSection = OptimizerSection()
+    train: TrainSection = TrainSection()
+    snapshots: SnapshotSection = SnapshotSection()
+    growth: GrowthSection = GrowthSection()
+    evaluation: EvaluationSection = EvaluationSection()
+    registry: RegistrySection = RegistrySection()
+    output_dir: str = "outputs"
+    run_name: str | None = None
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> PipelineConfig:
+        if self.data.task == "regression" and self.evaluation.metric not in ("rmse", "mae"):
+            raise ValueError(
+                f"evaluation.metric={self.evaluation.metric!r} is a classification metric; "
+                "use rmse or mae for regression"
+            )
+        if self.data.task in ("binary", "multiclass") and self.evaluation.metric in ("rmse", "mae"):
+            raise ValueError(f"evaluation.metric={self.evaluation.metric!r} is a regression metric")
+        return self
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Defaults <- YAML file <- overrides (dotted keys, e.g. `{"model.members": 16}`); validated once at the end.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        pydantic.ValidationError: a value is invalid or a key is unknown (the message names it).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file not found: {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"Config file {path} must hold a mapping of sections, not {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"Cannot set {dotted!r}: {key!r} is not a section")
+        node[leaf] = value
+    return PipelineConfig.model_validate(raw)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`"model.members=16"` -> `("model.members", 16)`; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ValueError(f"Expected KEY=VALUE (e.g. model.members=16). Received: {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)

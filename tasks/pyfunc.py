@@ -1,0 +1,31 @@
+"""The MLflow pyfunc wrapper around `ensemble.predictor.EnsemblePredictor` (what `mlflow models serve` runs)."""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from ensemble.data import DataError
+from ensemble.predictor import EnsemblePredictor
+
+PREDICTOR_ARTIFACT = "predictor"
+
+
+class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
+    """Raw feature columns in (the saved standardisation is applied inside); out: `proba_<class>` columns and
+    `label` (classification) or `prediction` and `spread` (regression).
+
+    Bad rows (missing columns, non-numeric or NaN values) raise an `MlflowException` with
+    `INVALID_PARAMETER_VALUE`, which the scoring server answers with HTTP 400 and the message.
+    """
+
+    def load_context(self, context) -> None:
+        self.predictor = EnsemblePredictor.load(context.artifacts[PREDICTOR_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        try:
+            return self.predictor.predict(pd.DataFrame(model_input))
+        except DataError as error:
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from error

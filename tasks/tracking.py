@@ -1,0 +1,273 @@
+"""All MLflow traffic of the pipeline: settings from `mlflow.yaml` + environment, runs opened and closed by id,
+batched metric/param logging, artifacts, the dataset input, the pyfunc model and the registry aliases.
+
+MLflow's active run is thread-local and Prefect runs tasks in worker threads, so nothing here relies on it: every
+call names its `run_id` and goes through one `MlflowClient`. The single exception is `log_model`, which MLflow only
+offers through the fluent API; it activates the run inside the calling thread for that one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
+
+SETTINGS_FILE_ENV = "ENSEMBLE_MLFLOW_CONFIG"
+ENV_OVERRIDES = {
+    "tracking_uri": "MLFLOW_TRACKING_URI",
+    "registry_uri": "MLFLOW_REGISTRY_URI",
+    "artifact_location": "ENSEMBLE_ARTIFACT_LOCATION",
+    "experiment_name": "MLFLOW_EXPERIMENT_NAME",
+    "registered_model_name": "ENSEMBLE_REGISTERED_MODEL",
+}
+MAX_PARAM_LENGTH = 6000
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Where runs, artifacts and registered models go. Defaults = the embedded `mlflow.yaml`."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    registry_uri: str | None = None
+    artifact_location: str | None = "./mlartifacts"
+    experiment_name: str = "fused-ensembles"
+    registered_model_name: str = "fused-ensemble"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, environ: Mapping[str, str] = os.environ
+    ) -> TrackingSettings:
+        """Defaults <- YAML file (`path`, `$ENSEMBLE_MLFLOW_CONFIG` or `./mlflow.yaml` if present) <- environment."""
+        path = (
+            path
+            or environ.get(SETTINGS_FILE_ENV)
+            or ("mlflow.yaml" if Path("mlflow.yaml").is_file() else None)
+        )
+        values: dict[str, Any] = {}
+        if path is not None:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"MLflow settings file not found: {path}")
+            values = yaml.safe_load(Path(path).read_text()) or {}
+            unknown = set(values) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ValueError(
+                    f"Unknown keys in {path}: {sorted(unknown)}. Known: {[f.name for f in fields(cls)]}"
+                )
+        values.update({key: environ[env] for key, env in ENV_OVERRIDES.items() if environ.get(env)})
+        return cls(**values)
+
+
+class Tracker:
+    """One MLflow client for one store; every method takes the run it writes to."""
+
+    def __init__(self, settings: TrackingSettings | None = None):
+        self.settings = settings or TrackingSettings.load()
+        self.client = MlflowClient(self.settings.tracking_uri, self.settings.registry_uri)
+
+    def with_settings(self, **changes) -> Tracker:
+        return Tracker(replace(self.settings, **changes))
+
+    # -- runs ---------------------------------------------------------------------------------------------------
+    def experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.settings.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = self.settings.artifact_location
+        if location and "://" not in location:
+            location = Path(location).resolve().as_uri()
+        try:
+            return self.client.create_experiment(self.settings.experiment_name, artifact_location=location)
+        except MlflowException:  # created concurrently by another flow
+            return self.client.get_experiment_by_name(self.settings.experiment_name).experiment_id
+
+    def start_run(
+        self, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+    ) -> str:
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    # -- values -------------------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Nested dicts are flattened with dots (`model.members`); values are stringified."""
+        flat = [Param(key, _param_value(value)) for key, value in flatten(params).items()]
+        for start in range(0, len(flat), 100):
+            self.client.log_batch(run_id, params=flat[start : start + 100], synchronous=True)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = get_current_time_millis()
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items() if _finite(value)]
+        self.log_metric_batch(run_id, batch)
+
+    def log_series(self, run_id: str, key: str, values: Iterable[float], steps: Iterable[int]) -> None:
+        """One metric key at many steps (e.g. the learning rate of every optimiser step), in batched requests."""
+        now = get_current_time_millis()
+        self.log_metric_batch(
+            run_id, [Metric(key, float(v), now, int(s)) for v, s in zip(values, steps, strict=True)]
+        )
+
+    def log_metric_batch(self, run_id: str, metrics: list[Metric]) -> None:
+        """`log_batch` in chunks of 1000 metrics (MLflow's per-request limit)."""
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
+
+    # -- artifacts ----------------------------------------------------------------------------------------------
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
+        self.client.log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
+
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        """A table (list of row dicts) as an MLflow table artifact (visible in the UI's artifact viewer)."""
+        self.client.log_table(run_id, pd.DataFrame(rows), artifact_file)
+
+    def log_dataset(
+        self, run_id: str, frame: pd.DataFrame, name: str, source: str, target: str, context: str
+    ) -> None:
+        """Record `frame` as an MLflow dataset input of the run (name, digest, schema, source)."""
+        dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name)
+        dataset_input = mlflow.entities.DatasetInput(
+            dataset=dataset._to_mlflow_entity(),
+            tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
+        )
+        self.client.log_inputs(run_id, datasets=[dataset_input])
+
+    # -- models -------------------------------------------------------------------------------------------------
+    def log_model(
+        self,
+        run_id: str,
+        python_model,
+        artifacts: dict[str, str],
+        input_example: pd.DataFrame,
+        output_example: pd.DataFrame,
+    ) -> str:
+        """Log a pyfunc model with signature and input example into `run_id`; returns its model URI."""
+        signature = mlflow.models.infer_signature(input_example, output_example)
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        if self.settings.registry_uri:
+            mlflow.set_registry_uri(self.settings.registry_uri)
+        with mlflow.start_run(run_id=run_id):  # thread-local activation for this call only
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=python_model,
+                artifacts=artifacts,
+                signature=signature,
+                input_example=input_example,
+                pip_requirements=[],  # served with --env-manager local: the project's own environment
+            )
+        self.client.update_run(run_id, status="RUNNING")  # the flow, not this call, ends the run
+        return info.model_uri
+
+    def register(
+        self,
+        model_uri: str,
+        run_id: str,
+        metric: str,
+        value: float,
+        higher_is_better: bool,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Register `model_uri`; the champion alias moves to it only if it beats the current champion's `metric`.
+
+        Returns:
+            `{"name", "version", "alias", "champion_value"}`; `alias` is the champion or challenger alias.
+        """
+        name = name or self.settings.registered_model_name
+        champion_value = self.champion_metric(name, metric)
+        version = self.client.create_model_version(
+            name=self._ensure_registered(name),
+            source=model_uri,
+            run_id=run_id,
+            tags={f"test_{metric}": str(value)},
+        ).version
+        better = champion_value is None or (
+            value > champion_value if higher_is_better else value < champion_value
+        )
+        alias = self.settings.champion_alias if better else self.settings.challenger_alias
+        self.client.set_registered_model_alias(name, alias, version)
+        self.set_tags(
+            run_id, {"registered_model": name, "registered_version": version, "registered_alias": alias}
+        )
+        return {"name": name, "version": str(version), "alias": alias, "champion_value": champion_value}
+
+    def champion_metric(self, name: str, metric: str) -> float | None:
+        """The champion version's test metric, or None if there is no champion yet."""
+        try:
+            version = self.client.get_model_version_by_alias(name, self.settings.champion_alias)
+        except MlflowException:
+            return None
+        tagged = version.tags.get(f"test_{metric}")
+        return (
+            float(tagged)
+            if tagged is not None
+            else self.client.get_run(version.run_id).data.metrics.get(f"test_{metric}")
+        )
+
+    def _ensure_registered(self, name: str) -> str:
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            with contextlib.suppress(MlflowException):  # created concurrently
+                self.client.create_registered_model(name)
+        return name
+
+    def run_url(self, run_id: str) -> str:
+        """Where the run shows in the UI (`ensemble ui` serves the store at http://127.0.0.1:5000)."""
+        experiment = self.experiment_id()
+        base = (
+            self.settings.tracking_uri
+            if self.settings.tracking_uri.startswith("http")
+            else "http://127.0.0.1:5000"
+        )
+        return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return text[:MAX_PARAM_LENGTH]
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and float(value) == float(value) and abs(float(value)) != float("inf")
+    except (TypeError, ValueError):
+        return False
