@@ -121,7 +121,8 @@ class GrowthSection(Section):
     """Plateau-triggered, function-preserving neuron splitting (see `ensemble.growth`)."""
 
     enabled: bool = False
-    monitor: str = "val_accuracy"
+    epochs_per_round: int = Field(20, ge=1)  # cap; a plateau usually ends a round sooner
+    monitor: Literal["val_accuracy", "val_ensemble_accuracy", "val_loss"] = "val_accuracy"
     min_delta: float = Field(0.005, ge=0)
     patience: int = Field(2, ge=1)
     max_width: int = Field(256, ge=1)

@@ -171,9 +171,7 @@ class Tracker:
     ) -> str:
         """Log a pyfunc model with signature and input example into `run_id`; returns its model URI."""
         signature = mlflow.models.infer_signature(input_example, output_example)
-        mlflow.set_tracking_uri(self.settings.tracking_uri)
-        if self.settings.registry_uri:
-            mlflow.set_registry_uri(self.settings.registry_uri)
+        self._use_fluent_uris()
         with mlflow.start_run(run_id=run_id):  # thread-local activation for this call only
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -217,6 +215,16 @@ class Tracker:
             run_id, {"registered_model": name, "registered_version": version, "registered_alias": alias}
         )
         return {"name": name, "version": str(version), "alias": alias, "champion_value": champion_value}
+
+    def load_model(self, alias: str, name: str | None = None):
+        """The registered pyfunc `models:/<name>@<alias>`, loaded in-process."""
+        self._use_fluent_uris()
+        return mlflow.pyfunc.load_model(f"models:/{name or self.settings.registered_model_name}@{alias}")
+
+    def _use_fluent_uris(self) -> None:
+        """Point MLflow's module-level API (needed by `log_model`/`load_model`) at this tracker's store."""
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        mlflow.set_registry_uri(self.settings.registry_uri or self.settings.tracking_uri)
 
     def champion_metric(self, name: str, metric: str) -> float | None:
         """The champion version's test metric, or None if there is no champion yet."""

@@ -1,0 +1,97 @@
+"""Prefect tasks of the `compare` flow: the ensemble, a single member-sized model and a single large model of
+equal FLOPs, each trained on the same data and logged as its own MLflow run tagged for the UI's compare view."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ensemble.compare import CompareConfig, rows_to_markdown, run_comparison
+from ensemble.data import PreparedData
+from ensemble.flops import ensemble_flops, equal_flops_width
+from ensemble.fused import FusedMLP
+from ensemble.plots import plot_accuracy_vs_flops
+from ensemble.train import fit
+from tasks.config import EvaluationSection, ModelSection, OptimizerSection, TrainSection
+from tasks.evaluate import score
+from tasks.tracking import Tracker, TrackingSettings
+from tasks.train import build_optimizer, train_config
+
+
+@task(name="plan-candidates", cache_policy=NO_CACHE)
+def plan_candidates_task(data_dir: str, model: ModelSection) -> list[dict]:
+    """`[ensemble, single, equal_flops_single]` as `{"kind", "members", "hidden_units"}`.
+
+    The equal-FLOPs single model has the ensemble's depth and the largest uniform width whose forward FLOPs per
+    sample do not exceed the whole ensemble's.
+    """
+    prepared = PreparedData.load(data_dir)
+    d, out, depth = prepared.num_features, prepared.num_outputs, len(model.hidden_units)
+    budget = ensemble_flops(d, model.hidden_units, out, model.members)
+    width = equal_flops_width(d, depth, out, budget)
+    return [
+        {"kind": "ensemble", "members": model.members, "hidden_units": list(model.hidden_units)},
+        {"kind": "single", "members": 1, "hidden_units": list(model.hidden_units)},
+        {"kind": "equal_flops_single", "members": 1, "hidden_units": [width] * depth},
+    ]
+
+
+@task(name="train-candidate", retries=1, cache_policy=NO_CACHE)
+def candidate_task(settings: TrackingSettings, parent_run_id: str, data_dir: str, candidate: dict,
+                   model: ModelSection, optimizer: OptimizerSection, train: TrainSection,
+                   evaluation: EvaluationSection) -> dict:
+    """Train one candidate with the fused engine (constant learning rate) and log it as a child run.
+
+    Tags: `kind` (ensemble / single / equal_flops_single) and `comparison` (the parent run id), so filtering the
+    MLflow UI on `tags.comparison` lines the candidates up. Returns the row `{kind, members, width, flops, ...}`.
+    """
+    tracker = Tracker(settings)
+    label = f"{candidate['kind']}-{candidate['members']}x{'-'.join(map(str, candidate['hidden_units']))}"
+    run_id = tracker.start_run(label, tags={"kind": candidate["kind"], "comparison": parent_run_id},
+                               parent_run_id=parent_run_id)
+    try:
+        prepared = PreparedData.load(data_dir)
+        fused = FusedMLP(candidate["members"], prepared.num_features, candidate["hidden_units"], task=prepared.task,
+                         num_classes=max(prepared.num_classes, 2), activation=model.activation, seed=model.seed)
+        flops = ensemble_flops(fused.input_dim, fused.hidden_units, fused.output_dim, fused.members)
+        tracker.log_params(run_id, {**candidate, "width": max(candidate["hidden_units"]), "flops_per_sample": flops,
+                                    "params_count": fused.count_params(), "epochs": train.epochs})
+        start = time.perf_counter()
+        steps_per_epoch = len(prepared.y_train) // train.batch_size
+        fit(fused, prepared.x_train, prepared.y_train, optimizer=build_optimizer(optimizer, None, steps_per_epoch),
+            config=train_config(train, train_metrics=False))
+        seconds = time.perf_counter() - start
+        metrics = score(fused.predict_members(prepared.x_test), prepared.y_test, prepared.task, evaluation)
+        tracker.log_metrics(run_id, {**{f"test_{k}": v for k, v in metrics.items()}, "flops_per_sample": flops,
+                                     "train_seconds": seconds})
+    except BaseException:
+        tracker.finish_run(run_id, "FAILED")
+        raise
+    tracker.finish_run(run_id)
+    return {"kind": candidate["kind"], "members": fused.members, "width": max(fused.hidden_units),
+            "flops": flops, "run_id": run_id, **metrics}
+
+
+@task(name="comparison-grid", cache_policy=NO_CACHE)
+def grid_task(settings: TrackingSettings, run_id: str, data_dir: str, grid: dict, run_dir: str) -> list[dict]:
+    """Kondratyuk-style grid (`ensemble.compare.run_comparison`): widths x members + equal-FLOPs singles."""
+    rows = run_comparison(PreparedData.load(data_dir), CompareConfig(**grid))
+    tracker = Tracker(settings)
+    tracker.log_table(run_id, [{k: (str(v) if k == "matches" else v) for k, v in r.items()} for r in rows],
+                      "comparison_grid.json")
+    path = Path(run_dir) / "comparison_grid.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rows_to_markdown(rows))
+    tracker.log_artifact(run_id, path, "comparison")
+    return rows
+
+
+@task(name="plot-comparison", cache_policy=NO_CACHE)
+def plot_comparison_task(settings: TrackingSettings, run_id: str, rows: list[dict], run_dir: str) -> str:
+    """Accuracy vs FLOPs per sample (log x), one curve per width; logged to the parent run."""
+    png = plot_accuracy_vs_flops(rows, Path(run_dir) / "accuracy_vs_flops.png")
+    Tracker(settings).log_artifact(run_id, png, "plots")
+    return str(png)

@@ -1,0 +1,67 @@
+"""Prefect tasks of the data step: prepare (validated, split, standardised; cached on content + config) and log it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from ensemble.data import DataConfig, PreparedData, file_sha256, prepare_data
+from tasks.config import DataSection
+from tasks.tracking import Tracker, TrackingSettings
+
+
+def data_cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """Content hash of the data source + the data config + the output location.
+
+    If the prepared files were deleted since, the key changes (a stale cache entry would point at nothing).
+    """
+    section: DataSection = parameters["data"]
+    target = prepared_dir(parameters["output_dir"], section)
+    material = json.dumps([file_sha256(section.source), section.model_dump(), str(target)], sort_keys=True)
+    suffix = "" if (target / "metadata.json").is_file() else ":missing"
+    return hashlib.sha256(material.encode()).hexdigest() + suffix
+
+
+def prepared_dir(output_dir: str, section: DataSection) -> Path:
+    digest = hashlib.sha256(json.dumps(section.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(output_dir).resolve() / "data" / digest
+
+
+@task(name="prepare-data", cache_key_fn=data_cache_key, persist_result=True, retries=1, retry_delay_seconds=2)
+def prepare_data_task(data: DataSection, output_dir: str) -> str:
+    """Load, validate, split and standardise; write the splits as Parquet. Returns the prepared directory."""
+    prepared = prepare_data(DataConfig(**data.model_dump()))
+    target = prepared_dir(output_dir, data)
+    prepared.save(target)
+    return str(target)
+
+
+@task(name="log-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_data_task(settings: TrackingSettings, run_id: str, data_dir: str, source: str) -> dict:
+    """Record the splits as MLflow dataset inputs and the data's shape as params of the run."""
+    tracker = Tracker(settings)
+    prepared = PreparedData.load(data_dir)
+    for split, frame in prepared.raw.items():
+        tracker.log_dataset(
+            run_id,
+            frame,
+            name=f"{Path(source).stem}-{split}",
+            source=source,
+            target=prepared.preprocessor.target,
+            context=split,
+        )
+    summary = {
+        "task": prepared.task,
+        "features": prepared.num_features,
+        "classes": prepared.num_classes,
+        "rows_train": len(prepared.y_train),
+        "rows_val": len(prepared.y_val),
+        "rows_test": len(prepared.y_test),
+    }
+    tracker.log_params(run_id, {"data_summary": summary})
+    return summary

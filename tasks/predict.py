@@ -1,0 +1,41 @@
+"""Prefect tasks of the `predict` flow: batch scoring of a CSV/Parquet file with a registered model alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ensemble.data import DataError
+from tasks.tracking import Tracker, TrackingSettings
+
+READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV or Parquet file as a frame (errors name the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Input file not found: {path}")
+    if path.suffix.lower() not in READERS:
+        raise DataError(f"Unsupported input file type {path.suffix!r} for {path}; use one of {sorted(READERS)}")
+    return READERS[path.suffix.lower()](path)
+
+
+@task(name="score-batch", retries=1, cache_policy=NO_CACHE)
+def score_batch_task(settings: TrackingSettings, input_path: str, output_path: str, alias: str,
+                     model_name: str | None = None) -> dict:
+    """Score every row of `input_path` with `models:/<name>@<alias>`; write the predictions as Parquet.
+
+    The output holds the model's columns (`proba_<class>`, `label` or `prediction`, `spread`), row for row.
+    """
+    frame = read_table(input_path)
+    model_name = model_name or settings.registered_model_name
+    model = Tracker(settings).load_model(alias, model_name)
+    predictions = model.predict(frame)
+    output = Path(output_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_parquet(output, index=False)
+    return {"rows": len(predictions), "output": str(output), "model_uri": f"models:/{model_name}@{alias}"}

@@ -1,0 +1,51 @@
+"""Prefect task of the snapshot step: the N x M (member, cycle) weight sets as one fused group, logged per member.
+
+Per member run: `snapshot_val_loss` / `snapshot_val_accuracy` at `step` = cycle (step-indexed metrics, so the UI
+plots each member's snapshots as a curve). Parent run: the snapshot table and `snapshot_ensemble_val_accuracy`
+(or `_val_loss`) of the ensemble of cycles `0..k` at `step` = k.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ensemble.data import PreparedData
+from ensemble.metrics import accuracy, combine, combine_regression, rmse
+from ensemble.predictor import stack_weight_sets
+from ensemble.snapshots import Snapshots
+from tasks.config import SnapshotSection
+from tasks.tracking import Tracker, TrackingSettings
+
+
+@task(name="collect-snapshots", retries=1, cache_policy=NO_CACHE)
+def collect_snapshots_task(settings: TrackingSettings, run_id: str, member_run_ids: list[str], data_dir: str,
+                           trained: dict, snapshots: SnapshotSection, run_dir: str) -> str:
+    """Stack the kept snapshots into one fused model `(N x M members)`; returns its `.keras` path."""
+    tracker = Tracker(settings)
+    collected = Snapshots.load(trained["snapshot_dir"])
+    prepared = PreparedData.load(data_dir)
+    keys = collected.keys()  # sorted by (cycle, member)
+    for member, member_run in enumerate(member_run_ids):
+        for (m, cycle), scores in sorted(collected.scores.items()):
+            if m == member:
+                tracker.log_metrics(member_run, {f"snapshot_{k}": v for k, v in scores.items()}, step=cycle)
+    table = [{"member": m, "cycle": c, "step": collected.steps[c], **collected.scores.get((m, c), {})}
+             for m, c in keys]
+    tracker.log_table(run_id, table, "snapshots.json")
+    preds = collected.predict_members(prepared.x_val)  # (K, B, C) or (K, B), K in `keys` order
+    for k, cycle in enumerate(collected.cycles):
+        chosen = [i for i, (_, c) in enumerate(keys) if c <= cycle]
+        if prepared.task == "regression":
+            value = {"snapshot_ensemble_val_rmse": rmse(combine_regression(preds[chosen])[0], prepared.y_val)}
+        else:
+            value = {"snapshot_ensemble_val_accuracy": accuracy(combine(preds[chosen]), prepared.y_val)}
+        tracker.log_metrics(run_id, {**value, "snapshot_count": len(chosen)}, step=k)
+    template = keras.saving.load_model(trained["model_path"])
+    group = stack_weight_sets(template, [collected.weights[key] for key in keys], name="snapshot_ensemble")
+    path = Path(run_dir) / "snapshot_ensemble.keras"
+    group.save(path)
+    return str(path)
