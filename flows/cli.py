@@ -12,20 +12,29 @@ import subprocess
 import sys
 from typing import Any
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # else the temporary server logs a traceback
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault(
+    "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
+)  # else the temporary server logs a traceback
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 UI_HINT = "Open the MLflow UI with `ensemble ui` (http://127.0.0.1:5000)."
 
 
 def config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with pipeline config sections (data, model, train, ...)")
-    parser.add_argument("--data", help="CSV/Parquet path or a bundled data set (digits, breast_cancer, wine, blobs)")
+    parser.add_argument(
+        "--data", help="CSV/Parquet path or a bundled data set (digits, breast_cancer, wine, blobs)"
+    )
     parser.add_argument("--target", help="target column of a CSV/Parquet file")
     parser.add_argument("--members", type=int, help="ensemble members N")
     parser.add_argument("--epochs", type=int, help="training epochs")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field, e.g. --set model.hidden_units=[64,64] (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set model.hidden_units=[64,64] (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     config_arguments(commands.add_parser("train", help="train, evaluate and register an ensemble"))
-    compare = commands.add_parser("compare", help="ensemble vs single models (incl. equal FLOPs), one run each")
+    compare = commands.add_parser(
+        "compare", help="ensemble vs single models (incl. equal FLOPs), one run each"
+    )
     config_arguments(compare)
     compare.add_argument("--grid", action="store_true", help="also run the widths x members grid")
     predict = commands.add_parser("predict", help="score a CSV/Parquet file with a registered model alias")
@@ -41,11 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, help="Parquet file to write")
     predict.add_argument("--alias", default="champion")
     predict.add_argument("--model-name", help="registered model (default: mlflow.yaml)")
-    schedule = commands.add_parser("schedule", help="serve the train flow on a cron schedule (needs a Prefect server)")
+    schedule = commands.add_parser(
+        "schedule", help="serve the train flow on a cron schedule (needs a Prefect server)"
+    )
     config_arguments(schedule)
     schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * *" (03:00 daily)')
     schedule.add_argument("--name", default="scheduled-retraining", help="deployment name")
-    schedule.add_argument("--no-serve", action="store_true", help="create the deployment and return (no runner)")
+    schedule.add_argument(
+        "--no-serve", action="store_true", help="create the deployment and return (no runner)"
+    )
     ui = commands.add_parser("ui", help="open the MLflow UI on the configured store")
     ui.add_argument("--port", type=int, default=5000)
     return parser
@@ -55,8 +70,12 @@ def load_pipeline_config(args: argparse.Namespace):
     from tasks.config import load_config, parse_assignment
 
     overrides: dict[str, Any] = dict(parse_assignment(text) for text in args.set)
-    for option, key in (("data", "data.source"), ("target", "data.target"), ("members", "model.members"),
-                        ("epochs", "train.epochs")):
+    for option, key in (
+        ("data", "data.source"),
+        ("target", "data.target"),
+        ("members", "model.members"),
+        ("epochs", "train.epochs"),
+    ):
         if getattr(args, option) is not None:
             overrides[key] = getattr(args, option)
     return load_config(args.config, overrides)
@@ -67,8 +86,16 @@ def run(args: argparse.Namespace) -> int:
 
     settings = TrackingSettings.load()
     if args.command == "ui":
-        command = ["mlflow", "ui", "--backend-store-uri", settings.tracking_uri, "--host", "127.0.0.1",
-                   "--port", str(args.port)]
+        command = [
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            settings.tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+        ]
         print(f"MLflow UI on http://127.0.0.1:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it.")
         return subprocess.call([os.path.join(os.path.dirname(sys.executable), "mlflow"), *command[1:]])
     if args.command == "predict":
@@ -88,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         from flows.compare import compare_flow
 
         result = compare_flow(config, settings, grid={} if args.grid else None)
-        print(f"\nComparison run {result['run_id']}: child runs tagged comparison={result['run_id']}. {UI_HINT}")
+        print(
+            f"\nComparison run {result['run_id']}: child runs tagged comparison={result['run_id']}. {UI_HINT}"
+        )
         return 0
     from flows.train import train_flow
 
@@ -99,14 +128,22 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(result: dict) -> str:
     metrics = result["metrics"]
-    keys = [k for k in ("accuracy", "nll", "brier", "ece", "mean_member_accuracy", "disagreement", "rmse", "mae")
-            if k in metrics]
-    lines = ["", f"MLflow run {result['run_id']} ({len(result['member_run_ids'])} member runs)",
-             "test: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys)]
+    keys = [
+        k
+        for k in ("accuracy", "nll", "brier", "ece", "mean_member_accuracy", "disagreement", "rmse", "mae")
+        if k in metrics
+    ]
+    lines = [
+        "",
+        f"MLflow run {result['run_id']} ({len(result['member_run_ids'])} member runs)",
+        "test: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys),
+    ]
     if result.get("registration"):
         reg = result["registration"]
         lines.append(f"registered {reg['name']} version {reg['version']} as @{reg['alias']}; serve it with:")
-        lines.append(f"  mlflow models serve -m \"models:/{reg['name']}@{reg['alias']}\" --env-manager local -p 5001")
+        lines.append(
+            f'  mlflow models serve -m "models:/{reg["name"]}@{reg["alias"]}" --env-manager local -p 5001'
+        )
     lines.append(UI_HINT)
     return "\n".join(lines)
 
@@ -119,8 +156,22 @@ class DropTracebacks(logging.Filter):
         return True
 
 
+def import_tensorflow_quietly() -> None:
+    """TensorFlow's native start-up notes (CUDA probing on a CPU machine) bypass Python logging: mute fd 2."""
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        import_tensorflow_quietly()
     if not args.debug:
         import prefect  # noqa: F401  (sets up Prefect's log handlers, which get the filter)
 

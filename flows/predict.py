@@ -9,7 +9,12 @@ from tasks.tracking import TrackingSettings
 
 
 @flow(name="predict", log_prints=True)
-def predict_flow(input_path: str, output_path: str, alias: str = "champion", model_name: str | None = None,
-                 tracking: TrackingSettings | None = None) -> dict:
+def predict_flow(
+    input_path: str,
+    output_path: str,
+    alias: str = "champion",
+    model_name: str | None = None,
+    tracking: TrackingSettings | None = None,
+) -> dict:
     """Score `input_path` with `models:/<model_name>@<alias>` and write `output_path` (Parquet)."""
     return score_batch_task(tracking or TrackingSettings.load(), input_path, output_path, alias, model_name)

@@ -14,8 +14,9 @@ from flows.train import train_flow
 from tasks.config import PipelineConfig
 
 
-def schedule_training(config: PipelineConfig, cron: str, name: str = "scheduled-retraining",
-                      serve_forever: bool = True) -> UUID | None:
+def schedule_training(
+    config: PipelineConfig, cron: str, name: str = "scheduled-retraining", serve_forever: bool = True
+) -> UUID | None:
     """Create the deployment `train-ensemble/<name>` running `config` on `cron`.
 
     Args:
@@ -25,8 +26,9 @@ def schedule_training(config: PipelineConfig, cron: str, name: str = "scheduled-
         serve_forever: start a runner in this process that executes the scheduled runs (blocks until Ctrl-C);
             False only registers the deployment (e.g. for a runner or worker started elsewhere).
     """
-    deployment = train_flow.to_deployment(name=name, cron=cron, parameters={"config": config.model_dump()},
-                                          tags=["ensemble", "retraining"])
+    deployment = train_flow.to_deployment(
+        name=name, cron=cron, parameters={"config": config.model_dump()}, tags=["ensemble", "retraining"]
+    )
     if serve_forever:
         serve(deployment)
         return None

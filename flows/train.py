@@ -38,24 +38,44 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
         log_data_task(settings, run_id, data_dir, config.data.source)
         run_dir = str(Path(config.output_dir).resolve() / "runs" / run_id)
         member_run_ids = start_member_runs_task(settings, run_id, config.model, config.train)
-        trained = train_task(settings, run_id, member_run_ids, data_dir, config.model, config.optimizer,
-                             config.train, config.snapshots, run_dir)
+        trained = train_task(
+            settings,
+            run_id,
+            member_run_ids,
+            data_dir,
+            config.model,
+            config.optimizer,
+            config.train,
+            config.snapshots,
+            run_dir,
+        )
         snapshot_group = None
         if config.snapshots.enabled:
-            snapshot_group = collect_snapshots_task(settings, run_id, member_run_ids, data_dir, trained,
-                                                    config.snapshots, run_dir)
+            snapshot_group = collect_snapshots_task(
+                settings, run_id, member_run_ids, data_dir, trained, config.snapshots, run_dir
+            )
         if config.growth.enabled:
-            trained = growth_task(settings, run_id, member_run_ids, data_dir, trained, config.growth,
-                                  config.train, run_dir)
+            trained = growth_task(
+                settings, run_id, member_run_ids, data_dir, trained, config.growth, config.train, run_dir
+            )
         # The last cycle's snapshot IS the trained model: count it once, unless growth changed the model since.
         groups = [trained["model_path"]] if config.growth.enabled or snapshot_group is None else []
         groups += [snapshot_group] if snapshot_group else []
-        evaluation = evaluate_task(settings, run_id, member_run_ids, data_dir, groups, config.evaluation, run_dir)
+        evaluation = evaluate_task(
+            settings, run_id, member_run_ids, data_dir, groups, config.evaluation, run_dir
+        )
         registration = None
         if config.registry.enabled:
-            registration = register_task(settings, run_id, data_dir, evaluation["predictor_dir"],
-                                         evaluation["metric"], evaluation["value"], evaluation["higher_is_better"],
-                                         config.registry.model_name)
+            registration = register_task(
+                settings,
+                run_id,
+                data_dir,
+                evaluation["predictor_dir"],
+                evaluation["metric"],
+                evaluation["value"],
+                evaluation["higher_is_better"],
+                config.registry.model_name,
+            )
     except BaseException:
         for member_run in member_run_ids:
             tracker.finish_run(member_run, "FAILED")
@@ -65,5 +85,10 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
         tracker.finish_run(member_run)
     tracker.finish_run(run_id)
     logger.info(f"MLflow run {run_id}: {tracker.run_url(run_id)}")
-    return {"run_id": run_id, "metrics": evaluation["metrics"], "registration": registration,
-            "predictor_dir": evaluation["predictor_dir"], "member_run_ids": member_run_ids}
+    return {
+        "run_id": run_id,
+        "metrics": evaluation["metrics"],
+        "registration": registration,
+        "predictor_dir": evaluation["predictor_dir"],
+        "member_run_ids": member_run_ids,
+    }

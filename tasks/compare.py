@@ -40,9 +40,16 @@ def plan_candidates_task(data_dir: str, model: ModelSection) -> list[dict]:
 
 
 @task(name="train-candidate", retries=1, cache_policy=NO_CACHE)
-def candidate_task(settings: TrackingSettings, parent_run_id: str, data_dir: str, candidate: dict,
-                   model: ModelSection, optimizer: OptimizerSection, train: TrainSection,
-                   evaluation: EvaluationSection) -> dict:
+def candidate_task(
+    settings: TrackingSettings,
+    parent_run_id: str,
+    data_dir: str,
+    candidate: dict,
+    model: ModelSection,
+    optimizer: OptimizerSection,
+    train: TrainSection,
+    evaluation: EvaluationSection,
+) -> dict:
     """Train one candidate with the fused engine (constant learning rate) and log it as a child run.
 
     Tags: `kind` (ensemble / single / equal_flops_single) and `comparison` (the parent run id), so filtering the
@@ -50,29 +57,62 @@ def candidate_task(settings: TrackingSettings, parent_run_id: str, data_dir: str
     """
     tracker = Tracker(settings)
     label = f"{candidate['kind']}-{candidate['members']}x{'-'.join(map(str, candidate['hidden_units']))}"
-    run_id = tracker.start_run(label, tags={"kind": candidate["kind"], "comparison": parent_run_id},
-                               parent_run_id=parent_run_id)
+    run_id = tracker.start_run(
+        label, tags={"kind": candidate["kind"], "comparison": parent_run_id}, parent_run_id=parent_run_id
+    )
     try:
         prepared = PreparedData.load(data_dir)
-        fused = FusedMLP(candidate["members"], prepared.num_features, candidate["hidden_units"], task=prepared.task,
-                         num_classes=max(prepared.num_classes, 2), activation=model.activation, seed=model.seed)
+        fused = FusedMLP(
+            candidate["members"],
+            prepared.num_features,
+            candidate["hidden_units"],
+            task=prepared.task,
+            num_classes=max(prepared.num_classes, 2),
+            activation=model.activation,
+            seed=model.seed,
+        )
         flops = ensemble_flops(fused.input_dim, fused.hidden_units, fused.output_dim, fused.members)
-        tracker.log_params(run_id, {**candidate, "width": max(candidate["hidden_units"]), "flops_per_sample": flops,
-                                    "params_count": fused.count_params(), "epochs": train.epochs})
+        tracker.log_params(
+            run_id,
+            {
+                **candidate,
+                "width": max(candidate["hidden_units"]),
+                "flops_per_sample": flops,
+                "params_count": fused.count_params(),
+                "epochs": train.epochs,
+            },
+        )
         start = time.perf_counter()
         steps_per_epoch = len(prepared.y_train) // train.batch_size
-        fit(fused, prepared.x_train, prepared.y_train, optimizer=build_optimizer(optimizer, None, steps_per_epoch),
-            config=train_config(train, train_metrics=False))
+        fit(
+            fused,
+            prepared.x_train,
+            prepared.y_train,
+            optimizer=build_optimizer(optimizer, None, steps_per_epoch),
+            config=train_config(train, train_metrics=False),
+        )
         seconds = time.perf_counter() - start
         metrics = score(fused.predict_members(prepared.x_test), prepared.y_test, prepared.task, evaluation)
-        tracker.log_metrics(run_id, {**{f"test_{k}": v for k, v in metrics.items()}, "flops_per_sample": flops,
-                                     "train_seconds": seconds})
+        tracker.log_metrics(
+            run_id,
+            {
+                **{f"test_{k}": v for k, v in metrics.items()},
+                "flops_per_sample": flops,
+                "train_seconds": seconds,
+            },
+        )
     except BaseException:
         tracker.finish_run(run_id, "FAILED")
         raise
     tracker.finish_run(run_id)
-    return {"kind": candidate["kind"], "members": fused.members, "width": max(fused.hidden_units),
-            "flops": flops, "run_id": run_id, **metrics}
+    return {
+        "kind": candidate["kind"],
+        "members": fused.members,
+        "width": max(fused.hidden_units),
+        "flops": flops,
+        "run_id": run_id,
+        **metrics,
+    }
 
 
 @task(name="comparison-grid", cache_policy=NO_CACHE)
@@ -80,8 +120,11 @@ def grid_task(settings: TrackingSettings, run_id: str, data_dir: str, grid: dict
     """Kondratyuk-style grid (`ensemble.compare.run_comparison`): widths x members + equal-FLOPs singles."""
     rows = run_comparison(PreparedData.load(data_dir), CompareConfig(**grid))
     tracker = Tracker(settings)
-    tracker.log_table(run_id, [{k: (str(v) if k == "matches" else v) for k, v in r.items()} for r in rows],
-                      "comparison_grid.json")
+    tracker.log_table(
+        run_id,
+        [{k: (str(v) if k == "matches" else v) for k, v in r.items()} for r in rows],
+        "comparison_grid.json",
+    )
     path = Path(run_dir) / "comparison_grid.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(rows_to_markdown(rows))

@@ -17,8 +17,16 @@ from tasks.train import log_member_epochs, train_config
 
 
 @task(name="grow", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def growth_task(settings: TrackingSettings, run_id: str, member_run_ids: list[str], data_dir: str, trained: dict,
-                growth: GrowthSection, train: TrainSection, run_dir: str) -> dict:
+def growth_task(
+    settings: TrackingSettings,
+    run_id: str,
+    member_run_ids: list[str],
+    data_dir: str,
+    trained: dict,
+    growth: GrowthSection,
+    train: TrainSection,
+    run_dir: str,
+) -> dict:
     """Growth rounds on the trained ensemble; logs the round table and the members' curves (epochs continue).
 
     Returns `trained` with `model_path`/`checkpoint` pointing at the grown model, plus `rounds` (the table).
@@ -26,12 +34,24 @@ def growth_task(settings: TrackingSettings, run_id: str, member_run_ids: list[st
     logger = get_run_logger()
     prepared = PreparedData.load(data_dir)
     model, optimizer, state = load_checkpoint(trained["checkpoint"])
-    config = GrowthConfig(monitor=growth.monitor, min_delta=growth.min_delta, patience=growth.patience,
-                          max_width=growth.max_width, max_rounds=growth.max_rounds, strategy=growth.strategy,
-                          units_per_split=growth.units_per_split, noise=growth.noise, seed=train.seed)
+    config = GrowthConfig(
+        monitor=growth.monitor,
+        min_delta=growth.min_delta,
+        patience=growth.patience,
+        max_width=growth.max_width,
+        max_rounds=growth.max_rounds,
+        strategy=growth.strategy,
+        units_per_split=growth.units_per_split,
+        noise=growth.noise,
+        seed=train.seed,
+    )
     collected = EpochLogs()
     model, optimizer, rounds = grow_rounds(
-        model, optimizer, prepared, train_config(train, epochs=growth.epochs_per_round), config,
+        model,
+        optimizer,
+        prepared,
+        train_config(train, epochs=growth.epochs_per_round),
+        config,
         callbacks=[collected, EpochProgress(growth.epochs_per_round, logger.info, prefix="growth ")],
         initial_epoch=state["epoch"],
     )
@@ -42,12 +62,26 @@ def growth_task(settings: TrackingSettings, run_id: str, member_run_ids: list[st
     table = [r.as_dict() for r in rounds]
     tracker.log_table(run_id, table, "growth_rounds.json")
     for r in rounds:
-        tracker.log_metrics(run_id, {"growth_width": max(r.widths), "growth_params": r.params,
-                                     "growth_val_before_split": r.val_before_split,
-                                     "growth_val_after_split": r.val_after_split}, step=r.round)
+        tracker.log_metrics(
+            run_id,
+            {
+                "growth_width": max(r.widths),
+                "growth_params": r.params,
+                "growth_val_before_split": r.val_before_split,
+                "growth_val_after_split": r.val_after_split,
+            },
+            step=r.round,
+        )
     log_member_epochs(tracker, run_id, member_run_ids, collected.epochs)
     for r in rounds:
-        logger.info(f"round {r.round}: widths {r.widths} -> {r.new_widths}, {r.epochs_trained} epochs, "
-                    f"val {r.val_before_split:.4f} -> {r.val_after_split}")
-    return {**trained, "model_path": str(run_dir / "grown.keras"), "checkpoint": str(checkpoint),
-            "rounds": table, "hidden_units": list(model.hidden_units)}
+        logger.info(
+            f"round {r.round}: widths {r.widths} -> {r.new_widths}, {r.epochs_trained} epochs, "
+            f"val {r.val_before_split:.4f} -> {r.val_after_split}"
+        )
+    return {
+        **trained,
+        "model_path": str(run_dir / "grown.keras"),
+        "checkpoint": str(checkpoint),
+        "rounds": table,
+        "hidden_units": list(model.hidden_units),
+    }

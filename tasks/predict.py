@@ -20,13 +20,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"Input file not found: {path}")
     if path.suffix.lower() not in READERS:
-        raise DataError(f"Unsupported input file type {path.suffix!r} for {path}; use one of {sorted(READERS)}")
+        raise DataError(
+            f"Unsupported input file type {path.suffix!r} for {path}; use one of {sorted(READERS)}"
+        )
     return READERS[path.suffix.lower()](path)
 
 
 @task(name="score-batch", retries=1, cache_policy=NO_CACHE)
-def score_batch_task(settings: TrackingSettings, input_path: str, output_path: str, alias: str,
-                     model_name: str | None = None) -> dict:
+def score_batch_task(
+    settings: TrackingSettings, input_path: str, output_path: str, alias: str, model_name: str | None = None
+) -> dict:
     """Score every row of `input_path` with `models:/<name>@<alias>`; write the predictions as Parquet.
 
     The output holds the model's columns (`proba_<class>`, `label` or `prediction`, `spread`), row for row.

@@ -1,7 +1,13 @@
-"""The MLflow pyfunc wrapper around `ensemble.predictor.EnsemblePredictor` (what `mlflow models serve` runs)."""
+"""The MLflow pyfunc wrapper around `ensemble.predictor.EnsemblePredictor` (what `mlflow models serve` runs).
+
+Logged as "model from code": MLflow stores this file with the model and runs it at load time (no pickling);
+`set_model` at the bottom names the model object. The `ensemble` package must be importable where it is served
+(`--env-manager local` in the project's environment).
+"""
 
 from __future__ import annotations
 
+import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -29,3 +35,6 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
             return self.predictor.predict(pd.DataFrame(model_input))
         except DataError as error:
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from error
+
+
+mlflow.models.set_model(EnsemblePyfunc())

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
 from ensemble.predictor import EnsemblePredictor
-from tasks.pyfunc import PREDICTOR_ARTIFACT, EnsemblePyfunc
+from tasks import pyfunc
 from tasks.tracking import Tracker, TrackingSettings
 
 
@@ -33,12 +33,13 @@ def register_task(
     example = input_example(prepared)
     output = EnsemblePredictor.load(predictor_dir).predict(example)
     model_uri = tracker.log_model(
-        run_id, EnsemblePyfunc(), {PREDICTOR_ARTIFACT: predictor_dir}, example, output
+        run_id, pyfunc.__file__, {pyfunc.PREDICTOR_ARTIFACT: predictor_dir}, example, output
     )
     registered = tracker.register(model_uri, run_id, metric, value, higher_is_better, name=model_name)
     return {**registered, "model_uri": model_uri}
 
 
 def input_example(prepared: PreparedData, rows: int = 3) -> pd.DataFrame:
-    """A few raw test rows (feature columns only, as a client would send them)."""
-    return prepared.raw["test"][prepared.feature_names].head(rows).reset_index(drop=True)
+    """A few raw test rows (feature columns only, as a client would send them), as float64: the model's
+    signature then declares double columns, which also accept integers (the reverse would reject floats)."""
+    return prepared.raw["test"][prepared.feature_names].head(rows).reset_index(drop=True).astype("float64")

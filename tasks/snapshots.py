@@ -22,8 +22,15 @@ from tasks.tracking import Tracker, TrackingSettings
 
 
 @task(name="collect-snapshots", retries=1, cache_policy=NO_CACHE)
-def collect_snapshots_task(settings: TrackingSettings, run_id: str, member_run_ids: list[str], data_dir: str,
-                           trained: dict, snapshots: SnapshotSection, run_dir: str) -> str:
+def collect_snapshots_task(
+    settings: TrackingSettings,
+    run_id: str,
+    member_run_ids: list[str],
+    data_dir: str,
+    trained: dict,
+    snapshots: SnapshotSection,
+    run_dir: str,
+) -> str:
     """Stack the kept snapshots into one fused model `(N x M members)`; returns its `.keras` path."""
     tracker = Tracker(settings)
     collected = Snapshots.load(trained["snapshot_dir"])
@@ -33,8 +40,10 @@ def collect_snapshots_task(settings: TrackingSettings, run_id: str, member_run_i
         for (m, cycle), scores in sorted(collected.scores.items()):
             if m == member:
                 tracker.log_metrics(member_run, {f"snapshot_{k}": v for k, v in scores.items()}, step=cycle)
-    table = [{"member": m, "cycle": c, "step": collected.steps[c], **collected.scores.get((m, c), {})}
-             for m, c in keys]
+    table = [
+        {"member": m, "cycle": c, "step": collected.steps[c], **collected.scores.get((m, c), {})}
+        for m, c in keys
+    ]
     tracker.log_table(run_id, table, "snapshots.json")
     preds = collected.predict_members(prepared.x_val)  # (K, B, C) or (K, B), K in `keys` order
     for k, cycle in enumerate(collected.cycles):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ ENV_OVERRIDES = {
     "registered_model_name": "ENSEMBLE_REGISTERED_MODEL",
 }
 MAX_PARAM_LENGTH = 6000
+INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer column"
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,12 @@ class Tracker:
         self, run_id: str, frame: pd.DataFrame, name: str, source: str, target: str, context: str
     ) -> None:
         """Record `frame` as an MLflow dataset input of the run (name, digest, schema, source)."""
-        dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name)
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="The specified dataset source can be interpreted"
+            )  # dup
+            warnings.filterwarnings("ignore", message=INTEGER_SCHEMA_HINT)
+            dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name)
         dataset_input = mlflow.entities.DatasetInput(
             dataset=dataset._to_mlflow_entity(),
             tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
@@ -172,7 +179,11 @@ class Tracker:
         """Log a pyfunc model with signature and input example into `run_id`; returns its model URI."""
         signature = mlflow.models.infer_signature(input_example, output_example)
         self._use_fluent_uris()
-        with mlflow.start_run(run_id=run_id):  # thread-local activation for this call only
+        with (
+            mlflow.start_run(run_id=run_id),
+            warnings.catch_warnings(),
+        ):  # thread-local activation, this call only
+            warnings.filterwarnings("ignore", message=INTEGER_SCHEMA_HINT)  # `label` is integer by design
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=python_model,

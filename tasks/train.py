@@ -133,8 +133,12 @@ def train_task(
         )
     collector = None
     if snapshots.enabled:
-        collector = SnapshotCollector(skip_first=snapshots.skip_first, keep_best=snapshots.keep_best,
-                                      validation_data=(prepared.x_val, prepared.y_val), monitor="val_loss")
+        collector = SnapshotCollector(
+            skip_first=snapshots.skip_first,
+            keep_best=snapshots.keep_best,
+            validation_data=(prepared.x_val, prepared.y_val),
+            monitor="val_loss",
+        )
     collected = EpochLogs()
     callbacks = [collected, EpochCheckpoint(checkpoint, opt), EpochProgress(train.epochs, logger.info)]
     history = fit(
@@ -150,11 +154,19 @@ def train_task(
     fused.save(run_dir / "model.keras")
     if collector is not None:
         collector.snapshots.save(run_dir / "snapshots")
-    history_path = save_history(collected.epochs, history.learning_rates, history.steps, run_dir / "history.json")
+    history_path = save_history(
+        collected.epochs, history.learning_rates, history.steps, run_dir / "history.json"
+    )
     tracker = Tracker(settings)
     log_member_epochs(tracker, run_id, member_run_ids, collected.epochs)
-    log_learning_rate(tracker, run_id, history.steps, history.learning_rates,
-                      schedule_cycle_ends(opt, int(opt.iterations)), run_dir / "learning_rate.png")
+    log_learning_rate(
+        tracker,
+        run_id,
+        history.steps,
+        history.learning_rates,
+        schedule_cycle_ends(opt, int(opt.iterations)),
+        run_dir / "learning_rate.png",
+    )
     return {
         "model_path": str(run_dir / "model.keras"),
         "checkpoint": str(checkpoint),
@@ -167,28 +179,42 @@ def train_task(
 
 def save_history(epochs: list[tuple[int, dict]], lrs: list[float], steps: list[int], path: Path) -> Path:
     """Per-epoch logs (arrays as lists) and the per-step learning rate, as JSON."""
-    rows = [{"epoch": e, **{k: np.asarray(v).tolist() for k, v in logs.items() if k != "unit_gradients"}}
-            for e, logs in epochs]
+    rows = [
+        {"epoch": e, **{k: np.asarray(v).tolist() for k, v in logs.items() if k != "unit_gradients"}}
+        for e, logs in epochs
+    ]
     path.write_text(json.dumps({"epochs": rows, "lr": lrs, "steps": steps}))
     return path
 
 
-def log_member_epochs(tracker: Tracker, run_id: str, member_run_ids: list[str],
-                      epochs: list[tuple[int, dict]]) -> None:
+def log_member_epochs(
+    tracker: Tracker, run_id: str, member_run_ids: list[str], epochs: list[tuple[int, dict]]
+) -> None:
     """Per-member epoch curves into the member runs, the mean/ensemble curves into the parent (`step` = epoch)."""
     now = get_current_time_millis()
     for n, member_run in enumerate(member_run_ids):
-        batch = [Metric(name, float(logs[key][n]), now, epoch)
-                 for epoch, logs in epochs for key, name in MEMBER_METRICS.items() if key in logs]
+        batch = [
+            Metric(name, float(logs[key][n]), now, epoch)
+            for epoch, logs in epochs
+            for key, name in MEMBER_METRICS.items()
+            if key in logs
+        ]
         tracker.log_metric_batch(member_run, batch)
-    parent = [Metric(key, float(logs[key]), now, epoch) for epoch, logs in epochs for key in PARENT_METRICS
-              if key in logs]
+    parent = [
+        Metric(key, float(logs[key]), now, epoch)
+        for epoch, logs in epochs
+        for key in PARENT_METRICS
+        if key in logs
+    ]
     tracker.log_metric_batch(run_id, parent)
 
 
-def log_learning_rate(tracker: Tracker, run_id: str, steps: list[int], lrs: list[float], cycle_ends: list[int],
-                      png_path: Path) -> None:
+def log_learning_rate(
+    tracker: Tracker, run_id: str, steps: list[int], lrs: list[float], cycle_ends: list[int], png_path: Path
+) -> None:
     """The learning rate of every optimiser step as used (`lr`, `step` = global step) and its plot."""
     tracker.log_series(run_id, "lr", lrs, steps)
-    png = plot_learning_rate(steps, lrs, [e for e in cycle_ends if steps and steps[0] <= e <= steps[-1]], png_path)
+    png = plot_learning_rate(
+        steps, lrs, [e for e in cycle_ends if steps and steps[0] <= e <= steps[-1]], png_path
+    )
     tracker.log_artifact(run_id, png, "plots")
