@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from ensemble.flops import pareto_front
 
 _ROW_KEYS = ("kind", "width", "members", "flops", "accuracy")
-_KINDS = ("single", "ensemble")
+_KINDS = ("single", "ensemble", "equal_flops_single")
 
 
 def _save(fig: Figure, path) -> Path:
@@ -31,8 +31,10 @@ def plot_accuracy_vs_flops(rows: list[dict], path) -> Path:
     points on the (FLOPs, accuracy) Pareto front are circled.
 
     Args:
-        rows: One dict per model with keys `kind` (`"single"` or `"ensemble"`), `width`, `members`, `flops`
-            (> 0) and `accuracy`; further keys such as `nll` and `ece` are ignored.
+        rows: One dict per model with keys `kind` (`"single"`, `"ensemble"` or `"equal_flops_single"`),
+            `width`, `members`, `flops` (> 0) and `accuracy`; further keys such as `nll` and `ece` are ignored.
+            `"equal_flops_single"` rows (a single MLP as costly as an ensemble) are drawn as diamonds, off the
+            per-width curves.
         path: Where to write the PNG; parent folders are created.
 
     Returns:
@@ -53,10 +55,11 @@ def plot_accuracy_vs_flops(rows: list[dict], path) -> Path:
 
     fig = Figure(figsize=(7.0, 4.5))
     ax = fig.add_subplot()
-    for width in sorted({row["width"] for row in rows}):
-        curve = sorted((row for row in rows if row["width"] == width), key=lambda row: row["flops"])
+    curve_rows = [row for row in rows if row["kind"] != "equal_flops_single"]
+    for width in sorted({row["width"] for row in curve_rows}):
+        curve = sorted((row for row in curve_rows if row["width"] == width), key=lambda row: row["flops"])
         ax.plot([r["flops"] for r in curve], [r["accuracy"] for r in curve], marker="o", label=f"w={width}")
-    for row in rows:
+    for row in curve_rows:
         ax.annotate(
             str(row["members"]),
             (row["flops"], row["accuracy"]),
@@ -75,6 +78,18 @@ def plot_accuracy_vs_flops(rows: list[dict], path) -> Path:
             edgecolors="black",
             zorder=3,
             label="single model",
+        )
+    matched = [row for row in rows if row["kind"] == "equal_flops_single"]
+    if matched:
+        ax.scatter(
+            [r["flops"] for r in matched],
+            [r["accuracy"] for r in matched],
+            marker="D",
+            s=50,
+            color="white",
+            edgecolors="black",
+            zorder=3,
+            label="single model, equal FLOPs",
         )
     front = [
         row

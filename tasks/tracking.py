@@ -78,7 +78,9 @@ class Tracker:
 
     def __init__(self, settings: TrackingSettings | None = None):
         self.settings = settings or TrackingSettings.load()
-        self.client = MlflowClient(self.settings.tracking_uri, self.settings.registry_uri)
+        # The registry URI is always explicit: MlflowClient would otherwise take the process-wide default.
+        self.registry_uri = self.settings.registry_uri or self.settings.tracking_uri
+        self.client = MlflowClient(self.settings.tracking_uri, self.registry_uri)
 
     def with_settings(self, **changes) -> Tracker:
         return Tracker(replace(self.settings, **changes))
@@ -235,7 +237,7 @@ class Tracker:
     def _use_fluent_uris(self) -> None:
         """Point MLflow's module-level API (needed by `log_model`/`load_model`) at this tracker's store."""
         mlflow.set_tracking_uri(self.settings.tracking_uri)
-        mlflow.set_registry_uri(self.settings.registry_uri or self.settings.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri)
 
     def champion_metric(self, name: str, metric: str) -> float | None:
         """The champion version's test metric, or None if there is no champion yet."""

@@ -1,0 +1,335 @@
+"""Widen a fused MLP by splitting hidden units, for all members at once, without changing what it computes.
+
+Axes: `(N, in, H)` = members, inputs, hidden units; `(N, H, out)` for the weights leaving the layer.
+
+A split copies a unit's incoming weights and bias into a new unit (Net2Net widening, seed 001). The unit and its
+copy then produce the same activation `h`, so giving them outgoing weights `w/2 + d` and `w/2 - d` keeps the next
+layer's input `(w/2 + d) h + (w/2 - d) h = w h` unchanged, while the random `d` (small, per member and output)
+makes their gradients differ, so training pulls the two copies apart. Seed 001 instead nudges the two biases by
+`+/- bias_nudge`; that also breaks the symmetry but changes the outputs slightly, so it is off by default.
+
+Copies are appended after the existing units: new unit `H + j` of member `n` copies unit `units[n, j]`.
+`source_index (N, H + k)` names the old unit each new position comes from; the same gather transforms the
+optimiser's slots (see `split_slots`), so Adam/momentum state stays aligned with the weights.
+
+`grow_model` does the surgery on a `FusedMLP` and its optimiser: a new, wider model (same seeds and config), and a
+new optimiser of the same class and config (the very same learning-rate schedule object) built on the new
+variables, with `iterations` and the transformed slots assigned, so training and the schedule continue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
+
+import keras
+import numpy as np
+from keras import ops
+
+from ensemble.fused import FusedMLP
+
+SlotMode = Literal["copy", "zero"]
+SLOT_MODES: tuple[str, ...] = ("copy", "zero")
+
+# Slot lists the split knows how to carry, with the power of the gradient each slot scales with:
+# Adam's first moment ~ g, second moments ~ g^2; SGD's momentum buffer ~ lr * g.
+SLOT_POWERS: tuple[tuple[type, dict[str, int]], ...] = (
+    (keras.optimizers.Adam, {"_momentums": 1, "_velocities": 2, "_velocity_hats": 2}),
+    (keras.optimizers.SGD, {"momentums": 1}),
+)
+
+
+class SplitWeights(NamedTuple):
+    """The widened weights of one split; `source_index (N, H + k)` = the old unit each new unit copies."""
+
+    w_in: np.ndarray  # (N, in, H + k)
+    b_in: np.ndarray  # (N, H + k)
+    w_out: np.ndarray  # (N, H + k, out)
+    source_index: np.ndarray  # (N, H + k) int
+
+
+def all_units(members: int, width: int) -> np.ndarray:
+    """Every unit of every member, `(N, H)`: splitting them doubles the layer (seed 001)."""
+    return np.tile(np.arange(width), (members, 1))
+
+
+def top_units(scores, k: int) -> np.ndarray:
+    """The `k` units with the largest score, per member: `scores (N, H) -> (N, k)` indices, ascending.
+
+    With scores = accumulated |dL/dW| per unit over the last epoch (`TrainConfig(track_unit_gradients=True)`),
+    these are seed 001's "neurons undergoing the most change". Ties go to the lower index.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"Argument `scores` must have shape (N, H). Received: shape={scores.shape}")
+    if not 1 <= int(k) <= scores.shape[1]:
+        raise ValueError(f"Argument `k` must be in [1, {scores.shape[1]}] (the layer width). Received: k={k}")
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : int(k)]  # (N, k)
+    return np.sort(order, axis=1)
+
+
+def check_units(units, members: int, width: int) -> np.ndarray:
+    """`units` as an int array `(N, k)` of distinct unit indices per member in `[0, width)`.
+
+    Raises:
+        ValueError: on a wrong shape, an index out of range or a unit listed twice for one member.
+    """
+    units = np.asarray(units)
+    if units.ndim != 2 or units.shape[0] != members or units.shape[1] < 1:
+        raise ValueError(
+            f"Argument `units` must have shape (N={members}, k>=1): the units to split, per member. "
+            f"Received: shape={units.shape}"
+        )
+    if not np.issubdtype(units.dtype, np.integer):
+        raise ValueError(f"Argument `units` must hold integer unit indices. Received: dtype={units.dtype}")
+    if units.min() < 0 or units.max() >= width:
+        raise ValueError(
+            f"Argument `units` must hold indices in [0, {width}). Received: [{units.min()}, {units.max()}]"
+        )
+    if any(len(np.unique(row)) != len(row) for row in units):
+        raise ValueError(
+            "Argument `units` must not list a unit twice for one member (split it once per call)."
+        )
+    return units.astype("int64")
+
+
+def split_mask(source_index: np.ndarray) -> np.ndarray:
+    """`(N, H + k)` bool: True for both halves of every split unit (the original and its copy)."""
+    counts = np.stack([np.bincount(row, minlength=row.max() + 1) for row in source_index])  # (N, H)
+    return np.take_along_axis(counts, source_index, axis=1) > 1
+
+
+def split_units(
+    w_in,
+    b_in,
+    w_out,
+    units,
+    rng: np.random.Generator | int | None = None,
+    noise: float = 0.01,
+    bias_nudge: float = 0.0,
+) -> SplitWeights:
+    """Split `units` of one hidden layer, per member, preserving the function (unless `bias_nudge > 0`).
+
+    Args:
+        w_in: incoming kernel `(N, in, H)`.
+        b_in: bias `(N, H)`.
+        w_out: outgoing kernel `(N, H, out)` (the next hidden layer's or the head's).
+        units: `(N, k)` distinct unit indices per member (rows may differ between members).
+        rng: generator (or seed) for the symmetry-breaking offsets `d`.
+        noise: scale of `d ~ noise * rms(w_out[n]) * Normal(0, 1)`, shape `(N, k, out)`, relative to the RMS of
+            member n's outgoing weights. The outputs are unchanged for any value; 0 leaves the copies identical
+            (and, with `bias_nudge=0`, gradient descent keeps them identical).
+        bias_nudge: seed 001's nudge: the original unit's bias `+ bias_nudge`, the copy's `- bias_nudge`.
+            Changes the outputs slightly (by about `bias_nudge * |w_out|`); 0 disables it.
+
+    Returns:
+        `SplitWeights(w_in (N, in, H+k), b_in (N, H+k), w_out (N, H+k, out), source_index (N, H+k))`.
+    """
+    w_in, b_in, w_out = np.asarray(w_in), np.asarray(b_in), np.asarray(w_out)
+    if w_in.ndim != 3 or b_in.shape != (w_in.shape[0], w_in.shape[2]) or w_out.shape[:2] != b_in.shape:
+        raise ValueError(
+            "Expected w_in (N, in, H), b_in (N, H), w_out (N, H, out). Received: "
+            f"w_in={w_in.shape}, b_in={b_in.shape}, w_out={w_out.shape}"
+        )
+    if noise < 0 or bias_nudge < 0:
+        raise ValueError(
+            f"Arguments `noise` and `bias_nudge` must be >= 0. Received: noise={noise}, bias_nudge={bias_nudge}"
+        )
+    members, width = b_in.shape
+    units = check_units(units, members, width)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    source_index = np.concatenate([all_units(members, width), units], axis=1)  # (N, H + k)
+    new_w_in = np.take_along_axis(w_in, source_index[:, None, :], axis=2)  # (N, in, H + k)
+    new_b_in = np.take_along_axis(b_in, source_index, axis=1).astype("float64")  # (N, H + k)
+    half = np.take_along_axis(w_out, units[:, :, None], axis=1).astype("float64") / 2  # (N, k, out)
+    rms = np.sqrt(np.mean(np.square(w_out, dtype="float64"), axis=(1, 2)))  # (N,)
+    rms = np.where(rms > 0, rms, 1.0)
+    d = noise * rms[:, None, None] * rng.standard_normal(half.shape)  # (N, k, out)
+
+    new_w_out = np.concatenate([w_out.astype("float64"), half - d], axis=1)  # (N, H + k, out)
+    rows = np.arange(members)[:, None]  # (N, 1)
+    new_w_out[rows, units] = half + d
+    new_b_in[rows, units] += bias_nudge
+    new_b_in[:, width:] -= bias_nudge
+    return SplitWeights(new_w_in, new_b_in.astype(b_in.dtype), new_w_out.astype(w_out.dtype), source_index)
+
+
+def split_slots(
+    s_in, s_bias, s_out, source_index: np.ndarray, power: int, mode: SlotMode = "copy"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Transform one optimiser slot of a split layer like `split_units` transformed the weights.
+
+    Right after a split both copies of a unit get the same outgoing-weight gradient as the unit had (their
+    activations are equal), and about half its incoming-weight and bias gradient (their outgoing weights are
+    about half). So with `mode="copy"` (default) every new unit takes its source's slots, scaled on the incoming
+    side by `0.5 ** power` for the split units (Adam's m: power 1, v: power 2; SGD momentum: power 1): the
+    optimiser's state is what it would be had the split network seen the past gradients, and Adam's step size
+    stays the same. With `mode="zero"` both halves of every split unit restart from zero slots. Note that
+    Keras Adam corrects its bias with the global step count, so a zeroed Adam moment yields a first step of
+    about `(1 - beta_1) / sqrt(1 - beta_2)` (~3x) a normal step for those weights; "copy" avoids that jolt.
+
+    Args:
+        s_in: slot of the incoming kernel `(N, in, H)`; s_bias: of the bias `(N, H)`; s_out: of the outgoing
+            kernel `(N, H, out)`.
+        source_index: `(N, H + k)` from `split_units`.
+        power: power of the gradient the slot scales with.
+        mode: `"copy"` or `"zero"`.
+
+    Returns:
+        `(s_in (N, in, H+k), s_bias (N, H+k), s_out (N, H+k, out))`.
+    """
+    if mode not in SLOT_MODES:
+        raise ValueError(f"Argument `mode` must be one of {SLOT_MODES}. Received: mode={mode!r}")
+    split = split_mask(source_index)  # (N, H + k)
+    s_in = np.take_along_axis(np.asarray(s_in), source_index[:, None, :], axis=2)  # (N, in, H + k)
+    s_bias = np.take_along_axis(np.asarray(s_bias), source_index, axis=1)  # (N, H + k)
+    s_out = np.take_along_axis(np.asarray(s_out), source_index[:, :, None], axis=1)  # (N, H + k, out)
+    if mode == "zero":
+        scale_in = scale_out = np.where(split, 0.0, 1.0)  # (N, H + k)
+    else:
+        scale_in, scale_out = np.where(split, 0.5**power, 1.0), np.ones(split.shape)
+    return (
+        (s_in * scale_in[:, None, :]).astype(s_in.dtype),
+        (s_bias * scale_in).astype(s_bias.dtype),
+        (s_out * scale_out[:, :, None]).astype(s_out.dtype),
+    )
+
+
+def slot_lists(optimizer: keras.optimizers.Optimizer) -> dict[str, tuple[list, int]]:
+    """The optimiser's per-variable slot lists the split can carry: `{attribute: (slots, power)}`.
+
+    Raises:
+        ValueError: for an optimiser other than Adam (and subclasses) or SGD.
+    """
+    for cls, powers in SLOT_POWERS:
+        if isinstance(optimizer, cls):
+            return {
+                name: (getattr(optimizer, name), p) for name, p in powers.items() if hasattr(optimizer, name)
+            }
+    raise ValueError(
+        "Argument `optimizer` must be a keras.optimizers.Adam or SGD (their slots can be carried through a "
+        f"split). Received: optimizer={type(optimizer).__name__}"
+    )
+
+
+def grow_model(
+    model: FusedMLP,
+    optimizer: keras.optimizers.Optimizer,
+    splits: Mapping[int, object],
+    *,
+    rng: np.random.Generator | int | None = None,
+    noise: float = 0.01,
+    bias_nudge: float = 0.0,
+    optimizer_slots: SlotMode = "copy",
+) -> tuple[FusedMLP, keras.optimizers.Optimizer]:
+    """A wider copy of `model` and its optimiser, with the given units split in every member.
+
+    Args:
+        model: the fused ensemble (left unchanged).
+        optimizer: its Adam or SGD optimiser (built or not; left unchanged).
+        splits: `{hidden layer index: units}`, units `"all"` (double the layer) or `(N, k)` int indices per
+            member (e.g. from `top_units`). Layers are split in increasing order; indices refer to the widths
+            before this call.
+        rng: generator (or seed) for the symmetry-breaking offsets.
+        noise, bias_nudge: see `split_units`.
+        optimizer_slots: `"copy"` or `"zero"`, see `split_slots`.
+
+    Returns:
+        `(new_model, new_optimizer)`: a `FusedMLP` with the wider `hidden_units` and the same seeds/config, and
+        an optimiser of the same class and config (same learning-rate schedule object, same `iterations`), built
+        on the new model's variables. Without `bias_nudge`, `new_model(x)` equals `model(x)` up to float error.
+    """
+    if optimizer_slots not in SLOT_MODES:
+        raise ValueError(
+            f"Argument `optimizer_slots` must be one of {SLOT_MODES}. Received: optimizer_slots={optimizer_slots!r}"
+        )
+    if not splits:
+        raise ValueError(f"Argument `splits` must name at least one hidden layer. Received: splits={splits}")
+    for layer in splits:
+        if not 0 <= int(layer) < len(model.hidden_units):
+            raise ValueError(
+                f"Keys of `splits` must be hidden layer indices in [0, {len(model.hidden_units)}). "
+                f"Received: {layer}"
+            )
+    slots = slot_lists(optimizer)
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    def numpy_of(variables):  # per dense layer: [kernel, bias] as NumPy
+        return [[ops.convert_to_numpy(v) for v in pair] for pair in variables]
+
+    weights = numpy_of((layer.kernel, layer.bias) for layer in model.dense_layers)
+    slot_weights = {
+        name: numpy_of(
+            (
+                slot_list[optimizer._get_variable_index(layer.kernel)],
+                slot_list[optimizer._get_variable_index(layer.bias)],
+            )
+            for layer in model.dense_layers
+        )
+        for name, (slot_list, _) in slots.items()
+    }
+    for layer in sorted(int(i) for i in splits):
+        units = splits[layer]
+        if isinstance(units, str):
+            if units != "all":
+                raise ValueError(f'Units to split must be "all" or an (N, k) int array. Received: {units!r}')
+            units = all_units(model.members, model.hidden_units[layer])
+        (w_in, b_in), (w_out, b_out) = weights[layer], weights[layer + 1]
+        split = split_units(w_in, b_in, w_out, units, rng=rng, noise=noise, bias_nudge=bias_nudge)
+        weights[layer], weights[layer + 1] = [split.w_in, split.b_in], [split.w_out, b_out]
+        for name, (_, power) in slots.items():
+            (s_in, s_b), (s_out, s_b_out) = slot_weights[name][layer], slot_weights[name][layer + 1]
+            s_in, s_b, s_out = split_slots(s_in, s_b, s_out, split.source_index, power, optimizer_slots)
+            slot_weights[name][layer], slot_weights[name][layer + 1] = [s_in, s_b], [s_out, s_b_out]
+
+    widths = [w.shape[-1] for w, _ in weights[:-1]]
+    new_model = FusedMLP.from_config({**model.get_config(), "hidden_units": widths})
+    for layer, (kernel, bias) in zip(new_model.dense_layers, weights, strict=True):
+        layer.kernel.assign(kernel)
+        layer.bias.assign(bias)
+    new_optimizer = rebuild_optimizer(optimizer, new_model)
+    new_slots = slot_lists(new_optimizer)
+    for name, per_layer in slot_weights.items():
+        slot_list = new_slots[name][0]
+        for layer, (kernel, bias) in zip(new_model.dense_layers, per_layer, strict=True):
+            slot_list[new_optimizer._get_variable_index(layer.kernel)].assign(kernel)
+            slot_list[new_optimizer._get_variable_index(layer.bias)].assign(bias)
+    return new_model, new_optimizer
+
+
+def rebuild_optimizer(optimizer: keras.optimizers.Optimizer, model: FusedMLP) -> keras.optimizers.Optimizer:
+    """A new optimiser of the same class and config, built on `model`'s variables.
+
+    It keeps the very same learning-rate schedule object, and copies `iterations`, the learning-rate variable and
+    every other optimiser variable whose shape did not change. Slots whose shape changed are left at zero for the
+    caller to fill (`grow_model` does).
+
+    Raises:
+        ValueError: when the optimiser holds per-variable state that is not a known slot (EMA, gradient
+            accumulation), which could not be carried through a split.
+    """
+    config = optimizer.get_config()
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        config["learning_rate"] = schedule
+    new = type(optimizer).from_config(config)
+    new.build(model.trainable_variables)
+    known = {id(v) for slot_list, _ in slot_lists(new).values() for v in slot_list if v is not None}
+    old_vars, new_vars = optimizer.variables, new.variables
+    if len(old_vars) != len(new_vars):
+        raise ValueError(
+            f"Cannot rebuild optimizer {type(optimizer).__name__}: its variables differ in number."
+        )
+    for old, fresh in zip(old_vars, new_vars, strict=True):
+        if id(fresh) in known:
+            continue
+        if tuple(old.shape) != tuple(fresh.shape):
+            raise ValueError(
+                f"Optimizer variable `{fresh.path}` changes shape in a split and is not a slot growth can carry "
+                "(EMA and gradient accumulation are not supported with growth)."
+            )
+        fresh.assign(old)
+    return new

@@ -1,0 +1,274 @@
+"""Growth rounds: train until the validation metric plateaus, split units (`ensemble.growth`), repeat.
+
+Seed 001's recipe for all members at once: start small (e.g. 2 hidden units), train until the monitored metric
+stops improving (Keras' `EarlyStopping` logic: `min_delta`, `patience`), then widen the network without changing
+its function and keep training with the same optimiser state, step count and learning-rate schedule. Every round
+is recorded (`GrowthRound`): widths, parameters, FLOPs, epochs, and the metric right before and right after the
+split, which must agree because the split preserves the outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import keras
+import numpy as np
+
+from ensemble.flops import ensemble_flops, training_flops
+from ensemble.fused import FusedMLP
+from ensemble.growth import SLOT_MODES, SlotMode, all_units, grow_model, top_units
+from ensemble.train import TrainConfig, evaluate_members, fit
+
+MONITORS: tuple[str, ...] = ("val_accuracy", "val_ensemble_accuracy", "val_loss")
+STRATEGIES: tuple[str, ...] = ("all", "targeted")
+
+
+@dataclass(frozen=True)
+class GrowthConfig:
+    """When and how to grow.
+
+    Attributes:
+        monitor: validation metric that detects a plateau: `"val_accuracy"` (mean over members),
+            `"val_ensemble_accuracy"` or `"val_loss"`.
+        min_delta: an epoch improves on the best value so far only by more than this.
+        patience: epochs without improvement before the round ends (0: the first non-improving epoch ends it).
+        max_width: no grown layer gets wider than this; growth stops when no layer can grow.
+        max_rounds: number of splits; training runs `max_rounds + 1` rounds (the last one without a split).
+        strategy: `"all"` splits every unit (doubles the layer; seed 001); `"targeted"` splits, per member, the
+            `units_per_split` units with the largest |dL/dW| accumulated over the round's last epoch.
+        units_per_split: k for `"targeted"` (required there); ignored for `"all"`.
+        layers: hidden layers to grow each round; None grows all of them.
+        noise: symmetry-breaking offset scale, see `ensemble.growth.split_units` (keeps the function).
+        bias_nudge: seed 001's bias nudge (changes the function slightly); 0 disables it.
+        optimizer_slots: `"copy"` or `"zero"`, see `ensemble.growth.split_slots`.
+        seed: seed of the symmetry-breaking offsets.
+    """
+
+    monitor: str = "val_accuracy"
+    min_delta: float = 0.0
+    patience: int = 2
+    max_width: int = 256
+    max_rounds: int = 3
+    strategy: Literal["all", "targeted"] = "all"
+    units_per_split: int | None = None
+    layers: tuple[int, ...] | None = None
+    noise: float = 0.01
+    bias_nudge: float = 0.0
+    optimizer_slots: SlotMode = "copy"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.monitor not in MONITORS:
+            raise ValueError(
+                f"Argument `monitor` must be one of {MONITORS}. Received: monitor={self.monitor!r}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"Argument `strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}"
+            )
+        if self.optimizer_slots not in SLOT_MODES:
+            raise ValueError(
+                f"Argument `optimizer_slots` must be one of {SLOT_MODES}. "
+                f"Received: optimizer_slots={self.optimizer_slots!r}"
+            )
+        for name, minimum in (("patience", 0), ("max_width", 1), ("max_rounds", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value!r}")
+        for name in ("min_delta", "noise", "bias_nudge"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"Argument `{name}` must be >= 0. Received: {name}={getattr(self, name)!r}")
+        if self.strategy == "targeted" and (
+            not isinstance(self.units_per_split, int) or self.units_per_split < 1
+        ):
+            raise ValueError(
+                'Argument `units_per_split` must be an int >= 1 with strategy="targeted". '
+                f"Received: units_per_split={self.units_per_split!r}"
+            )
+        if self.layers is not None:
+            layers = tuple(int(i) for i in self.layers)
+            if not layers or min(layers) < 0 or len(set(layers)) != len(layers):
+                raise ValueError(
+                    "Argument `layers` must be None or distinct hidden layer indices >= 0. "
+                    f"Received: layers={self.layers!r}"
+                )
+            object.__setattr__(self, "layers", layers)
+
+    @property
+    def mode(self) -> str:
+        """`"min"` for a loss, `"max"` for an accuracy."""
+        return "min" if self.monitor.endswith("loss") else "max"
+
+    def get_config(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GrowthRound:
+    """What one round did: trained at `widths` until a plateau, then (unless it was the last) split.
+
+    Attributes:
+        round: 0-based round index.
+        widths: hidden widths trained in this round.
+        params: trainable parameters of the whole ensemble at `widths`.
+        flops_per_sample: forward FLOPs per sample of the whole ensemble (`ensemble_flops`).
+        epochs_trained: epochs run in this round.
+        train_flops: training FLOPs of the round, `3 * flops_per_sample * samples seen per member`.
+        plateau: True when the plateau detector ended the round, False when it hit `TrainConfig.epochs`.
+        val_before_split: the monitored metric at the end of the round (before any split).
+        val_after_split: the same metric right after the split; None for the last round.
+        new_widths: hidden widths after the split; None for the last round.
+        train_seconds: wall time of the round's training.
+        split_seconds: wall time of the split (model and optimiser surgery); 0 for the last round.
+    """
+
+    round: int
+    widths: tuple[int, ...]
+    params: int
+    flops_per_sample: int
+    epochs_trained: int
+    train_flops: int
+    plateau: bool
+    val_before_split: float
+    val_after_split: float | None
+    new_widths: tuple[int, ...] | None
+    train_seconds: float
+    split_seconds: float
+
+    def as_dict(self) -> dict:
+        """A flat row for a table: widths joined as `"4-8"`, None as NaN."""
+        row = asdict(self)
+        row["widths"] = "-".join(map(str, self.widths))
+        row["new_widths"] = "-".join(map(str, self.new_widths)) if self.new_widths else ""
+        row["val_after_split"] = np.nan if self.val_after_split is None else self.val_after_split
+        return row
+
+
+def monitored_value(model: FusedMLP, x_val, y_val, monitor: str) -> float:
+    """The monitored validation metric of `model`, computed as `fit`'s epoch logs compute it."""
+    scores = evaluate_members(model, np.asarray(x_val, "float32"), np.asarray(y_val))
+    key = monitor.removeprefix("val_")
+    return float(scores[key]) if key == "ensemble_accuracy" else float(np.mean(scores[key]))
+
+
+def planned_splits(
+    model: FusedMLP, config: GrowthConfig, unit_gradients: Sequence[np.ndarray] | None
+) -> dict[int, np.ndarray]:
+    """The units to split this round, `{layer: (N, k)}`, respecting `max_width` (empty: nothing can grow).
+
+    `"all"` splits every unit (or, when the cap allows fewer, the first ones); `"targeted"` splits the top-k
+    units by `unit_gradients[layer]` `(N, H)`.
+    """
+    layers = range(len(model.hidden_units)) if config.layers is None else config.layers
+    splits = {}
+    for layer in layers:
+        width = model.hidden_units[layer]
+        wanted = width if config.strategy == "all" else config.units_per_split
+        k = min(wanted, config.max_width - width, width)
+        if k < 1:
+            continue
+        if config.strategy == "all":
+            splits[layer] = all_units(model.members, width)[:, :k]
+        else:
+            splits[layer] = top_units(unit_gradients[layer], k)
+    return splits
+
+
+def grow_rounds(
+    model: FusedMLP,
+    optimizer: keras.optimizers.Optimizer,
+    data,
+    train_config: TrainConfig,
+    growth_config: GrowthConfig,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[FusedMLP, keras.optimizers.Optimizer, list[GrowthRound]]:
+    """Train, split at each plateau, and train on, for up to `max_rounds` splits.
+
+    Args:
+        model: the starting (narrow) fused ensemble.
+        optimizer: its Adam or SGD optimiser; a split replaces it by a rebuilt one that continues its state.
+        data: anything with `x_train`, `y_train`, `x_val`, `y_val` (e.g. `PreparedData`).
+        train_config: training settings; `epochs` caps each round (a plateau usually ends it sooner). Epoch
+            numbers continue across rounds, and so do the optimiser's step count and schedule.
+        growth_config: see `GrowthConfig`.
+        callbacks: Keras callbacks passed to every round's `fit` (they see the current model).
+
+    Returns:
+        `(model, optimizer, rounds)`: the grown model, its optimiser, and one `GrowthRound` per round.
+    """
+    config = growth_config
+    if model.task == "regression" and config.monitor != "val_loss":
+        raise ValueError(
+            f'Argument `monitor` must be "val_loss" for regression. Received: monitor={config.monitor!r}'
+        )
+    if config.layers is not None and max(config.layers) >= len(model.hidden_units):
+        raise ValueError(
+            f"Argument `layers` must index hidden layers in [0, {len(model.hidden_units)}). "
+            f"Received: layers={config.layers}"
+        )
+    targeted = config.strategy == "targeted"
+    train_config = replace(train_config, track_unit_gradients=train_config.track_unit_gradients or targeted)
+    validation = (data.x_val, data.y_val)
+    samples_per_epoch = (len(data.x_train) // train_config.batch_size) * train_config.batch_size
+    rng = np.random.default_rng(config.seed)
+    rounds, epoch = [], 0
+    for index in range(config.max_rounds + 1):
+        plateau = keras.callbacks.EarlyStopping(
+            monitor=config.monitor, min_delta=config.min_delta, patience=config.patience, mode=config.mode
+        )
+        start = time.perf_counter()
+        history = fit(
+            model,
+            data.x_train,
+            data.y_train,
+            optimizer=optimizer,
+            config=replace(train_config, epochs=epoch + train_config.epochs),
+            validation_data=validation,
+            callbacks=[*callbacks, plateau],
+            initial_epoch=epoch,
+        )
+        train_seconds = time.perf_counter() - start
+        epochs, stopped = len(history.epoch), bool(model.stop_training)
+        epoch += epochs
+        before = monitored_value(model, *validation, config.monitor)
+        flops = ensemble_flops(model.input_dim, model.hidden_units, model.output_dim, model.members)
+        record = dict(
+            round=index,
+            widths=tuple(model.hidden_units),
+            params=int(model.count_params()),
+            flops_per_sample=flops,
+            epochs_trained=epochs,
+            train_flops=training_flops(flops, epochs * samples_per_epoch),
+            plateau=stopped,
+            val_before_split=before,
+            train_seconds=train_seconds,
+        )
+        gradients = history.history["unit_gradients"][-1] if targeted else None
+        splits = planned_splits(model, config, gradients) if index < config.max_rounds else {}
+        if not splits:
+            rounds.append(GrowthRound(**record, val_after_split=None, new_widths=None, split_seconds=0.0))
+            break
+        start = time.perf_counter()
+        model, optimizer = grow_model(
+            model,
+            optimizer,
+            splits,
+            rng=rng,
+            noise=config.noise,
+            bias_nudge=config.bias_nudge,
+            optimizer_slots=config.optimizer_slots,
+        )
+        split_seconds = time.perf_counter() - start
+        after = monitored_value(model, *validation, config.monitor)
+        rounds.append(
+            GrowthRound(
+                **record,
+                val_after_split=after,
+                new_widths=tuple(model.hidden_units),
+                split_seconds=split_seconds,
+            )
+        )
+    return model, optimizer, rounds

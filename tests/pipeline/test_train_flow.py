@@ -1,0 +1,98 @@
+"""The train flow end to end with real Prefect runs and a real MLflow store."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ensemble.data import PreparedData
+from ensemble.predictor import EnsemblePredictor
+from flows.train import train_flow
+from tasks.config import load_config
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+MEMBERS, EPOCHS = 3, 2
+
+
+def tiny_config(tmp_path, **overrides):
+    """wine (178 rows, 3 classes), 3 members of 8-8 units, 2 epochs of 1 SGDR cycle each."""
+    values = {
+        "data.source": "wine",
+        "model.members": MEMBERS,
+        "model.hidden_units": [8, 8],
+        "train.epochs": EPOCHS,
+        "train.batch_size": 4,
+        "snapshots.cycle_length": 1,
+        "snapshots.lr_init": 0.02,
+        "output_dir": str(tmp_path / "outputs"),
+        **overrides,
+    }
+    return load_config(overrides=values)
+
+
+def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tracking):
+    config = tiny_config(tmp_path)
+    result = train_flow(config, tracking)
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    parent = client.get_run(result["run_id"])
+    assert parent.info.status == "FINISHED"
+
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == MEMBERS
+    assert sorted(run.data.params["member"] for run in children) == [str(n) for n in range(MEMBERS)]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == EPOCHS
+        assert len(client.get_metric_history(run.info.run_id, "snapshot_val_loss")) == EPOCHS  # one per cycle
+
+    prepared = PreparedData.load(next((tmp_path / "outputs" / "data").iterdir()))
+    steps_per_epoch = len(prepared.y_train) // 4
+    lr = client.get_metric_history(parent.info.run_id, "lr")
+    assert sorted(m.step for m in lr) == list(range(1, EPOCHS * steps_per_epoch + 1))  # one value per step
+    assert max(m.value for m in lr) == pytest.approx(0.02)
+
+    for key in ("test_accuracy", "test_nll", "test_brier", "test_ece", "test_disagreement", "test_oracle_accuracy"):
+        assert key in parent.data.metrics
+    assert parent.data.metrics["test_accuracy"] > 0.8
+    assert parent.data.metrics["test_num_members"] == MEMBERS * EPOCHS  # N members x M snapshots
+    assert len(parent.inputs.dataset_inputs) == 3  # train / val / test
+
+    version = client.get_model_version_by_alias("test-ensemble", "champion")
+    assert version.run_id == parent.info.run_id
+
+    # The deployable predictor reproduces the logged test accuracy from raw rows.
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    raw = prepared.raw["test"]
+    labels = predictor.predict(raw[prepared.feature_names])["label"].to_numpy()
+    accuracy = float((labels == raw[prepared.preprocessor.target].to_numpy()).mean())
+    assert accuracy == pytest.approx(parent.data.metrics["test_accuracy"])
+
+
+def test_worse_second_run_becomes_challenger_and_champion_stays(tmp_path, tracking):
+    good = train_flow(tiny_config(tmp_path), tracking)
+    worse = train_flow(
+        tiny_config(tmp_path, **{"model.members": 1, "snapshots.lr_init": 1e-6, "snapshots.lr_min": 0.0}), tracking
+    )
+    assert worse["metrics"]["accuracy"] < good["metrics"]["accuracy"]
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    assert client.get_model_version_by_alias("test-ensemble", "champion").run_id == good["run_id"]
+    assert client.get_model_version_by_alias("test-ensemble", "challenger").run_id == worse["run_id"]
+    assert worse["registration"]["alias"] == "challenger"
+
+
+def test_flow_with_bad_data_marks_run_failed_and_registers_nothing(tmp_path, tracking):
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"x": [1.0, float("nan"), 3.0, 4.0] * 5, "y": [0, 1] * 10}).to_csv(bad, index=False)
+    config = tiny_config(tmp_path, **{"data.source": str(bad), "data.target": "y"})
+    with pytest.raises(Exception, match="NaN"):
+        train_flow(config, tracking)
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert [run.info.status for run in runs] == ["FAILED"]
+    with pytest.raises(MlflowException):
+        client.get_registered_model("test-ensemble")
