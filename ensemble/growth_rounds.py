@@ -184,6 +184,7 @@ def grow_rounds(
     train_config: TrainConfig,
     growth_config: GrowthConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
 ) -> tuple[FusedMLP, keras.optimizers.Optimizer, list[GrowthRound]]:
     """Train, split at each plateau, and train on, for up to `max_rounds` splits.
 
@@ -195,6 +196,7 @@ def grow_rounds(
             numbers continue across rounds, and so do the optimiser's step count and schedule.
         growth_config: see `GrowthConfig`.
         callbacks: Keras callbacks passed to every round's `fit` (they see the current model).
+        initial_epoch: number of the first epoch (e.g. the epochs an earlier training phase already ran).
 
     Returns:
         `(model, optimizer, rounds)`: the grown model, its optimiser, and one `GrowthRound` per round.
@@ -214,7 +216,7 @@ def grow_rounds(
     validation = (data.x_val, data.y_val)
     samples_per_epoch = (len(data.x_train) // train_config.batch_size) * train_config.batch_size
     rng = np.random.default_rng(config.seed)
-    rounds, epoch = [], 0
+    rounds, epoch = [], int(initial_epoch)
     for index in range(config.max_rounds + 1):
         plateau = keras.callbacks.EarlyStopping(
             monitor=config.monitor, min_delta=config.min_delta, patience=config.patience, mode=config.mode

@@ -176,6 +176,9 @@ def fit(
     total_steps = start_step + (config.epochs - initial_epoch) * steps_per_epoch
     all_cycle_ends = schedule_cycle_ends(optimizer, total_steps)
     cycle_ends = [s for s in all_cycle_ends if s > start_step]
+    # Callbacks may check the run's length against the cycles (e.g. that the last cycle ends with the run).
+    params = {"epochs": config.epochs, "steps": steps_per_epoch, "total_steps": total_steps}
+    callback_list.set_params({**params, "cycle_ends": all_cycle_ends})
 
     model.stop_training = False
     callback_list.on_train_begin()
@@ -228,7 +231,13 @@ def compiled_steps(model: FusedMLP, optimizer: keras.optimizers.Optimizer, confi
     unit_gradients = [tf.Variable(tf.zeros((model.members, units))) for units in model.hidden_units]
     kernel_index = [[id(v) for v in variables].index(id(layer.kernel)) for layer in model.hidden_layers]
 
-    @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
+    signature = [
+        tf.TensorSpec([None, model.input_dim], tf.float32),  # x_train (rows, d)
+        tf.TensorSpec([None], tf.float32 if model.task == "regression" else tf.int32),  # y_train (rows,)
+        tf.TensorSpec([None, model.members, None], tf.int32),  # batch_indices (S, N, B)
+    ]
+
+    @tf.function(jit_compile=config.jit_compile, input_signature=signature)  # traced once, any S, rows, B
     def run_steps(x_train, y_train, batch_indices):  # (rows, d), (rows,), (S, N, B)
         steps = tf.shape(batch_indices)[0]
         loss_sum = tf.zeros([model.members])

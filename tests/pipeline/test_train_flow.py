@@ -96,3 +96,28 @@ def test_flow_with_bad_data_marks_run_failed_and_registers_nothing(tmp_path, tra
     assert [run.info.status for run in runs] == ["FAILED"]
     with pytest.raises(MlflowException):
         client.get_registered_model("test-ensemble")
+
+
+def test_growth_stage_widens_members_and_logs_the_round_table(tmp_path, tracking):
+    config = tiny_config(
+        tmp_path,
+        **{
+            "model.hidden_units": [2],
+            "snapshots.enabled": False,
+            "growth.enabled": True,
+            "growth.epochs_per_round": 2,
+            "growth.max_rounds": 2,
+            "growth.patience": 1,
+        },
+    )
+    result = train_flow(config, tracking)
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    widths = [m.value for m in client.get_metric_history(result["run_id"], "growth_width")]
+    assert widths == [2, 4, 8]  # "all" doubles the layer at each of the 2 splits
+    before = client.get_metric_history(result["run_id"], "growth_val_before_split")
+    after = client.get_metric_history(result["run_id"], "growth_val_after_split")
+    for b, a in zip(before, after, strict=False):  # the split preserves the function
+        assert a.value == pytest.approx(b.value, abs=1e-6)
+    assert "growth_rounds.json" in [f.path for f in client.list_artifacts(result["run_id"])]
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    assert predictor.groups[0].hidden_units == [8]
