@@ -1,0 +1,344 @@
+"""The fused training loop against N separately trained `keras.Sequential` models (the slow obvious reference)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ensemble.fused import FusedMLP
+from ensemble.train import (
+    TrainConfig,
+    check_training_data,
+    compiled_steps,
+    epoch_indices,
+    fit,
+    member_losses,
+    member_rows,
+)
+
+MEMBERS = 3
+FEATURES = 5
+HIDDEN = (8, 6)
+
+
+def make_data(rows: int, task: str, num_classes: int = 3, seed: int = 0):
+    """Features `(rows, FEATURES)` and labels `(rows,)` that a small MLP can partly learn."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, FEATURES)).astype("float32")
+    score = x[:, 0] + 0.5 * x[:, 1] * x[:, 2]
+    if task == "binary":
+        y = (score > 0).astype("int64")
+    elif task == "multiclass":
+        y = np.digitize(score, np.quantile(score, np.linspace(0, 1, num_classes + 1)[1:-1])).astype("int64")
+    else:
+        y = (score + 0.1 * rng.normal(size=rows)).astype("float32")
+    return x, y
+
+
+def reference_member(model: FusedMLP, n: int) -> keras.Sequential:
+    """Member n as a separately built Sequential: linear head (logits), weights copied before training."""
+    layers = [keras.Input(shape=(model.input_dim,))]
+    layers += [keras.layers.Dense(units, activation=model.activation) for units in model.hidden_units]
+    layers.append(keras.layers.Dense(model.output_dim))
+    reference = keras.Sequential(layers)
+    reference.set_weights(model.member_weights(n))
+    return reference
+
+
+REFERENCE_LOSSES = {
+    "binary": lambda: keras.losses.BinaryCrossentropy(from_logits=True),
+    "multiclass": lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    "regression": lambda: keras.losses.MeanSquaredError(),
+}
+
+
+def train_reference(model: FusedMLP, n: int, x, y, make_optimizer, config: TrainConfig) -> list[np.ndarray]:
+    """Train member n alone with Keras `fit`, on exactly the rows and order the fused loop gives it."""
+    reference = reference_member(model, n)
+    reference.compile(optimizer=make_optimizer(), loss=REFERENCE_LOSSES[model.task]())
+    orders = [
+        epoch_indices(len(x), model.members, config.batch_size, epoch, config.seed, config.bagging)[:, n, :]
+        for epoch in range(config.epochs)
+    ]  # each (steps, B)
+    rows = np.concatenate(orders).reshape(-1)
+    targets = y[rows].astype("float32" if model.task != "multiclass" else "int64")
+    if model.task != "multiclass":
+        targets = targets[:, None]
+    reference.fit(x[rows], targets, batch_size=config.batch_size, shuffle=False, epochs=1, verbose=0)
+    return reference.get_weights()
+
+
+def max_weight_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    assert [w.shape for w in a] == [w.shape for w in b]
+    return max(float(np.abs(u - v).max()) for u, v in zip(a, b, strict=True))
+
+
+# --- equivalence with separate Keras models -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "task, make_optimizer, batch_size, bagging",
+    [
+        ("binary", lambda: keras.optimizers.Adam(0.01), 1, False),
+        ("binary", lambda: keras.optimizers.SGD(0.02, momentum=0.9), 1, False),
+        ("multiclass", lambda: keras.optimizers.SGD(0.02, momentum=0.8, nesterov=True), 1, False),
+        ("regression", lambda: keras.optimizers.Adam(0.005), 4, False),
+        ("multiclass", lambda: keras.optimizers.Adam(0.01), 2, True),
+    ],
+    ids=[
+        "binary-adam-b1",
+        "binary-momentum-b1",
+        "multiclass-nesterov-b1",
+        "regression-adam-b4",
+        "bagging-b2",
+    ],
+)
+def test_fused_members_equal_separately_trained_sequential_models(task, make_optimizer, batch_size, bagging):
+    rows = 150 * batch_size  # 2 epochs of 150 steps = 300 steps per member
+    x, y = make_data(rows, task)
+    # tanh (the seed's activation), not relu: float32 rounding differs between a batched and a plain matmul by
+    # ~1e-7, and a relu pre-activation that lands within that of 0 flips the unit and the runs part by ~1e-3.
+    model = FusedMLP(MEMBERS, FEATURES, HIDDEN, task=task, num_classes=3, activation="tanh", seed=7)
+    config = TrainConfig(epochs=2, batch_size=batch_size, bagging=bagging, seed=3, steps_per_call=64)
+    references = [train_reference(model, n, x, y, make_optimizer, config) for n in range(MEMBERS)]
+
+    fit(model, x, y, optimizer=make_optimizer(), config=config)
+
+    for n in range(MEMBERS):
+        assert max_weight_difference(model.member_weights(n), references[n]) < 1e-4, f"member {n}"
+    assert (
+        max_weight_difference(model.member_weights(0), model.member_weights(1)) > 1e-2
+    )  # they did train apart
+
+
+def test_training_moves_the_weights_and_lowers_the_loss():
+    x, y = make_data(300, "binary")
+    model = FusedMLP(MEMBERS, FEATURES, HIDDEN, task="binary", seed=0)
+    before = [model.member_weights(n) for n in range(MEMBERS)]
+    history = fit(model, x, y, optimizer=keras.optimizers.Adam(0.01), config=TrainConfig(epochs=3))
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0]
+    assert all(max_weight_difference(before[n], model.member_weights(n)) > 1e-3 for n in range(MEMBERS))
+
+
+# --- member independence ----------------------------------------------------------------------------------------
+
+
+def test_changing_only_member_0s_data_leaves_other_members_bit_identical():
+    x, y = make_data(120, "binary")
+    # Rows [120, 240) are a perturbed copy: other features and flipped labels. Only member 0 is pointed at them.
+    x_both = np.concatenate([x, x + np.float32(0.5)])
+    y_both = np.concatenate([y, 1 - y]).astype("int32")
+    indices = epoch_indices(120, MEMBERS, 1, 0, 0, False)  # (steps, N, B)
+    shifted = indices.copy()
+    shifted[:, 0, :] += 120
+
+    trained = []
+    for batch_indices in (indices, shifted):
+        model = FusedMLP(MEMBERS, FEATURES, HIDDEN, task="binary", seed=5)
+        optimizer = keras.optimizers.Adam(0.01)
+        optimizer.build(model.trainable_variables)
+        run_steps = compiled_steps(model, optimizer, TrainConfig())
+        run_steps(tf.constant(x_both), tf.constant(y_both), tf.constant(batch_indices))
+        trained.append([model.member_weights(n) for n in range(MEMBERS)])
+
+    assert max_weight_difference(trained[0][0], trained[1][0]) > 1e-3  # member 0 did see other data
+    for n in range(1, MEMBERS):
+        assert max_weight_difference(trained[0][n], trained[1][n]) <= 1e-7, f"member {n}"
+
+
+def test_changing_member_0s_seed_leaves_other_members_unchanged():
+    x, y = make_data(100, "multiclass")
+    config = TrainConfig(epochs=2, train_metrics=False)
+    trained = []
+    for first_seed in (11, 99):
+        model = FusedMLP(
+            MEMBERS, FEATURES, HIDDEN, task="multiclass", num_classes=3, member_seeds=[first_seed, 1, 2]
+        )
+        fit(model, x, y, optimizer=keras.optimizers.Adam(0.01), config=config)
+        trained.append([model.member_weights(n) for n in range(MEMBERS)])
+    assert max_weight_difference(trained[0][0], trained[1][0]) > 1e-3
+    for n in range(1, MEMBERS):
+        assert max_weight_difference(trained[0][n], trained[1][n]) <= 1e-7, f"member {n}"
+
+
+def test_member_order_does_not_depend_on_other_members():
+    few = epoch_indices(50, 2, 1, epoch=3, seed=4, bagging=True)
+    many = epoch_indices(50, 6, 1, epoch=3, seed=4, bagging=True)
+    np.testing.assert_array_equal(few, many[:, :2])
+
+
+def test_member_losses_are_independent_per_member_means():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4, 1)).astype("float32")  # (N, B, 1)
+    y = rng.integers(0, 2, size=(3, 4))
+    expected = [
+        np.mean(
+            [
+                np.log1p(np.exp(-z)) if t else np.log1p(np.exp(z))
+                for z, t in zip(logits[n, :, 0], y[n], strict=True)
+            ]
+        )
+        for n in range(3)
+    ]
+    np.testing.assert_allclose(member_losses("binary", y, logits).numpy(), expected, rtol=1e-5)
+
+
+# --- index streams -----------------------------------------------------------------------------------------------
+
+
+def test_epoch_indices_shape_and_each_member_sees_every_row_once():
+    indices = epoch_indices(103, 4, 5, epoch=0, seed=1, bagging=False)
+    assert (
+        indices.shape == (20, 4, 5) and indices.dtype == np.int32
+    )  # 103 // 5 steps, the last 3 rows dropped
+    for n in range(4):
+        seen = indices[:, n].reshape(-1)
+        assert len(np.unique(seen)) == 100 and seen.max() < 103
+
+
+def test_epoch_indices_reshuffle_each_epoch_and_differ_between_members():
+    e0, e1 = (epoch_indices(40, 2, 1, epoch=e, seed=0, bagging=False) for e in (0, 1))
+    assert not np.array_equal(e0, e1)
+    assert not np.array_equal(e0[:, 0], e0[:, 1])
+    np.testing.assert_array_equal(e0, epoch_indices(40, 2, 1, epoch=0, seed=0, bagging=False))  # regenerable
+
+
+def test_bagging_draws_one_bootstrap_per_member_and_reuses_it_every_epoch():
+    rows = member_rows(200, 1, seed=0, bagging=True)
+    assert len(np.unique(rows)) < 180  # a bootstrap repeats rows (expected ~126 distinct of 200)
+    assert not np.array_equal(rows, member_rows(200, 2, seed=0, bagging=True))
+    for epoch in (0, 1):
+        seen = epoch_indices(200, 3, 1, epoch=epoch, seed=0, bagging=True)[:, 1, 0]
+        np.testing.assert_array_equal(np.sort(seen), np.sort(rows))
+    np.testing.assert_array_equal(member_rows(7, 0, seed=0, bagging=False), np.arange(7))
+
+
+# --- validation ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["epochs", "batch_size", "steps_per_call"])
+def test_train_config_rejects_non_positive_counts(name):
+    with pytest.raises(ValueError, match=rf"Argument `{name}` must be >= 1. Received: {name}=0"):
+        TrainConfig(**{name: 0})
+
+
+def test_train_config_get_config_round_trip():
+    config = TrainConfig(epochs=3, batch_size=2, bagging=True, seed=4, steps_per_call=10)
+    assert TrainConfig(**config.get_config()) == config
+
+
+@pytest.mark.parametrize(
+    "x_shape, y_values, match",
+    [
+        ((10, 4), [0] * 10, r"`x_train` must have shape \(rows, 5\). Received: shape=\(10, 4\)"),
+        ((10, 5), [0] * 9, r"`y_train` must have shape \(10,\). Received: shape=\(9,\)"),
+        ((10, 5), [0] * 9 + [2], r"`y_train` labels must be in \[0, 2\). Received: \[0, 2\]"),
+        ((10, 5), [0] * 9 + [-1], r"`y_train` labels must be in \[0, 2\). Received: \[-1, 0\]"),
+        ((2, 5), [0, 1], r"`x_train` has 2 rows, fewer than batch_size=4"),
+    ],
+)
+def test_check_training_data_rejects_bad_shapes_and_labels(x_shape, y_values, match):
+    model = FusedMLP(2, FEATURES, (4,), task="binary")
+    with pytest.raises(ValueError, match=match):
+        check_training_data(model, np.zeros(x_shape, "float32"), np.asarray(y_values), batch_size=4)
+
+
+def test_fit_rejects_nan_features_before_training():
+    x, y = make_data(20, "binary")
+    x[3, 2] = np.nan
+    model = FusedMLP(2, FEATURES, (4,), task="binary")
+    before = model.member_weights(0)
+    with pytest.raises(ValueError, match=r"`x_train` contains NaN or inf values"):
+        fit(model, x, y, optimizer=keras.optimizers.Adam(), config=TrainConfig(epochs=1))
+    assert max_weight_difference(before, model.member_weights(0)) == 0.0
+
+
+def test_fit_rejects_bad_validation_data_with_val_in_the_message():
+    x, y = make_data(20, "binary")
+    model = FusedMLP(2, FEATURES, (4,), task="binary")
+    with pytest.raises(ValueError, match=r"`y_val` must have shape \(5,\)"):
+        fit(model, x, y, optimizer=keras.optimizers.Adam(), validation_data=(x[:5], y[:4]))
+
+
+@pytest.mark.parametrize("option", ["clipnorm", "global_clipnorm"])
+def test_fit_rejects_member_coupling_clipping(option):
+    x, y = make_data(20, "binary")
+    model = FusedMLP(2, FEATURES, (4,), task="binary")
+    with pytest.raises(ValueError, match=rf"`{option}=1.0` couples ensemble members"):
+        fit(model, x, y, optimizer=keras.optimizers.Adam(**{option: 1.0}), config=TrainConfig(epochs=1))
+
+
+# --- history -------------------------------------------------------------------------------------------------------
+
+
+def test_history_holds_per_member_arrays_and_one_learning_rate_per_step():
+    x, y = make_data(60, "multiclass")
+    model = FusedMLP(MEMBERS, FEATURES, (4,), task="multiclass", num_classes=3)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    config = TrainConfig(epochs=2, batch_size=2, steps_per_call=7)  # 30 steps per epoch: calls of 7,7,7,7,2
+    history = fit(
+        model,
+        x,
+        y,
+        optimizer=keras.optimizers.Adam(schedule),
+        config=config,
+        validation_data=(x[:20], y[:20]),
+    )
+
+    logs = history.history
+    assert len(logs["loss"]) == 2
+    for key in ("member_loss", "member_accuracy", "member_val_loss", "member_val_accuracy"):
+        assert all(np.shape(value) == (MEMBERS,) for value in logs[key]), key
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(logs[key], [np.mean(v) for v in logs[f"member_{key}"]], rtol=1e-6)
+    assert 0.0 <= logs["val_ensemble_accuracy"][-1] <= 1.0
+    assert history.steps == list(range(1, 61))
+    expected_lrs = [
+        float(schedule(step - 1)) for step in history.steps
+    ]  # step k uses the LR at iteration k-1
+    np.testing.assert_allclose(history.learning_rates, expected_lrs, rtol=1e-6)
+    assert logs["lr"] == pytest.approx([expected_lrs[29], expected_lrs[59]])
+
+
+def test_history_member_loss_is_each_members_mean_step_loss():
+    x, y = make_data(40, "regression")
+    model = FusedMLP(2, FEATURES, (4,), task="regression")
+    history = fit(model, x, y, optimizer=keras.optimizers.SGD(0.0), config=TrainConfig(epochs=1))
+    # With lr 0 the weights never move: the mean step loss is each member's MSE on the whole set.
+    outputs = model.predict_members(x)  # (N, rows)
+    np.testing.assert_allclose(history.history["member_loss"][0], ((outputs - y) ** 2).mean(1), rtol=1e-4)
+
+
+def test_early_stopping_stops_training():
+    x, y = make_data(30, "binary")
+    model = FusedMLP(2, FEATURES, (4,), task="binary")
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=10.0, patience=1)
+    history = fit(
+        model,
+        x,
+        y,
+        optimizer=keras.optimizers.Adam(0.01),
+        config=TrainConfig(epochs=20),
+        validation_data=(x, y),
+        callbacks=[stop],
+    )
+    assert model.stop_training
+    assert len(history.history["loss"]) == 2  # epoch 0 sets the best; epoch 1 fails to beat it by 10 -> stop
+    assert len(history.learning_rates) == 2 * 30
+
+
+def test_resume_with_initial_epoch_equals_one_uninterrupted_run():
+    x, y = make_data(50, "binary")
+    config = TrainConfig(epochs=3, train_metrics=False, steps_per_call=16)
+    straight = FusedMLP(2, FEATURES, (4,), task="binary", seed=1)
+    fit(straight, x, y, optimizer=keras.optimizers.Adam(0.01), config=config)
+
+    resumed = FusedMLP(2, FEATURES, (4,), task="binary", seed=1)
+    optimizer = keras.optimizers.Adam(0.01)
+    fit(resumed, x, y, optimizer=optimizer, config=TrainConfig(epochs=1, train_metrics=False))
+    history = fit(resumed, x, y, optimizer=optimizer, config=config, initial_epoch=1)
+
+    assert history.steps[0] == 51 and len(history.history["loss"]) == 2
+    for n in range(2):
+        assert max_weight_difference(straight.member_weights(n), resumed.member_weights(n)) <= 1e-6
