@@ -172,12 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         import_tensorflow_quietly()
-    if not args.debug:
-        import prefect  # noqa: F401  (sets up Prefect's log handlers, which get the filter)
+        # `import prefect` is lazy and configures no logging; `prefect.main` creates Prefect's log handlers,
+        # which must exist now to get the filter. Only the terminal's (stream) handlers get it: Prefect's API
+        # handler keeps the tracebacks for the Prefect UI.
+        import prefect.main  # noqa: F401
 
         for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
             for handler in logger.handlers:
-                handler.addFilter(DropTracebacks())
+                if isinstance(handler, logging.StreamHandler):
+                    handler.addFilter(DropTracebacks())
     try:
         return run(args)
     except KeyboardInterrupt:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from ensemble.data import DataConfig, PreparedData, file_sha256, prepare_data
+from ensemble.data import DataConfig, DataError, PreparedData, file_sha256, prepare_data
 from tasks.config import DataSection
 from tasks.tracking import Tracker, TrackingSettings
 
@@ -22,7 +23,11 @@ def data_cache_key(context: TaskRunContext, parameters: dict) -> str:
     """
     section: DataSection = parameters["data"]
     target = prepared_dir(parameters["output_dir"], section)
-    material = json.dumps([file_sha256(section.source), section.model_dump(), str(target)], sort_keys=True)
+    try:
+        content = file_sha256(section.source)
+    except DataError:  # a missing file: no cache entry; the task itself then fails with the clear message
+        return f"unreadable:{uuid.uuid4()}"
+    material = json.dumps([content, section.model_dump(), str(target)], sort_keys=True)
     suffix = "" if (target / "metadata.json").is_file() else ":missing"
     return hashlib.sha256(material.encode()).hexdigest() + suffix
 

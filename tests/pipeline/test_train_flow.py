@@ -10,27 +10,9 @@ from mlflow.tracking import MlflowClient
 from ensemble.data import PreparedData
 from ensemble.predictor import EnsemblePredictor
 from flows.train import train_flow
-from tasks.config import load_config
+from tests.pipeline.helpers import EPOCHS, MEMBERS, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-MEMBERS, EPOCHS = 3, 2
-
-
-def tiny_config(tmp_path, **overrides):
-    """wine (178 rows, 3 classes), 3 members of 8-8 units, 2 epochs of 1 SGDR cycle each."""
-    values = {
-        "data.source": "wine",
-        "model.members": MEMBERS,
-        "model.hidden_units": [8, 8],
-        "train.epochs": EPOCHS,
-        "train.batch_size": 4,
-        "snapshots.cycle_length": 1,
-        "snapshots.lr_init": 0.02,
-        "output_dir": str(tmp_path / "outputs"),
-        **overrides,
-    }
-    return load_config(overrides=values)
 
 
 def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tracking):
@@ -56,7 +38,14 @@ def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tra
     assert sorted(m.step for m in lr) == list(range(1, EPOCHS * steps_per_epoch + 1))  # one value per step
     assert max(m.value for m in lr) == pytest.approx(0.02)
 
-    for key in ("test_accuracy", "test_nll", "test_brier", "test_ece", "test_disagreement", "test_oracle_accuracy"):
+    for key in (
+        "test_accuracy",
+        "test_nll",
+        "test_brier",
+        "test_ece",
+        "test_disagreement",
+        "test_oracle_accuracy",
+    ):
         assert key in parent.data.metrics
     assert parent.data.metrics["test_accuracy"] > 0.8
     assert parent.data.metrics["test_num_members"] == MEMBERS * EPOCHS  # N members x M snapshots
@@ -76,7 +65,8 @@ def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tra
 def test_worse_second_run_becomes_challenger_and_champion_stays(tmp_path, tracking):
     good = train_flow(tiny_config(tmp_path), tracking)
     worse = train_flow(
-        tiny_config(tmp_path, **{"model.members": 1, "snapshots.lr_init": 1e-6, "snapshots.lr_min": 0.0}), tracking
+        tiny_config(tmp_path, **{"model.members": 1, "snapshots.lr_init": 1e-6, "snapshots.lr_min": 0.0}),
+        tracking,
     )
     assert worse["metrics"]["accuracy"] < good["metrics"]["accuracy"]
     client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)

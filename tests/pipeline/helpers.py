@@ -1,0 +1,40 @@
+"""Shared pieces of the pipeline tests: the tiny config every flow test trains with, and a private MLflow store
+for module-scoped fixtures (the per-test `tracking` fixture of conftest.py cannot serve a module)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tasks.config import PipelineConfig, load_config
+from tasks.tracking import TrackingSettings
+
+MEMBERS, EPOCHS = 3, 2
+
+
+def tiny_config(tmp_path, **overrides) -> PipelineConfig:
+    """wine (178 rows, 3 classes), 3 members of 8-8 units, 2 epochs of 1 SGDR cycle each."""
+    values = {
+        "data.source": "wine",
+        "model.members": MEMBERS,
+        "model.hidden_units": [8, 8],
+        "train.epochs": EPOCHS,
+        "train.batch_size": 4,
+        "snapshots.cycle_length": 1,
+        "snapshots.lr_init": 0.02,
+        "output_dir": str(tmp_path / "outputs"),
+        **overrides,
+    }
+    return load_config(overrides=values)
+
+
+def private_tracking(root: Path, migrated_store: Path) -> TrackingSettings:
+    """Like conftest's `tracking`, under `root`: a copy of the migrated SQLite store + local artifacts."""
+    db = Path(root) / "mlflow.db"
+    shutil.copy(migrated_store, db)
+    return TrackingSettings(
+        tracking_uri=f"sqlite:///{db}",
+        artifact_location=str(Path(root) / "mlartifacts"),
+        experiment_name="tests",
+        registered_model_name="test-ensemble",
+    )

@@ -1,0 +1,147 @@
+"""Issue acceptance: the registered champion served by `mlflow models serve` answers like the in-process predictor,
+and bad requests get a 4xx with a readable message (never a 500)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from ensemble.data import PreparedData
+from ensemble.predictor import EnsemblePredictor
+from flows.train import train_flow
+from tests.pipeline.helpers import private_tracking, tiny_config
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MLFLOW_CLI = str(Path(sys.executable).with_name("mlflow"))
+START_TIMEOUT_S = 120
+ROWS = 5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow models serve exited with {server.returncode}:\n{log.read_text()[-4000:]}")
+        for path in ("/ping", "/health"):
+            try:
+                if requests.get(url + path, timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+        time.sleep(0.5)
+    pytest.fail(f"mlflow models serve not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stops the server's whole process group (it forks workers) and waits for it."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, migrated_store, prefect_api):
+    """One train_flow on a private store: `(result, settings, prepared data)`."""
+    root = tmp_path_factory.mktemp("serving")
+    settings = private_tracking(root, migrated_store)
+    result = train_flow(tiny_config(root), settings)
+    assert result["registration"]["alias"] == "champion"
+    prepared = PreparedData.load(next((root / "outputs" / "data").iterdir()))
+    return result, settings, prepared, root
+
+
+@pytest.fixture(scope="module")
+def server_url(trained):
+    """`mlflow models serve -m models:/test-ensemble@champion --env-manager local` on a free port."""
+    _, settings, _, root = trained
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "MLFLOW_REGISTRY_URI": settings.tracking_uri,
+        # The server execs `uvicorn` by name: the venv's bin must be on PATH even if the venv is not activated.
+        "PATH": os.pathsep.join([str(Path(MLFLOW_CLI).parent), os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    log = root / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [MLFLOW_CLI, "models", "serve", "-m", "models:/test-ensemble@champion", "--env-manager", "local"]
+            + ["-h", "127.0.0.1", "-p", str(port)],
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(url, server, log)
+        yield url
+    finally:
+        stop(server)
+
+
+def invoke(url: str, frame: pd.DataFrame) -> requests.Response:
+    payload = {"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}}
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+
+def test_served_champion_answers_like_the_in_process_predictor(trained, server_url):
+    result, _, prepared, _ = trained
+    rows = prepared.raw["test"][prepared.feature_names].head(ROWS)
+    response = invoke(server_url, rows)
+    assert response.status_code == 200, response.text
+    served = pd.DataFrame(response.json()["predictions"])
+
+    expected = EnsemblePredictor.load(result["predictor_dir"]).predict(rows)
+    proba = [c for c in expected.columns if c.startswith("proba_")]
+    assert len(proba) == 3  # wine has 3 classes
+    assert list(served.columns) == list(expected.columns)
+    np.testing.assert_allclose(served[proba].to_numpy(), expected[proba].to_numpy(), atol=1e-6)
+    assert served["label"].tolist() == expected["label"].tolist()
+
+
+def test_request_missing_a_column_gets_4xx_naming_it(trained, server_url):
+    _, _, prepared, _ = trained
+    missing = prepared.feature_names[1]
+    rows = prepared.raw["test"][prepared.feature_names].head(ROWS).drop(columns=[missing])
+    response = invoke(server_url, rows)
+    assert 400 <= response.status_code < 500, response.text
+    message = response.json()["message"]
+    assert "missing" in message
+    assert repr([missing]) in message  # e.g. "Model is missing inputs ['malic_acid']"
+
+
+def test_request_with_a_non_numeric_value_gets_4xx_not_500(trained, server_url):
+    _, _, prepared, _ = trained
+    rows = prepared.raw["test"][prepared.feature_names].head(ROWS).astype(object)
+    column = prepared.feature_names[0]
+    rows.iloc[2, 0] = "not-a-number"
+    response = invoke(server_url, rows)
+    assert 400 <= response.status_code < 500, response.text
+    message = response.json()["message"]
+    assert column in message
+    assert "not-a-number" in message
