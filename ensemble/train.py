@@ -6,9 +6,10 @@ exactly the gradient it would get alone, and with an elementwise optimiser (Adam
 N separate runs.
 
 Hooks (plain `keras.callbacks.Callback`s): `on_train_begin/end`, `on_epoch_begin/end(epoch, logs)`, and, for
-callbacks that define it, `on_cycle_end(cycle, logs)`. A learning-rate schedule that defines
-`cycle_ends(total_steps) -> list[int]` (global step counts at which a cycle ends) makes the loop stop a compiled
-call exactly there, so a snapshot taken in `on_cycle_end` holds the weights of that step.
+callbacks that define it, `on_cycle_end(cycle, logs)` and `on_steps_end(logs)` (after every compiled call, with the
+global `steps` it ran and the `learning_rates` they used: a checkpoint keeps the per-step record). A learning-rate
+schedule that defines `cycle_ends(total_steps) -> list[int]` (global step counts at which a cycle ends) makes the
+loop stop a compiled call exactly there, so a snapshot taken in `on_cycle_end` holds the weights of that step.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class TrainConfig:
         jit_compile: XLA-compile the step loop (helps on a GPU; fails on some CPUs).
         train_metrics: evaluate each member on the full training set at every epoch end.
         track_unit_gradients: accumulate |dL/dW| per hidden unit over each epoch (for targeted growth).
+        member_offset: global index of the model's first member: member n draws the data order (and bootstrap) of
+            member `member_offset + n`, so a shard of a larger ensemble sees exactly what it would in one run.
     """
 
     epochs: int = 10
@@ -48,11 +51,16 @@ class TrainConfig:
     jit_compile: bool = False
     train_metrics: bool = True
     track_unit_gradients: bool = False
+    member_offset: int = 0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "steps_per_call"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Argument `{name}` must be >= 1. Received: {name}={getattr(self, name)}")
+        if int(self.member_offset) < 0:
+            raise ValueError(
+                f"Argument `member_offset` must be >= 0. Received: member_offset={self.member_offset}"
+            )
 
     def get_config(self) -> dict:
         return asdict(self)
@@ -66,23 +74,26 @@ def member_rows(n_rows: int, member: int, seed: int, bagging: bool) -> np.ndarra
 
 
 def epoch_indices(
-    n_rows: int, members: int, batch_size: int, epoch: int, seed: int, bagging: bool
+    n_rows: int, members: int, batch_size: int, epoch: int, seed: int, bagging: bool, member_offset: int = 0
 ) -> np.ndarray:
     """Row indices of one epoch for all members, `(steps, N, B)` int32 with `steps = n_rows // B`.
 
-    Member n's order depends only on `(seed, n, epoch)`: it does not change when other members are added or their
-    data changes, and an epoch can be regenerated exactly (resume).
+    Member n's order depends only on `(seed, member_offset + n, epoch)`: it does not change when other members are
+    added or their data changes, an epoch can be regenerated exactly (resume), and members `k..k+m` trained as a
+    separate shard (`member_offset=k`) see the orders they would see in one run of all members.
     """
     steps = n_rows // batch_size
     orders = []
-    for n in range(members):
+    for n in range(member_offset, member_offset + members):
         rows = member_rows(n_rows, n, seed, bagging)
         orders.append(np.random.default_rng([seed, n, epoch]).permutation(rows)[: steps * batch_size])
     return np.stack(orders).reshape(members, steps, batch_size).transpose(1, 0, 2).astype("int32")
 
 
 def member_losses(task: str, y, outputs):
-    """Mean loss over the batch, per member: `y (N, B)`, `outputs (N, B, out)` -> `(N,)`."""
+    """Mean loss over the batch, per member: `y (N, B)`, `outputs (N, B, out)` -> `(N,)`, float32 (also when the
+    outputs are float16/bfloat16 under a mixed-precision policy)."""
+    outputs = tf.cast(outputs, tf.float32)
     if task == "multiclass":
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=outputs)
     elif task == "binary":
@@ -171,6 +182,7 @@ def fit(
     history.learning_rates, history.steps = [], []
     callback_list = keras.callbacks.CallbackList([*callbacks, history], model=model)
     cycle_hooks = [cb for cb in callbacks if hasattr(cb, "on_cycle_end")]
+    step_hooks = [cb for cb in callbacks if hasattr(cb, "on_steps_end")]
     steps_per_epoch = len(x) // config.batch_size
     start_step = int(optimizer.iterations)
     total_steps = start_step + (config.epochs - initial_epoch) * steps_per_epoch
@@ -186,7 +198,9 @@ def fit(
         callback_list.on_epoch_begin(epoch)
         for acc in run_steps.unit_gradients:
             acc.assign(tf.zeros_like(acc))
-        indices = epoch_indices(len(x), model.members, config.batch_size, epoch, config.seed, config.bagging)
+        indices = epoch_indices(
+            len(x), model.members, config.batch_size, epoch, config.seed, config.bagging, config.member_offset
+        )
         loss_sum, done = np.zeros(model.members), 0
         while done < steps_per_epoch:
             step = int(optimizer.iterations)
@@ -196,8 +210,14 @@ def fit(
                 stop = min(stop, done + next_end - step)
             chunk_loss, chunk_lrs = run_steps(x_train, y_train, tf.constant(indices[done:stop]))
             loss_sum += chunk_loss.numpy()
-            history.learning_rates.extend(chunk_lrs.numpy().tolist())
-            history.steps.extend(range(step + 1, step + 1 + stop - done))
+            chunk = {
+                "steps": list(range(step + 1, step + 1 + stop - done)),
+                "learning_rates": chunk_lrs.numpy().tolist(),
+            }
+            history.learning_rates.extend(chunk["learning_rates"])
+            history.steps.extend(chunk["steps"])
+            for hook in step_hooks:
+                hook.on_steps_end(chunk)
             done = stop
             if next_end is not None and int(optimizer.iterations) == next_end:
                 for hook in cycle_hooks:

@@ -2,23 +2,30 @@
 
 One MLflow parent run per flow run; the flow opens it, passes its id to every task and closes it FINISHED, or
 FAILED if any step raised (a failed run never registers a model).
+
+With `train.members_per_shard` set, the members are trained as shards, one `train-fused` task each, submitted to
+the task runner of `config.runner` (thread pool, Dask or Ray), then merged into one ensemble; whichever way the
+flow is started (CLI, deployment, Python), the config decides where shards run.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.config import PipelineConfig
+from ensemble.shards import shard_ranges
+from tasks.config import PipelineConfig, RunnerSection
 from tasks.data import log_data_task, prepare_data_task
 from tasks.evaluate import evaluate_task
 from tasks.growth import growth_task
 from tasks.registry import register_task
 from tasks.snapshots import collect_snapshots_task
 from tasks.tracking import Tracker, TrackingSettings
-from tasks.train import start_member_runs_task, train_task
+from tasks.train import log_training_task, merge_shards_task, start_member_runs_task, train_task
 
 
 @flow(name="train-ensemble", log_prints=True)
@@ -35,20 +42,14 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
     try:
         tracker.log_params(run_id, config.model_dump(exclude={"run_name"}))
         data_dir = prepare_data_task(config.data, config.output_dir)
-        log_data_task(settings, run_id, data_dir, config.data.source)
+        summary = log_data_task(settings, run_id, data_dir, config.data.source)
+        config.evaluation.check_task(
+            summary["task"]
+        )  # an inferred task is known only now: fail before training
         run_dir = str(Path(config.output_dir).resolve() / "runs" / run_id)
         member_run_ids = start_member_runs_task(settings, run_id, config.model, config.train)
-        trained = train_task(
-            settings,
-            run_id,
-            member_run_ids,
-            data_dir,
-            config.model,
-            config.optimizer,
-            config.train,
-            config.snapshots,
-            run_dir,
-        )
+        trained = train_members(config, data_dir, run_dir)
+        log_training_task(settings, run_id, member_run_ids, trained)
         snapshot_group = None
         if config.snapshots.enabled:
             snapshot_group = collect_snapshots_task(
@@ -92,3 +93,62 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
         "predictor_dir": evaluation["predictor_dir"],
         "member_run_ids": member_run_ids,
     }
+
+
+def train_members(config: PipelineConfig, data_dir: str, run_dir: str) -> dict:
+    """One `train_task` for all members, or one per shard on `config.runner` followed by `merge_shards_task`."""
+    shards = shard_ranges(config.model.members, config.train.members_per_shard)
+    if len(shards) == 1:
+        return train_task(data_dir, config.model, config.optimizer, config.train, config.snapshots, run_dir)
+    with build_task_runner(config.runner) as runner:
+        futures = [
+            runner.submit(
+                train_task.with_options(task_run_name=f"train-shard-{i}"),
+                {
+                    "data_dir": data_dir,
+                    "model": config.model.model_copy(update={"members": count}),
+                    "optimizer": config.optimizer,
+                    "train": config.train,
+                    "snapshots": config.snapshots,
+                    "run_dir": str(Path(run_dir) / f"shard-{i}"),
+                    "member_offset": offset,
+                },
+            )
+            for i, (offset, count) in enumerate(shards)
+        ]
+        results = [future.result() for future in futures]
+    return merge_shards_task(results, config.train, run_dir)
+
+
+def build_task_runner(runner: RunnerSection) -> TaskRunner:
+    """The Prefect task runner of `runner`: a thread pool, a `DaskTaskRunner` or a `RayTaskRunner`.
+
+    Raises:
+        ImportError: `kind` is dask or ray and its Prefect integration is not installed (the message says how).
+    """
+    if runner.kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=runner.workers)
+    if runner.kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as error:
+            raise ImportError(
+                "runner.kind='dask' needs prefect-dask: pip install 'fused-ensembles[dask]'"
+            ) from error
+        if runner.address:
+            return DaskTaskRunner(address=runner.address)
+        # A local cluster logs its start/stop at INFO (and a harmless CommClosedError traceback on shutdown).
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        cluster = {"processes": runner.processes, "threads_per_worker": 1, "dashboard_address": ":0"}
+        if runner.workers:
+            cluster["n_workers"] = runner.workers
+        return DaskTaskRunner(cluster_kwargs=cluster)
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError as error:
+        raise ImportError(
+            "runner.kind='ray' needs prefect-ray: pip install 'fused-ensembles[ray]' (or use kind 'thread' or "
+            "'dask')"
+        ) from error
+    init = {"num_cpus": runner.workers} if runner.workers and not runner.address else None
+    return RayTaskRunner(address=runner.address, init_kwargs=init)

@@ -94,6 +94,33 @@ class TrainSection(Section):
     seed: int = 0
     steps_per_call: int = Field(1000, ge=1)
     jit_compile: bool = False
+    # Pipeline-only (not `TrainConfig` arguments): members per shard, each shard trained by its own task on the
+    # `runner` (None: one task trains all members); the Keras dtype policy the members are built with.
+    members_per_shard: int | None = Field(None, ge=1)
+    mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
+
+
+class RunnerSection(Section):
+    """Where shard tasks run: Prefect's thread pool, a Dask cluster (prefect-dask) or a Ray cluster (prefect-ray).
+
+    `address` connects to a running cluster (`tcp://host:8786` for Dask, `ray://host:10001` for Ray); without it,
+    `dask` starts a local cluster of `workers` workers (`processes=False`: threads of this process) and `ray` a
+    local Ray instance. `workers` also caps the thread pool (None: the runner's default).
+    """
+
+    kind: Literal["thread", "dask", "ray"] = "thread"
+    address: str | None = None
+    workers: int | None = Field(None, ge=1)
+    processes: bool = True
+
+    @model_validator(mode="after")
+    def _address_needs_cluster(self) -> RunnerSection:
+        if self.address is not None and self.kind == "thread":
+            raise ValueError(
+                f"runner.address is only used with kind 'dask' or 'ray'. Received: kind='thread', "
+                f"address={self.address!r}"
+            )
+        return self
 
 
 class SnapshotSection(Section):
@@ -139,6 +166,20 @@ class EvaluationSection(Section):
     # accuracy; lower for nll/brier/ece/rmse/mae).
     metric: Literal["accuracy", "nll", "brier", "ece", "rmse", "mae"] = "accuracy"
 
+    def check_task(self, task: str) -> None:
+        """Reject a metric the task does not produce (with `data.task="auto"` the task is known after loading)."""
+        regression_metric = self.metric in ("rmse", "mae")
+        if task == "regression" and not regression_metric:
+            raise ValueError(
+                f"evaluation.metric={self.metric!r} is a classification metric but the data is a regression "
+                "task; use rmse or mae"
+            )
+        if task in ("binary", "multiclass") and regression_metric:
+            raise ValueError(
+                f"evaluation.metric={self.metric!r} is a regression metric but the data is a {task} task; use "
+                "accuracy, nll, brier or ece"
+            )
+
 
 class RegistrySection(Section):
     enabled: bool = True
@@ -156,18 +197,13 @@ class PipelineConfig(Section):
     growth: GrowthSection = GrowthSection()
     evaluation: EvaluationSection = EvaluationSection()
     registry: RegistrySection = RegistrySection()
+    runner: RunnerSection = RunnerSection()
     output_dir: str = "outputs"
     run_name: str | None = None
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> PipelineConfig:
-        if self.data.task == "regression" and self.evaluation.metric not in ("rmse", "mae"):
-            raise ValueError(
-                f"evaluation.metric={self.evaluation.metric!r} is a classification metric; "
-                "use rmse or mae for regression"
-            )
-        if self.data.task in ("binary", "multiclass") and self.evaluation.metric in ("rmse", "mae"):
-            raise ValueError(f"evaluation.metric={self.evaluation.metric!r} is a regression metric")
+        self.evaluation.check_task(self.data.task)  # "auto" is checked once the data is loaded
         return self
 
 

@@ -218,6 +218,8 @@ class Tracker:
             source=model_uri,
             run_id=run_id,
             tags={f"test_{metric}": str(value)},
+            # A tracking server (REST store) accepts a `models:/<model_id>` source only with its model id.
+            model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None,
         ).version
         better = champion_value is None or (
             value > champion_value if higher_is_better else value < champion_value
