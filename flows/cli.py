@@ -16,6 +16,7 @@ os.environ.setdefault(
     "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
 )  # else the temporary server logs a traceback
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one "View run" line per member run
 
 UI_HINT = "Open the MLflow UI with `ensemble ui` (http://127.0.0.1:5000)."
 

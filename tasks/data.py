@@ -16,6 +16,11 @@ from tasks.config import DataSection
 from tasks.tracking import Tracker, TrackingSettings
 
 
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Prefect retry condition: retry I/O hiccups, not bad input (a `DataError` fails the same way every time)."""
+    return not isinstance(state.data, DataError)
+
+
 def data_cache_key(context: TaskRunContext, parameters: dict) -> str:
     """Content hash of the data source + the data config + the output location.
 
@@ -37,7 +42,14 @@ def prepared_dir(output_dir: str, section: DataSection) -> Path:
     return Path(output_dir).resolve() / "data" / digest
 
 
-@task(name="prepare-data", cache_key_fn=data_cache_key, persist_result=True, retries=1, retry_delay_seconds=2)
+@task(
+    name="prepare-data",
+    cache_key_fn=data_cache_key,
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def prepare_data_task(data: DataSection, output_dir: str) -> str:
     """Load, validate, split and standardise; write the splits as Parquet. Returns the prepared directory."""
     prepared = prepare_data(DataConfig(**data.model_dump()))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import DataError
+from tasks.data import retry_unless_bad_input
 from tasks.tracking import Tracker, TrackingSettings
 
 READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
@@ -26,7 +28,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return READERS[path.suffix.lower()](path)
 
 
-@task(name="score-batch", retries=1, cache_policy=NO_CACHE)
+@task(name="score-batch", retries=1, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_bad_input)
 def score_batch_task(
     settings: TrackingSettings, input_path: str, output_path: str, alias: str, model_name: str | None = None
 ) -> dict:
@@ -37,7 +39,10 @@ def score_batch_task(
     frame = read_table(input_path)
     model_name = model_name or settings.registered_model_name
     model = Tracker(settings).load_model(alias, model_name)
-    predictions = model.predict(frame)
+    try:
+        predictions = model.predict(frame)
+    except MlflowException as error:  # the schema check: keep the reason, not the dump of every input row
+        raise DataError(f"{input_path}: {str(error).rsplit('Error: ', 1)[-1].strip()}") from error
     output = Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_parquet(output, index=False)
