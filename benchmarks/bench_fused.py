@@ -1,0 +1,382 @@
+"""Seconds per epoch of the fused engine against the ways seed 000 would train the same ensemble.
+
+Workload (seed 000): 10,000 rows x 30 features, binary target, N in {5, 50} MLPs with two tanh hidden layers of
+H in {10, 100} units, batch size 1, Adam, one epoch. Compared:
+
+    (a) fused engine: `ensemble.train.fit` on a `FusedMLP` (tracing timed separately, on a warm-up call);
+    (b) N separate `keras.Sequential.fit(batch_size=1)`, timed on a few members and rows, scaled;
+    (c) the seed's multi-branch Keras model (N branches -> `Average`), `fit(batch_size=1)`, timed on a subset, scaled;
+    (d) `torch.func.vmap` over `functional_call` with Adam on the stacked parameters (skipped without torch).
+
+Then the fused per-step cost for N in {1, 10, 50, 200, 1000} (H = 10 and 100, with the Adam update alone for
+comparison) and, with `--profile`, where a step's time goes. It prints; nothing is written. Other processes on the
+machine change the numbers: the load is printed. `--threads 1` pins TF (and torch) to one thread, which is faster
+on a busy machine: TF's Adam kernel always splits its work over all threads and then waits for the slowest.
+
+    .venv/bin/python benchmarks/bench_fused.py                       # everything (~15 min on 2 cores)
+    .venv/bin/python benchmarks/bench_fused.py --quick --threads 1   # smaller timing samples (~5 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ensemble.fused import FusedMLP  # noqa: E402
+from ensemble.optimizers import apply_gradients  # noqa: E402
+from ensemble.train import TrainConfig, compiled_steps, epoch_indices, fit, member_losses  # noqa: E402
+
+ROWS, FEATURES, LR = 10_000, 30, 1e-3
+STEPS_PER_CALL = 1000
+
+
+def make_data(rows: int = ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features `(rows, 30)` and a binary target from a random tanh teacher."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, FEATURES)).astype("float32")
+    teacher = np.tanh(x @ rng.normal(size=(FEATURES, 8))) @ rng.normal(size=8)
+    return x, (teacher > np.median(teacher)).astype("int64")
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def best_of(fn, repeats: int = 2) -> float:
+    """The fastest of `repeats` timings: other processes only ever add time."""
+    return min(timed(fn) for _ in range(repeats))
+
+
+# --- (a) the fused engine ------------------------------------------------------------------------------------------
+
+
+def fused_epoch(members: int, hidden: int, x, y) -> tuple[float, float]:
+    """(seconds for one epoch of `fit`, tracing seconds). A warm-up call with the epoch's shapes traces first."""
+    model = FusedMLP(members, FEATURES, (hidden, hidden), task="binary", activation="tanh", seed=0)
+    optimizer = keras.optimizers.Adam(LR)
+    optimizer.build(model.trainable_variables)
+    config = TrainConfig(epochs=1, steps_per_call=STEPS_PER_CALL, train_metrics=False)
+    run_steps = compiled_steps(model, optimizer, config)
+    warm = epoch_indices(len(x), members, 1, epoch=99, seed=0, bagging=False)[:STEPS_PER_CALL]
+    x_t, y_t = tf.constant(x), tf.constant(y.astype("int32"))
+    first = timed(lambda: run_steps(x_t, y_t, tf.constant(warm))[0].numpy())  # tracing + 1000 steps
+    second = timed(lambda: run_steps(x_t, y_t, tf.constant(warm))[0].numpy())  # 1000 steps
+    epoch = best_of(lambda: fit(model, x, y, optimizer=optimizer, config=config))
+    return epoch, max(first - second, 0.0)
+
+
+def fused_step_seconds(members: int, hidden: int, x, y, steps: int) -> float:
+    """Seconds per optimiser step of the compiled loop (Adam, batch 1), after a warm-up call of the same shape."""
+    model = FusedMLP(members, FEATURES, (hidden, hidden), task="binary", activation="tanh", seed=0)
+    optimizer = keras.optimizers.Adam(LR)
+    optimizer.build(model.trainable_variables)
+    chunk = min(steps, STEPS_PER_CALL)
+    run_steps = compiled_steps(model, optimizer, TrainConfig(steps_per_call=chunk))
+    indices = epoch_indices(len(x), members, 1, epoch=0, seed=0, bagging=False)[:chunk]
+    x_t, y_t, i_t = tf.constant(x), tf.constant(y.astype("int32")), tf.constant(indices)
+    run_steps(x_t, y_t, i_t)[0].numpy()
+    calls = max(1, steps // chunk)
+    return best_of(lambda: run_steps(x_t, y_t, i_t)[0].numpy(), max(2, calls)) / chunk
+
+
+# --- (b) separate Keras models, (c) the seed's Average model -------------------------------------------------------
+
+
+def keras_epoch_estimate(build, x, y, rows_timed: int, warm_rows: int = 100) -> tuple[float, float, float]:
+    """Time `fit(batch_size=1)` of one fresh model: (seconds per step, per-model overhead, scaled epoch seconds).
+
+    A first `fit` on `warm_rows` rows pays tracing; a second on `rows_timed` rows gives the per-step cost.
+    """
+    model = build()
+    model.compile(optimizer=keras.optimizers.Adam(LR), loss="binary_crossentropy", jit_compile=False)
+    first = timed(lambda: model.fit(x[:warm_rows], y[:warm_rows], batch_size=1, shuffle=False, verbose=0))
+    half = rows_timed // 2
+    per_step = best_of(lambda: model.fit(x[:half], y[:half], batch_size=1, verbose=0)) / half
+    overhead = max(first - warm_rows * per_step, 0.0)
+    return per_step, overhead, overhead + len(x) * per_step
+
+
+def sequential_member(hidden: int) -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input(shape=(FEATURES,)),
+            keras.layers.Dense(hidden, activation="tanh"),
+            keras.layers.Dense(hidden, activation="tanh"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+def seed_average_model(hidden: int, members: int) -> keras.Model:
+    """Seed 000's `bagging_ensemble`, with the workload's two hidden layers per branch: N branches -> Average."""
+    inputs = keras.Input(shape=(FEATURES,))
+    branches = []
+    for _ in range(members):
+        h = keras.layers.Dense(hidden, activation="tanh")(inputs)
+        h = keras.layers.Dense(hidden, activation="tanh")(h)
+        branches.append(keras.layers.Dense(1, activation="sigmoid")(h))
+    return keras.Model(inputs, keras.layers.Average()(branches))
+
+
+# --- (d) torch.func.vmap ---------------------------------------------------------------------------------------------
+
+
+def torch_epoch_estimate(members: int, hidden: int, x, y, steps: int) -> tuple[float, str] | None:
+    """Seconds per epoch of vmapped members with Adam on the stacked parameters (timed on `steps`, scaled)."""
+    try:
+        import torch
+        from torch.func import functional_call, stack_module_state, vmap
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+
+    def member():
+        return torch.nn.Sequential(
+            torch.nn.Linear(FEATURES, hidden),
+            torch.nn.Tanh(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.Tanh(),
+            torch.nn.Linear(hidden, 1),
+        )
+
+    params, buffers = stack_module_state([member() for _ in range(members)])  # each (N, ...)
+    base = member().to("meta")
+    forward = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)))  # (N, B, d) -> (N, B, 1)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y.astype("float32"))
+    indices = torch.from_numpy(
+        epoch_indices(len(x), members, 1, 0, 0, False).astype("int64")
+    )  # (steps, N, 1)
+
+    best = None
+    for variant in ("fused", "foreach", "for-loop"):
+        try:
+            kwargs = {"fused": True} if variant == "fused" else {"foreach": variant == "foreach"}
+            optimizer = torch.optim.Adam(list(params.values()), lr=LR, **kwargs)
+
+            def run(n_steps, optimizer=optimizer):
+                for s in range(n_steps):
+                    rows = indices[s % len(indices)]  # (N, 1)
+                    logits = forward(params, buffers, x_t[rows])[..., 0]  # (N, 1)
+                    losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                        logits, y_t[rows], reduction="none"
+                    ).mean(1)  # (N,)
+                    optimizer.zero_grad(set_to_none=True)
+                    losses.sum().backward()
+                    optimizer.step()
+
+            run(50)  # warm-up
+            per_step = best_of(lambda run=run: run(steps // 2)) / (steps // 2)
+        except (RuntimeError, TypeError):
+            continue
+        if best is None or per_step < best[0]:
+            best = (per_step, variant)
+    return best[0] * len(x), f"torch {torch.__version__}, Adam {best[1]}, {torch.get_num_threads()} threads"
+
+
+# --- where a fused step's time goes ------------------------------------------------------------------------------
+
+
+def profile_step(members: int, hidden: int, x, y, steps: int) -> dict[str, float]:
+    """Seconds per step of stripped-down variants of the compiled loop (same model, batch 1)."""
+    model = FusedMLP(members, FEATURES, (hidden, hidden), task="binary", activation="tanh", seed=0)
+    variables = model.trainable_variables
+    x_t, y_t = tf.constant(x), tf.constant(y.astype("int32"))
+    indices = tf.constant(epoch_indices(len(x), members, 1, 0, 0, False)[:STEPS_PER_CALL])
+
+    def loop(body):
+        """A compiled loop of `body(xb, yb) -> scalar`; the scalars are summed so no work is pruned."""
+
+        @tf.function
+        def run(batch_indices):
+            sink = tf.constant(0.0)
+            for s in tf.range(tf.shape(batch_indices)[0]):
+                rows = batch_indices[s]  # (N, 1)
+                sink += body(tf.gather(x_t, rows), tf.gather(y_t, rows))  # (N, 1, d), (N, 1)
+            return sink
+
+        return run
+
+    def loss(xb, yb):
+        return tf.reduce_sum(member_losses("binary", yb, model(xb, training=True)))
+
+    def grads(xb, yb):
+        with tf.GradientTape() as tape:
+            total = loss(xb, yb)
+        return tape.gradient(total, variables)
+
+    def first_entries(tensors) -> tf.Tensor:
+        """A scalar that depends on every tensor but reads one entry of each (keeps them computed)."""
+        return tf.add_n([tf.reshape(t, [-1])[0] for t in tensors])
+
+    def with_optimizer(make, fused: bool):
+        optimizer = make()
+        optimizer.build(variables)
+        update = apply_gradients if fused else lambda opt, g, v: opt.apply(g, v)
+
+        def step(xb, yb):
+            update(optimizer, grads(xb, yb), variables)
+            return tf.constant(0.0)
+
+        return step
+
+    variants = {
+        "gather only": lambda xb, yb: tf.reduce_sum(xb) + tf.cast(tf.reduce_sum(yb), tf.float32),
+        "forward": loss,
+        "forward + backward": lambda xb, yb: first_entries(grads(xb, yb)),
+        "+ SGD (fused kernel)": with_optimizer(lambda: keras.optimizers.SGD(LR), True),
+        "+ Adam (fused kernel) = engine": with_optimizer(lambda: keras.optimizers.Adam(LR), True),
+        "+ Adam (Keras optimizer.apply)": with_optimizer(lambda: keras.optimizers.Adam(LR), False),
+    }
+    result = {}
+    calls = max(1, steps // STEPS_PER_CALL)
+    for name, body in variants.items():
+        run = loop(body)
+        run(indices)
+        result[name] = best_of(lambda run=run: run(indices).numpy(), max(2, calls)) / STEPS_PER_CALL
+    return result
+
+
+def adam_update_seconds(members: int, hidden: int, steps: int = 200) -> float:
+    """Seconds of the Adam update alone (`apply_gradients`, fused kernels) on the model's variables, per step."""
+    model = FusedMLP(members, FEATURES, (hidden, hidden), task="binary", seed=0)
+    variables = model.trainable_variables
+    grads = [tf.fill(v.shape, 1e-3) for v in variables]
+    optimizer = keras.optimizers.Adam(LR)
+    optimizer.build(variables)
+
+    @tf.function
+    def run():
+        for _ in tf.range(steps):
+            apply_gradients(optimizer, grads, variables)
+        return optimizer.iterations
+
+    run()
+    return best_of(lambda: run().numpy(), 3) / steps
+
+
+# --- report --------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller timing samples")
+    parser.add_argument("--profile", action="store_true", help="also break a step down (N=50 and 200, H=100)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="TF intra/inter-op and torch threads (0: the libraries' defaults)",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
+    seq_rows, avg_rows, torch_steps, scale_steps = (
+        (500, 200, 300, 1000) if args.quick else (2000, 1000, 2000, 2000)
+    )
+    x, y = make_data()
+
+    print(f"# Fused ensemble benchmark ({platform.processor() or platform.machine()}, TF {tf.__version__})")
+    print(
+        f"workload: {ROWS} rows x {FEATURES} features, binary, two tanh hidden layers, batch 1, Adam, 1 epoch"
+    )
+    threads = (
+        args.threads or f"default ({tf.config.threading.get_intra_op_parallelism_threads()} = all cores)"
+    )
+    print(f"threads: {threads}; start: {load()}\n")
+    print(
+        "| N | H | (a) fused s/epoch | tracing s | (b) N x Sequential s/epoch | (c) seed Average s/epoch "
+        "| (d) torch vmap s/epoch | (b)/(a) | (c)/(a) | (d)/(a) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    notes = []
+    for hidden in (10, 100):
+        per_member = [
+            keras_epoch_estimate(functools.partial(sequential_member, hidden), x, y, seq_rows)
+            for _ in range(2)
+        ]
+        member_epoch = float(np.mean([estimate[2] for estimate in per_member]))
+        notes.append(
+            f"(b) H={hidden}: 2 members, each timed on 2 fits of {seq_rows // 2} rows (best): {1e3 * np.mean([e[0] for e in per_member]):.2f} "
+            f"ms/step + {np.mean([e[1] for e in per_member]):.2f} s per-model overhead -> "
+            f"{member_epoch:.1f} s per member-epoch, x N"
+        )
+        for members in (5, 50):
+            fused, tracing = fused_epoch(members, hidden, x, y)
+            seq = members * member_epoch
+            avg_step, avg_overhead, avg = keras_epoch_estimate(
+                functools.partial(seed_average_model, hidden, members), x, y, avg_rows
+            )
+            notes.append(
+                f"(c) N={members} H={hidden}: timed on 2 fits of {avg_rows // 2} rows (best): {1e3 * avg_step:.2f} ms/step, "
+                f"{avg_overhead:.1f} s tracing (counted once), scaled to {ROWS} rows"
+            )
+            vmap = torch_epoch_estimate(members, hidden, x, y, torch_steps)
+            if vmap is not None:
+                notes.append(
+                    f"(d) N={members} H={hidden}: timed on 2 x {torch_steps // 2} steps (best), scaled; {vmap[1]}"
+                )
+            vmap_s = f"{vmap[0]:.1f}" if vmap else "skipped"
+            vmap_ratio = f"{vmap[0] / fused:.1f}x" if vmap else "-"
+            print(
+                f"| {members} | {hidden} | {fused:.1f} | {tracing:.1f} | {seq:.0f} | {avg:.0f} | {vmap_s} "
+                f"| {seq / fused:.0f}x | {avg / fused:.0f}x | {vmap_ratio} |",
+                flush=True,
+            )
+    print()
+    for note in notes:
+        print(f"- {note}")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("- (d) skipped: torch is not importable (pip install torch to include it)")
+
+    print(
+        f"\n## Fused per-step cost, Adam, batch 1 ({scale_steps} steps after a warm-up call; N=1000: 200)\n"
+    )
+    print("| N | H=10 ms/step | vs N=1 | H=100 ms/step | vs N=1 | H=100: Adam update alone ms |")
+    print("|---|---|---|---|---|---|")
+    base: dict[int, float] = {}
+    for members in (1, 10, 50, 200, 1000):
+        cells = []
+        for hidden in (10, 100):
+            step = fused_step_seconds(members, hidden, x, y, scale_steps if members < 1000 else 200)
+            base.setdefault(hidden, step)
+            cells.append(f"{1e3 * step:.3f} | {step / base[hidden]:.1f}x")
+        adam = adam_update_seconds(members, 100)
+        print(f"| {members} | {' | '.join(cells)} | {1e3 * adam:.3f} |", flush=True)
+
+    if args.profile:
+        for members in (50, 200):
+            print(f"\n## Where a step goes: N={members}, H=100 (ms/step)\n")
+            print("| variant | ms/step |")
+            print("|---|---|")
+            for name, seconds in profile_step(members, 100, x, y, scale_steps).items():
+                print(f"| {name} | {1e3 * seconds:.3f} |", flush=True)
+    print(f"\nend: {load()}")
+
+
+if __name__ == "__main__":
+    main()
