@@ -49,7 +49,8 @@ class MemberwiseInitializer(keras.initializers.Initializer):
 
     def member_initializer(self, n: int) -> keras.initializers.Initializer:
         config = dict(self.initializer)
-        config["config"] = {**config.get("config", {}), "seed": self.seeds[n]}
+        if "seed" in keras.initializers.deserialize(config).get_config():  # random ones; not e.g. "zeros"
+            config["config"] = {**config.get("config", {}), "seed": self.seeds[n]}
         return keras.initializers.deserialize(config)
 
     def __call__(self, shape, dtype=None):
@@ -212,6 +213,18 @@ class FusedMLP(keras.Model):
             name="head",
         )
         self.build((self.members, None, self.input_dim))
+
+    @classmethod
+    def from_weights(cls, config: dict, weights: Sequence[np.ndarray]) -> FusedMLP:
+        """A model of `config` holding `weights` (`get_weights()` order: kernel, bias per dense layer).
+
+        Skips the random per-member initialisation that the weights would overwrite (growth, shard merges,
+        stacked snapshots); `get_config()` still reports `config`'s initialiser.
+        """
+        model = cls.from_config({**config, "kernel_initializer": "zeros"})
+        model.kernel_initializer = config.get("kernel_initializer", "glorot_uniform")
+        model.set_weights(list(weights))
+        return model
 
     @property
     def output_dim(self) -> int:

@@ -286,10 +286,9 @@ def grow_model(
             slot_weights[name][layer], slot_weights[name][layer + 1] = [s_in, s_b], [s_out, s_b_out]
 
     widths = [w.shape[-1] for w, _ in weights[:-1]]
-    new_model = FusedMLP.from_config({**model.get_config(), "hidden_units": widths})
-    for layer, (kernel, bias) in zip(new_model.dense_layers, weights, strict=True):
-        layer.kernel.assign(kernel)
-        layer.bias.assign(bias)
+    new_model = FusedMLP.from_weights(
+        {**model.get_config(), "hidden_units": widths}, [w for pair in weights for w in pair]
+    )
     new_optimizer = rebuild_optimizer(optimizer, new_model)
     new_slots = slot_lists(new_optimizer)
     for name, per_layer in slot_weights.items():

@@ -35,7 +35,9 @@ class EnsemblePredictor:
         if not groups:
             raise ValueError("Argument `groups` must hold at least one FusedMLP. Received an empty sequence.")
         if combiner not in COMBINERS:
-            raise ValueError(f"Argument `combiner` must be one of {COMBINERS}. Received: combiner={combiner!r}")
+            raise ValueError(
+                f"Argument `combiner` must be one of {COMBINERS}. Received: combiner={combiner!r}"
+            )
         for group in groups:
             if group.input_dim != len(preprocessor.feature_names) or group.task != preprocessor.task:
                 raise ValueError(
@@ -77,7 +79,11 @@ class EnsemblePredictor:
         directory.mkdir(parents=True, exist_ok=True)
         for i, group in enumerate(self.groups):
             group.save(directory / f"group_{i}.keras")
-        meta = {"preprocessor": self.preprocessor.to_dict(), "combiner": self.combiner, "groups": len(self.groups)}
+        meta = {
+            "preprocessor": self.preprocessor.to_dict(),
+            "combiner": self.combiner,
+            "groups": len(self.groups),
+        }
         (directory / PREDICTOR_FILE).write_text(json.dumps(meta, indent=2))
         return directory
 
@@ -100,15 +106,6 @@ def stack_weight_sets(template: FusedMLP, weight_sets: Sequence[Sequence[np.ndar
         weight_sets: one entry per new member, each in `FusedMLP.member_weights` order.
         name: the new model's name.
     """
-    model = FusedMLP(
-        members=len(weight_sets),
-        input_dim=template.input_dim,
-        hidden_units=template.hidden_units,
-        task=template.task,
-        num_classes=template.num_classes,
-        activation=template.activation,
-        name=name,
-    )
+    config = {**template.get_config(), "members": len(weight_sets), "member_seeds": None, "name": name}
     stacked = [np.stack([ws[i] for ws in weight_sets]) for i in range(len(weight_sets[0]))]
-    model.set_weights(stacked)
-    return model
+    return FusedMLP.from_weights(config, stacked)

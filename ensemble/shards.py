@@ -52,19 +52,13 @@ def merge_models(models: Sequence[FusedMLP]) -> FusedMLP:
     for model in models[1:]:
         if [w.shape[1:] for w in model.get_weights()] != [w.shape[1:] for w in first.get_weights()]:
             raise ValueError("Shards must share one architecture to be merged; their layer shapes differ.")
-    merged = FusedMLP(
-        members=sum(m.members for m in models),
-        input_dim=first.input_dim,
-        hidden_units=first.hidden_units,
-        task=first.task,
-        num_classes=max(first.num_classes, 2),
-        activation=first.activation,
-        seed=first.seed,
-        member_seeds=[s for m in models for s in m.member_seeds],
-        kernel_initializer=first.kernel_initializer,
-    )
-    merged.set_weights([np.concatenate(ws) for ws in zip(*(m.get_weights() for m in models), strict=True)])
-    return merged
+    config = {
+        **first.get_config(),
+        "members": sum(m.members for m in models),
+        "member_seeds": [s for m in models for s in m.member_seeds],
+    }
+    stacked = [np.concatenate(ws) for ws in zip(*(m.get_weights() for m in models), strict=True)]
+    return FusedMLP.from_weights(config, stacked)
 
 
 def merge_optimizers(
