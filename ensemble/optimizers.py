@@ -48,16 +48,19 @@ def fused_kind(optimizer: keras.optimizers.Optimizer) -> str | None:
     return None
 
 
-def apply_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variables: list) -> None:
+def apply_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variables: list):
     """Update `variables` with `grads` exactly as `optimizer.apply(grads, variables)` would (graph-safe).
 
     The optimiser must already be built on `variables` (`optimizer.build(variables)`).
+
+    Returns:
+        The learning rate of this step (float32 scalar), as the update used it.
     """
+    lr = tf.cast(optimizer.learning_rate, tf.float32)  # the schedule at `iterations`, before the increment
     kind = fused_kind(optimizer)
     if kind is None or any(v.constraint is not None for v in variables):
-        optimizer.apply(grads, variables)
-        return
-    lr = tf.cast(optimizer.learning_rate, tf.float32)
+        optimizer.apply(grads, variables)  # evaluates the same schedule at the same step
+        return lr
     if kind == "adam":
         t = tf.cast(optimizer.iterations + 1, tf.float32)
         beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
@@ -89,3 +92,4 @@ def apply_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variable
         else:
             tf.raw_ops.ResourceApplyGradientDescent(var=variable.value.handle, alpha=lr, delta=grad)
     optimizer.iterations.assign_add(1)
+    return lr

@@ -129,6 +129,12 @@ def check_training_data(
         raise ValueError(f"`x_{name}` contains NaN or inf values.")
     if x.shape[0] < batch_size:
         raise ValueError(f"`x_{name}` has {x.shape[0]} rows, fewer than batch_size={batch_size}.")
+    if model.task == "regression" and not np.isfinite(y).all():
+        raise ValueError(f"`y_{name}` contains NaN or inf values.")
+    if model.task != "regression" and not np.all(np.mod(y, 1) == 0):
+        raise ValueError(
+            f"`y_{name}` must hold integer class labels. Received e.g. {y[np.mod(y, 1) != 0][:3]}"
+        )
     if model.task != "regression" and (y.min() < 0 or y.max() >= model.num_classes):
         raise ValueError(
             f"`y_{name}` labels must be in [0, {model.num_classes}). Received: [{y.min()}, {y.max()}]"
@@ -257,20 +263,25 @@ def compiled_steps(model: FusedMLP, optimizer: keras.optimizers.Optimizer, confi
         tf.TensorSpec([None, model.members, None], tf.int32),  # batch_indices (S, N, B)
     ]
 
+    model_ref, task, members = (
+        weakref.ref(model),
+        model.task,
+        model.members,
+    )  # the cache must not keep the model alive
+
     @tf.function(jit_compile=config.jit_compile, input_signature=signature)  # traced once, any S, rows, B
     def run_steps(x_train, y_train, batch_indices):  # (rows, d), (rows,), (S, N, B)
         steps = tf.shape(batch_indices)[0]
-        loss_sum = tf.zeros([model.members])
+        loss_sum = tf.zeros([members])
         lrs = tf.TensorArray(tf.float32, size=steps)
         for s in tf.range(steps):
             rows = batch_indices[s]  # (N, B)
             xb, yb = tf.gather(x_train, rows), tf.gather(y_train, rows)  # (N, B, d), (N, B)
             with tf.GradientTape() as tape:
-                losses = member_losses(model.task, yb, model(xb, training=True))  # (N,)
+                losses = member_losses(task, yb, model_ref()(xb, training=True))  # (N,)
                 total = tf.reduce_sum(losses)  # sum, not mean: each member gets exactly its own gradient
             grads = tape.gradient(total, variables)
-            lrs = lrs.write(s, tf.cast(optimizer.learning_rate, tf.float32))  # the LR this step uses
-            apply_gradients(optimizer, grads, variables)
+            lrs = lrs.write(s, apply_gradients(optimizer, grads, variables))  # the LR this step used
             loss_sum += losses
             if config.track_unit_gradients:
                 for acc, index in zip(unit_gradients, kernel_index, strict=True):

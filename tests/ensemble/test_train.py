@@ -244,6 +244,14 @@ def test_check_training_data_rejects_bad_shapes_and_labels(x_shape, y_values, ma
         check_training_data(model, np.zeros(x_shape, "float32"), np.asarray(y_values), batch_size=4)
 
 
+def test_check_training_data_rejects_nan_regression_targets_and_fractional_class_labels():
+    x = np.zeros((8, FEATURES), "float32")
+    with pytest.raises(ValueError, match=r"`y_train` contains NaN or inf values"):
+        check_training_data(FusedMLP(2, FEATURES, (4,), task="regression"), x, np.r_[np.zeros(7), np.nan], 4)
+    with pytest.raises(ValueError, match=r"`y_train` must hold integer class labels.*1\.5"):
+        check_training_data(FusedMLP(2, FEATURES, (4,), task="binary"), x, np.r_[np.zeros(7), 1.5], 4)
+
+
 def test_fit_rejects_nan_features_before_training():
     x, y = make_data(20, "binary")
     x[3, 2] = np.nan
