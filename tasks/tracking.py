@@ -157,15 +157,15 @@ class Tracker:
         self, run_id: str, frame: pd.DataFrame, name: str, source: str, target: str, context: str
     ) -> None:
         """Record `frame` as an MLflow dataset input of the run (name, digest, schema, source)."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message="The specified dataset source can be interpreted"
-            )  # dup
+        with (
+            warnings.catch_warnings()
+        ):  # MLflow registers its local source twice; integer columns are fine here
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             warnings.filterwarnings("ignore", message=INTEGER_SCHEMA_HINT)
             dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name)
+            entity = dataset._to_mlflow_entity()  # the schema is inferred here (lazily)
         dataset_input = mlflow.entities.DatasetInput(
-            dataset=dataset._to_mlflow_entity(),
-            tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
+            dataset=entity, tags=[mlflow.entities.InputTag("mlflow.data.context", context)]
         )
         self.client.log_inputs(run_id, datasets=[dataset_input])
 
@@ -173,19 +173,20 @@ class Tracker:
     def log_model(
         self,
         run_id: str,
-        python_model,
+        python_model: str,
         artifacts: dict[str, str],
         input_example: pd.DataFrame,
         output_example: pd.DataFrame,
     ) -> str:
-        """Log a pyfunc model with signature and input example into `run_id`; returns its model URI."""
-        signature = mlflow.models.infer_signature(input_example, output_example)
+        """Log a pyfunc model ("model from code": `python_model` is the path of the file that calls
+        `mlflow.models.set_model`) with signature and input example into `run_id`; returns its model URI."""
         self._use_fluent_uris()
         with (
             mlflow.start_run(run_id=run_id),
             warnings.catch_warnings(),
         ):  # thread-local activation, this call only
             warnings.filterwarnings("ignore", message=INTEGER_SCHEMA_HINT)  # `label` is integer by design
+            signature = mlflow.models.infer_signature(input_example, output_example)
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=python_model,
