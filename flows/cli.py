@@ -158,11 +158,14 @@ class DropTracebacks(logging.Filter):
 
 
 def import_tensorflow_quietly() -> None:
-    """TensorFlow's native start-up notes (CUDA probing on a CPU machine) bypass Python logging: mute fd 2."""
+    """TensorFlow's native start-up notes (CUDA probing on a CPU machine) bypass Python logging: mute fd 2
+    while TensorFlow loads and probes its devices. `--debug` skips this."""
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)
     try:
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        tensorflow.config.list_physical_devices("GPU")  # device probing ("failed call to cuInit") happens here
     finally:
         os.dup2(saved, 2)
         os.close(null)
