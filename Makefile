@@ -25,8 +25,8 @@ test: install  ## lint + the whole test suite
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: install  ## performance scripts: each prints ratios against its baseline
-	for script in benchmarks/bench_*.py; do $(BIN)/python $$script --quick || exit 1; done
+bench: install  ## performance scripts (about 40 min in all on 2 cores): each prints ratios against its baseline
+	for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 ui: install
 	$(BIN)/ensemble ui
