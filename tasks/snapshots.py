@@ -7,6 +7,7 @@ plots each member's snapshots as a curve). Parent run: the snapshot table and `s
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import keras
@@ -36,23 +37,26 @@ def collect_snapshots_task(
     collected = Snapshots.load(trained["snapshot_dir"])
     prepared = PreparedData.load(data_dir)
     keys = collected.keys()  # sorted by (cycle, member)
+    per_member: dict[int, dict[int, dict]] = defaultdict(dict)  # member -> {cycle: metrics}, one request each
+    for (member, cycle), scores in sorted(collected.scores.items()):
+        per_member[member][cycle] = {f"snapshot_{k}": v for k, v in scores.items()}
     for member, member_run in enumerate(member_run_ids):
-        for (m, cycle), scores in sorted(collected.scores.items()):
-            if m == member:
-                tracker.log_metrics(member_run, {f"snapshot_{k}": v for k, v in scores.items()}, step=cycle)
+        tracker.log_metrics_at_steps(member_run, per_member[member])
     table = [
         {"member": m, "cycle": c, "step": collected.steps[c], **collected.scores.get((m, c), {})}
         for m, c in keys
     ]
     tracker.log_table(run_id, table, "snapshots.json")
     preds = collected.predict_members(prepared.x_val)  # (K, B, C) or (K, B), K in `keys` order
+    curve = {}  # step k -> metrics of the ensemble of cycles 0..k
     for k, cycle in enumerate(collected.cycles):
         chosen = [i for i, (_, c) in enumerate(keys) if c <= cycle]
         if prepared.task == "regression":
             value = {"snapshot_ensemble_val_rmse": rmse(combine_regression(preds[chosen])[0], prepared.y_val)}
         else:
             value = {"snapshot_ensemble_val_accuracy": accuracy(combine(preds[chosen]), prepared.y_val)}
-        tracker.log_metrics(run_id, {**value, "snapshot_count": len(chosen)}, step=k)
+        curve[k] = {**value, "snapshot_count": len(chosen)}
+    tracker.log_metrics_at_steps(run_id, curve)
     template = keras.saving.load_model(trained["model_path"])
     group = stack_weight_sets(template, [collected.weights[key] for key in keys], name="snapshot_ensemble")
     path = Path(run_dir) / "snapshot_ensemble.keras"

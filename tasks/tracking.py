@@ -81,12 +81,18 @@ class Tracker:
         # The registry URI is always explicit: MlflowClient would otherwise take the process-wide default.
         self.registry_uri = self.settings.registry_uri or self.settings.tracking_uri
         self.client = MlflowClient(self.settings.tracking_uri, self.registry_uri)
+        self._experiment_id: str | None = None  # looked up (or created) once per Tracker
 
     def with_settings(self, **changes) -> Tracker:
         return Tracker(replace(self.settings, **changes))
 
     # -- runs ---------------------------------------------------------------------------------------------------
     def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self._find_or_create_experiment()
+        return self._experiment_id
+
+    def _find_or_create_experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self.settings.experiment_name)
         if experiment is not None:
             return experiment.experiment_id
@@ -122,8 +128,17 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.log_metrics_at_steps(run_id, {step: metrics})
+
+    def log_metrics_at_steps(self, run_id: str, metrics: Mapping[int, Mapping[str, float]]) -> None:
+        """Metrics of several steps (`{step: {key: value}}`) in batched requests; non-finite values are dropped."""
         now = get_current_time_millis()
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items() if _finite(value)]
+        batch = [
+            Metric(key, float(value), now, int(step))
+            for step, values in metrics.items()
+            for key, value in values.items()
+            if _finite(value)
+        ]
         self.log_metric_batch(run_id, batch)
 
     def log_series(self, run_id: str, key: str, values: Iterable[float], steps: Iterable[int]) -> None:
