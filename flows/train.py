@@ -39,6 +39,7 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
         tags={"kind": "ensemble", "pipeline": "train", "prefect.flow_run_id": str(flow_run.get_id())},
     )
     member_run_ids: list[str] = []
+    member_runs = None
     try:
         tracker.log_params(run_id, config.model_dump(exclude={"run_name"}))
         data_dir = prepare_data_task(config.data, config.output_dir)
@@ -47,9 +48,11 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
             summary["task"]
         )  # an inferred task is known only now: fail before training
         run_dir = str(Path(config.output_dir).resolve() / "runs" / run_id)
-        member_run_ids = start_member_runs_task(settings, run_id, config.model, config.train)
+        # Tracking overlaps compute: member runs open while training runs, curves upload during evaluation.
+        member_runs = start_member_runs_task.submit(settings, run_id, config.model, config.train)
         trained = train_members(config, data_dir, run_dir)
-        log_training_task(settings, run_id, member_run_ids, trained)
+        member_run_ids = member_runs.result()
+        curves_logged = log_training_task.submit(settings, run_id, member_run_ids, trained)
         snapshot_group = None
         if config.snapshots.enabled:
             snapshot_group = collect_snapshots_task(
@@ -65,6 +68,7 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
         evaluation = evaluate_task(
             settings, run_id, member_run_ids, data_dir, groups, config.evaluation, run_dir
         )
+        curves_logged.result()
         registration = None
         if config.registry.enabled:
             registration = register_task(
@@ -78,7 +82,9 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
                 config.registry.model_name,
             )
     except BaseException:
-        for member_run in member_run_ids:
+        if member_runs is not None and not member_run_ids:  # failed while training: close the opened runs too
+            member_run_ids = member_runs.result(raise_on_failure=False) or []
+        for member_run in member_run_ids if isinstance(member_run_ids, list) else []:
             tracker.finish_run(member_run, "FAILED")
         tracker.finish_run(run_id, "FAILED")
         raise
