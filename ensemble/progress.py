@@ -29,7 +29,9 @@ class EpochProgress(keras.callbacks.Callback):
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.print_fn(format_epoch(epoch, self.epochs, logs or {}, time.perf_counter() - self._started, self.prefix))
+        self.print_fn(
+            format_epoch(epoch, self.epochs, logs or {}, time.perf_counter() - self._started, self.prefix)
+        )
 
 
 def format_epoch(epoch: int, epochs: int, logs: dict, seconds: float, prefix: str = "") -> str:

@@ -165,7 +165,8 @@ def import_tensorflow_quietly() -> None:
     try:
         import tensorflow
 
-        tensorflow.config.list_physical_devices("GPU")  # device probing ("failed call to cuInit") happens here
+        # Device probing ("failed call to cuInit" on a machine without a GPU) happens here.
+        tensorflow.config.list_physical_devices("GPU")
     finally:
         os.dup2(saved, 2)
         os.close(null)
