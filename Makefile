@@ -23,7 +23,7 @@ test: install  ## lint + the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check ensemble tasks flows tests benchmarks
 
 bench: install  ## performance scripts (about 40 min in all on 2 cores): each prints ratios against its baseline
 	for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
