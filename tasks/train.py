@@ -78,14 +78,14 @@ def build_optimizer(
     return keras.optimizers.SGD(learning_rate, momentum=section.momentum, nesterov=section.nesterov)
 
 
+# Seed 002's parameter names, shared by `SnapshotSection` and `SGDRSchedule.from_epochs`.
+SGDR_FIELDS = {"cycle_length", "cycle_length_multiplier", "lr_init", "lr_min", "lr_multiplier"}
+
+
 def sgdr_schedule(snapshots: SnapshotSection, steps_per_epoch: int) -> SGDRSchedule:
+    """The SGDR schedule of the snapshot section (`cycle_length` in epochs)."""
     return SGDRSchedule.from_epochs(
-        snapshots.cycle_length,
-        steps_per_epoch,
-        cycle_length_multiplier=snapshots.cycle_length_multiplier,
-        lr_init=snapshots.lr_init,
-        lr_min=snapshots.lr_min,
-        lr_multiplier=snapshots.lr_multiplier,
+        steps_per_epoch=steps_per_epoch, **snapshots.model_dump(include=SGDR_FIELDS)
     )
 
 
