@@ -16,6 +16,10 @@ os.environ.setdefault(
     "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
 )  # else the temporary server logs a traceback
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One intra-op thread: at small batch sizes TF's CPU kernels split even tiny updates over all threads and wait for
+# the slowest; measured here ~3x faster steps for small members (0.07 vs 0.21 ms). Large N x width prefers more
+# threads: TF_NUM_INTRAOP_THREADS=0 restores TensorFlow's default (all cores).
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one "View run" line per member run
 
 UI_HINT = "Open the MLflow UI with `ensemble ui` (http://127.0.0.1:5000)."
