@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +82,6 @@ class Tracker:
         self.registry_uri = self.settings.registry_uri or self.settings.tracking_uri
         self.client = MlflowClient(self.settings.tracking_uri, self.registry_uri)
         self._experiment_id: str | None = None  # looked up (or created) once per Tracker
-
-    def with_settings(self, **changes) -> Tracker:
-        return Tracker(replace(self.settings, **changes))
 
     # -- runs ---------------------------------------------------------------------------------------------------
     def experiment_id(self) -> str:
@@ -160,9 +157,6 @@ class Tracker:
             self.client.log_artifacts(run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(run_id, str(path), artifact_path)
-
-    def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
-        self.client.log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
 
     def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
         """A table (list of row dicts) as an MLflow table artifact (visible in the UI's artifact viewer)."""
