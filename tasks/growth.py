@@ -34,17 +34,8 @@ def growth_task(
     logger = get_run_logger()
     prepared = PreparedData.load(data_dir)
     model, optimizer, state = load_checkpoint(trained["checkpoint"])
-    config = GrowthConfig(
-        monitor=growth.monitor,
-        min_delta=growth.min_delta,
-        patience=growth.patience,
-        max_width=growth.max_width,
-        max_rounds=growth.max_rounds,
-        strategy=growth.strategy,
-        units_per_split=growth.units_per_split,
-        noise=growth.noise,
-        seed=train.seed,
-    )
+    # GrowthSection's fields are GrowthConfig's arguments, minus the pipeline-only ones.
+    config = GrowthConfig(**growth.model_dump(exclude={"enabled", "epochs_per_round"}), seed=train.seed)
     collected = EpochLogs()
     model, optimizer, rounds = grow_rounds(
         model,
