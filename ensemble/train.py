@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ensemble.fused import FusedMLP, outputs_to_predictions
+from ensemble.fused import FusedMLP
 from ensemble.optimizers import apply_gradients, check_elementwise
 
 
@@ -106,15 +106,62 @@ def member_losses(task: str, y, outputs):
 
 
 def evaluate_members(model: FusedMLP, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-member loss (and accuracy for classification) on one shared set: each value `(N,)`."""
-    outputs = model(np.broadcast_to(np.asarray(x, "float32"), (model.members, *np.shape(x))))
-    y_members = np.broadcast_to(y, (model.members, len(y)))
-    result = {"loss": member_losses(model.task, y_members, outputs).numpy()}
+    """Per-member loss and, for classification, accuracy on one shared set `(N,)`, plus the ensemble's accuracy
+    (mean of the members' probabilities).
+
+    One compiled call (`compiled_scores`): eager op-by-op dispatch would hold the GIL at every op and, with a
+    logging thread beside training, wait for it each time.
+    """
+    y = np.asarray(y)
+    y_tensor = tf.constant(y.astype("float32" if model.task == "regression" else "int32"))
+    scores = compiled_scores(model)(tf.constant(np.asarray(x, "float32")), y_tensor)
+    result = {"loss": scores["loss"].numpy().astype("float64")}
     if model.task != "regression":
-        probs = outputs_to_predictions(outputs.numpy(), model.task)  # (N, B, C)
-        result["accuracy"] = (probs.argmax(-1) == y[None, :]).mean(axis=1)
-        result["ensemble_accuracy"] = np.float64((probs.mean(0).argmax(-1) == y).mean())
+        result["accuracy"] = scores["accuracy"].numpy().astype("float64")
+        result["ensemble_accuracy"] = np.float64(scores["ensemble_accuracy"].numpy())
     return result
+
+
+_SCORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_scores(model: FusedMLP):
+    """The compiled `scores(x (B, d), y (B,)) -> {"loss" (N,)[, "accuracy" (N,), "ensemble_accuracy" ()]}`.
+
+    Every member scores the same rows; traced once per model for any B.
+    """
+    if model in _SCORES:
+        return _SCORES[model]
+    model_ref, task, members = (
+        weakref.ref(model),
+        model.task,
+        model.members,
+    )  # the cache must not keep it alive
+    signature = [
+        tf.TensorSpec([None, model.input_dim], tf.float32),
+        tf.TensorSpec([None], tf.float32 if task == "regression" else tf.int32),
+    ]
+
+    @tf.function(input_signature=signature)
+    def scores(x, y):
+        rows = tf.shape(x)[0]
+        outputs = model_ref()(tf.broadcast_to(x[None], [members, rows, x.shape[-1]]), training=False)
+        result = {"loss": member_losses(task, tf.broadcast_to(y[None], [members, rows]), outputs)}
+        if task != "regression":
+            outputs = tf.cast(outputs, tf.float64)  # as `outputs_to_predictions`: ties break the same way
+            if task == "binary":
+                positive = tf.sigmoid(outputs[..., 0])
+                probs = tf.stack([1.0 - positive, positive], axis=-1)  # (N, B, 2)
+            else:
+                probs = tf.nn.softmax(outputs, axis=-1)  # (N, B, C)
+            hits = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[None]), tf.float32)
+            result["accuracy"] = tf.reduce_mean(hits, axis=1)
+            ensemble = tf.argmax(tf.reduce_mean(probs, 0), -1, output_type=tf.int32)
+            result["ensemble_accuracy"] = tf.reduce_mean(tf.cast(tf.equal(ensemble, y), tf.float32))
+        return result
+
+    _SCORES[model] = scores
+    return scores
 
 
 def check_training_data(

@@ -25,7 +25,7 @@ from tasks.growth import growth_task
 from tasks.registry import register_task
 from tasks.snapshots import collect_snapshots_task
 from tasks.tracking import Tracker, TrackingSettings
-from tasks.train import log_training_task, merge_shards_task, start_member_runs_task, train_task
+from tasks.train import log_training_task, merge_shards_task, train_task
 
 
 @flow(name="train-ensemble", log_prints=True)
@@ -38,8 +38,6 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
         config.run_name or f"ensemble-{flow_run.get_name() or 'local'}",
         tags={"kind": "ensemble", "pipeline": "train", "prefect.flow_run_id": str(flow_run.get_id())},
     )
-    member_run_ids: list[str] = []
-    member_runs = None
     try:
         tracker.log_params(run_id, config.model_dump(exclude={"run_name"}))
         data_dir = prepare_data_task(config.data, config.output_dir)
@@ -48,15 +46,12 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
             summary["task"]
         )  # an inferred task is known only now: fail before training
         run_dir = str(Path(config.output_dir).resolve() / "runs" / run_id)
-        # Tracking overlaps compute: member runs open while training runs, curves upload during evaluation.
-        member_runs = start_member_runs_task.submit(settings, run_id, config.model, config.train)
-        trained = train_members(config, data_dir, run_dir)
-        member_run_ids = member_runs.result()
-        curves_logged = log_training_task.submit(settings, run_id, member_run_ids, trained)
+        trained = train_members(config, data_dir, run_dir, settings, run_id)  # logged live while it trains
+        member_run_ids = trained["member_run_ids"]
         snapshot_group = None
         if config.snapshots.enabled:
             snapshot_group = collect_snapshots_task(
-                settings, run_id, member_run_ids, data_dir, trained, config.snapshots, run_dir
+                settings, run_id, data_dir, trained, config.snapshots, run_dir
             )
         if config.growth.enabled:
             trained = growth_task(
@@ -68,7 +63,6 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
         evaluation = evaluate_task(
             settings, run_id, member_run_ids, data_dir, groups, config.evaluation, run_dir
         )
-        curves_logged.result()
         registration = None
         if config.registry.enabled:
             registration = register_task(
@@ -82,9 +76,7 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
                 config.registry.model_name,
             )
     except BaseException:
-        if member_runs is not None and not member_run_ids:  # failed while training: close the opened runs too
-            member_run_ids = member_runs.result(raise_on_failure=False) or []
-        for member_run in member_run_ids if isinstance(member_run_ids, list) else []:
+        for member_run in tracker.child_runs(run_id, "member").values():  # those opened before the failure
             tracker.finish_run(member_run, "FAILED")
         tracker.finish_run(run_id, "FAILED")
         raise
@@ -101,11 +93,26 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
     }
 
 
-def train_members(config: PipelineConfig, data_dir: str, run_dir: str) -> dict:
-    """One `train_task` for all members, or one per shard on `config.runner` followed by `merge_shards_task`."""
+def train_members(
+    config: PipelineConfig, data_dir: str, run_dir: str, settings: TrackingSettings, run_id: str
+) -> dict:
+    """One `train_task` for all members, or one per shard on `config.runner` followed by `merge_shards_task`.
+
+    Each task logs its members live; the parent run's mean curves and learning rate come from the one task, or,
+    for shards, from `log_training_task` after the merge.
+    """
     shards = shard_ranges(config.model.members, config.train.members_per_shard)
     if len(shards) == 1:
-        return train_task(data_dir, config.model, config.optimizer, config.train, config.snapshots, run_dir)
+        return train_task(
+            data_dir,
+            config.model,
+            config.optimizer,
+            config.train,
+            config.snapshots,
+            run_dir,
+            settings=settings,
+            run_id=run_id,
+        )
     with build_task_runner(config.runner) as runner:
         futures = [
             runner.submit(
@@ -118,12 +125,17 @@ def train_members(config: PipelineConfig, data_dir: str, run_dir: str) -> dict:
                     "snapshots": config.snapshots,
                     "run_dir": str(Path(run_dir) / f"shard-{i}"),
                     "member_offset": offset,
+                    "settings": settings,
+                    "run_id": run_id,
+                    "parent_curves": False,
                 },
             )
             for i, (offset, count) in enumerate(shards)
         ]
         results = [future.result() for future in futures]
-    return merge_shards_task(results, config.train, run_dir)
+    merged = merge_shards_task(results, config.train, run_dir)
+    log_training_task(settings, run_id, merged)
+    return merged
 
 
 def build_task_runner(runner: RunnerSection) -> TaskRunner:

@@ -1,13 +1,13 @@
-"""Prefect task of the snapshot step: the N x M (member, cycle) weight sets as one fused group, logged per member.
+"""Prefect task of the snapshot step: the N x M (member, cycle) weight sets as one fused group.
 
-Per member run: `snapshot_val_loss` / `snapshot_val_accuracy` at `step` = cycle (step-indexed metrics, so the UI
-plots each member's snapshots as a curve). Parent run: the snapshot table and `snapshot_ensemble_val_accuracy`
-(or `_val_loss`) of the ensemble of cycles `0..k` at `step` = k.
+Each member run already holds its snapshots' `snapshot_val_loss` / `snapshot_val_accuracy` at `step` = cycle,
+logged live as each cycle ended (`tasks.train.MlflowEpochLogger`; step-indexed metrics, so the UI plots a member's
+snapshots as a curve). This step logs the parent run's snapshot table and `snapshot_ensemble_val_accuracy` (or
+`_val_rmse`) of the ensemble of cycles `0..k` at `step` = k.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import keras
@@ -26,7 +26,6 @@ from tasks.tracking import Tracker, TrackingSettings
 def collect_snapshots_task(
     settings: TrackingSettings,
     run_id: str,
-    member_run_ids: list[str],
     data_dir: str,
     trained: dict,
     snapshots: SnapshotSection,
@@ -37,11 +36,6 @@ def collect_snapshots_task(
     collected = Snapshots.load(trained["snapshot_dir"])
     prepared = PreparedData.load(data_dir)
     keys = collected.keys()  # sorted by (cycle, member)
-    per_member: dict[int, dict[int, dict]] = defaultdict(dict)  # member -> {cycle: metrics}, one request each
-    for (member, cycle), scores in sorted(collected.scores.items()):
-        per_member[member][cycle] = {f"snapshot_{k}": v for k, v in scores.items()}
-    for member, member_run in enumerate(member_run_ids):
-        tracker.log_metrics_at_steps(member_run, per_member[member])
     table = [
         {"member": m, "cycle": c, "step": collected.steps[c], **collected.scores.get((m, c), {})}
         for m, c in keys

@@ -12,7 +12,8 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class TrackingSettings:
     registered_model_name: str = "fused-ensemble"
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
+    live_interval_s: float = 5.0  # a training task sends its buffered curves this often (0: every epoch)
 
     @classmethod
     def load(
@@ -113,6 +115,15 @@ class Tracker:
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         """Close a run as FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status=status)
+
+    def child_runs(self, parent_run_id: str, kind: str) -> dict[int, str]:
+        """The nested runs of `parent_run_id` tagged `kind` (e.g. "member"), by their integer `kind` tag."""
+        runs = self.client.search_runs(
+            [self.experiment_id()],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.kind = '{kind}'",
+            max_results=50_000,
+        )
+        return {int(run.data.tags[kind]): run.info.run_id for run in runs}
 
     # -- values -------------------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -281,6 +292,50 @@ class Tracker:
             else "http://127.0.0.1:5000"
         )
         return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+class BackgroundLogging:
+    """Tracker calls run on one worker thread, in the order submitted, while the caller (training) goes on.
+
+    The training loop spends most of its time inside compiled TensorFlow calls, which release the GIL, so on a
+    machine with a core to spare the MLflow writes cost it next to nothing. `flush()` waits for every call
+    submitted so far and re-raises the first failure. As a context manager, leaving the block flushes (after an
+    exception too: nothing queued is lost, and the block's own exception is the one that propagates).
+
+        with BackgroundLogging() as background:
+            background.submit(tracker.log_metrics, run_id, {"val_loss": 0.3}, step=4)
+    """
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-logging")
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args, **kwargs) -> Future:
+        """Queue `fn(*args, **kwargs)`; it runs after everything submitted before it."""
+        future = self._executor.submit(fn, *args, **kwargs)
+        self._pending.append(future)
+        return future
+
+    def flush(self) -> None:
+        """Wait for every queued call; raise the first failure (the later calls still ran)."""
+        pending, self._pending = self._pending, []
+        errors = [future.exception() for future in pending]  # waits for each one
+        first = next((error for error in errors if error is not None), None)
+        if first is not None:
+            raise first
+
+    def __enter__(self) -> BackgroundLogging:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+            else:
+                with contextlib.suppress(Exception):
+                    self.flush()
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,15 +1,20 @@
-"""Prefect tasks of the training step: open one MLflow run per member, train the fused ensemble (resumable), log.
+"""Prefect tasks of the training step: train the fused ensemble (resumable), logging it live to MLflow.
 
 Per member (nested run): params member/seed/width/bootstrap; metrics per epoch (`step` = epoch): train loss and
-accuracy, val loss and accuracy. Parent run: the learning rate of every optimiser step (`lr`, `step` = global step)
-and its PNG, the mean/ensemble curves per epoch.
+accuracy, val loss and accuracy; each snapshot's validation scores (`step` = cycle). Parent run: the learning rate
+of every optimiser step (`lr`, `step` = global step) and its PNG, the mean/ensemble curves per epoch. All of it is
+written while training runs (one epoch behind at most), on a background thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -29,7 +34,7 @@ from ensemble.shards import merge_checkpoints
 from ensemble.snapshots import SnapshotCollector, Snapshots
 from ensemble.train import TrainConfig, fit, schedule_cycle_ends
 from tasks.config import ModelSection, OptimizerSection, SnapshotSection, TrainSection
-from tasks.tracking import Tracker, TrackingSettings
+from tasks.tracking import BackgroundLogging, Tracker, TrackingSettings
 
 MEMBER_METRICS = {  # history key -> MLflow metric name (per member run)
     "member_loss": "train_loss",
@@ -40,14 +45,24 @@ MEMBER_METRICS = {  # history key -> MLflow metric name (per member run)
 PARENT_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_ensemble_accuracy")
 
 
-@task(name="start-member-runs", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def start_member_runs_task(
-    settings: TrackingSettings, parent_run_id: str, model: ModelSection, train: TrainSection
+def open_member_runs(
+    tracker: Tracker,
+    parent_run_id: str,
+    model: ModelSection,
+    train: TrainSection,
+    member_offset: int = 0,
 ) -> list[str]:
-    """One nested MLflow run per member, opened before training so a retried training task reuses them."""
-    tracker = Tracker(settings)
+    """The nested MLflow runs of members `member_offset .. + model.members - 1` (opened if not open yet).
+
+    Idempotent: a retried or resumed training task finds the runs its earlier attempt opened. Params: member
+    index, seed, width, bootstrap.
+    """
+    existing = tracker.child_runs(parent_run_id, "member")
     run_ids = []
-    for n in range(model.members):
+    for n in range(member_offset, member_offset + model.members):
+        if n in existing:
+            run_ids.append(existing[n])
+            continue
         run_id = tracker.start_run(
             f"member-{n}", tags={"kind": "member", "member": str(n)}, parent_run_id=parent_run_id
         )
@@ -64,6 +79,106 @@ def start_member_runs_task(
         )
         run_ids.append(run_id)
     return run_ids
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Streams training into MLflow while it runs, through a `BackgroundLogging` worker.
+
+    Per member run (`step` = epoch): `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`; once a snapshot
+    is taken, its `snapshot_val_loss` / `snapshot_val_accuracy` (`step` = cycle). Parent run, with
+    `parent_curves=True` (a task that trains every member): the member means per epoch (`loss`, `accuracy`,
+    `val_loss`, `val_accuracy`, `val_ensemble_accuracy`) and `lr` at every optimiser step (`step` = global step).
+
+    Epochs are buffered and sent every `interval_s` seconds (one request per run, in a batch of all its pending
+    values), at the end of training, and by `send()`. The first send opens the member runs (`open_member_runs`),
+    so nothing competes with tracing the compiled step at the start.
+
+    Place it before the `EpochCheckpoint` and call `send()` when training fails: every epoch whose checkpoint
+    exists has then been logged, so a task that resumes from the checkpoint logs each epoch once.
+
+    Args:
+        background: the worker the MLflow calls are queued on (the training thread never waits for them).
+        tracker: the MLflow client. run_id: the parent run.
+        open_runs: called on the worker at the first send: opens (or finds) the member runs, in member order.
+        collector: the run's `SnapshotCollector`, whose new snapshot scores are logged with their epoch.
+        parent_curves: also log the parent run's mean curves and learning rate.
+        interval_s: seconds between sends (0: every epoch).
+    """
+
+    def __init__(
+        self,
+        background: BackgroundLogging,
+        tracker: Tracker,
+        run_id: str,
+        open_runs: Callable[[], list[str]],
+        collector: SnapshotCollector | None = None,
+        parent_curves: bool = True,
+        interval_s: float = 5.0,
+    ):
+        super().__init__()
+        if interval_s < 0:
+            raise ValueError(f"Argument `interval_s` must be >= 0. Received: interval_s={interval_s}")
+        self.background, self.tracker, self.run_id = background, tracker, run_id
+        self.open_runs, self.collector = open_runs, collector
+        self.parent_curves, self.interval_s = parent_curves, float(interval_s)
+        self.member_run_ids: list[str] | None = None  # known after the first send has run
+        self._members: dict[int, list[Metric]] = defaultdict(list)  # member index -> pending values
+        self._parent: list[Metric] = []
+        self._steps: list[int] = []
+        self._learning_rates: list[float] = []
+        self._logged_snapshots: set[tuple[int, int]] = set()
+        self._last_send, self._sent = time.monotonic(), False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # A resumed run's restored snapshots were logged by the attempt that took them.
+        self._logged_snapshots = set(self._snapshot_scores())
+        self._last_send = time.monotonic()
+
+    def on_steps_end(self, logs: dict) -> None:
+        self._steps.extend(logs["steps"])
+        self._learning_rates.extend(logs["learning_rates"])
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs, now = logs or {}, get_current_time_millis()
+        for key, name in MEMBER_METRICS.items():
+            for n, value in enumerate(np.asarray(logs.get(key, [])).tolist()):
+                self._members[n].append(Metric(name, float(value), now, epoch))
+        scores = {key: s for key, s in self._snapshot_scores().items() if key not in self._logged_snapshots}
+        self._logged_snapshots.update(scores)
+        for (n, cycle), values in sorted(scores.items()):
+            self._members[n] += [Metric(f"snapshot_{k}", float(v), now, cycle) for k, v in values.items()]
+        if self.parent_curves:
+            self._parent += [
+                Metric(key, float(logs[key]), now, epoch) for key in PARENT_METRICS if key in logs
+            ]
+            lrs = zip(self._steps, self._learning_rates, strict=True)
+            self._parent += [Metric("lr", float(lr), now, step) for step, lr in lrs]
+        self._steps, self._learning_rates = [], []
+        if time.monotonic() - self._last_send >= self.interval_s:
+            self.send()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.send()
+
+    def send(self) -> None:
+        """Queue everything buffered (also the member runs' opening, the first time)."""
+        members, parent = dict(self._members), self._parent
+        self._members, self._parent, self._last_send = defaultdict(list), [], time.monotonic()
+        if members or parent or not self._sent:
+            self._sent = True
+            self.background.submit(self._write, members, parent)
+
+    def _write(self, members: dict[int, list[Metric]], parent: list[Metric]) -> None:
+        """Runs on the worker: one request per member run with values, then the parent's (LR in chunks)."""
+        if self.member_run_ids is None:
+            self.member_run_ids = self.open_runs()
+        for n, batch in sorted(members.items()):
+            self.tracker.log_metric_batch(self.member_run_ids[n], batch)
+        self.tracker.log_metric_batch(self.run_id, parent)
+
+    def _snapshot_scores(self) -> dict[tuple[int, int], dict[str, float]]:
+        snapshots = self.collector.snapshots if self.collector is not None else None
+        return dict(snapshots.scores) if snapshots is not None else {}
 
 
 def build_optimizer(
@@ -155,13 +270,22 @@ def train_task(
     snapshots: SnapshotSection,
     run_dir: str,
     member_offset: int = 0,
+    settings: TrackingSettings | None = None,
+    run_id: str | None = None,
+    parent_curves: bool = True,
 ) -> dict:
     """Train members `member_offset .. member_offset + model.members - 1` as one fused model.
 
     A checkpoint (weights, optimiser state, step, data order, per-epoch logs, per-step LR, snapshots) is written to
     `run_dir/checkpoint` after every epoch; an attempt that finds one (Prefect retry, re-run) resumes from it and
-    ends exactly where an uninterrupted run would. Returns `{"model_path", "checkpoint", "history_path",
-    "snapshot_dir", "epochs", "steps", "member_offset", "members"}`.
+    ends exactly where an uninterrupted run would.
+
+    With `settings` and a parent `run_id`, training is tracked live: the members' nested runs are opened (or found)
+    and every epoch is logged as it ends (`MlflowEpochLogger`, on a background thread), plus the learning-rate
+    plot at the end; `parent_curves=False` (a shard) leaves the parent's mean curves and LR to the caller.
+
+    Returns `{"model_path", "checkpoint", "history_path", "snapshot_dir", "epochs", "steps", "member_offset",
+    "members", "member_run_ids"}` (`member_run_ids` is empty when not tracked).
     """
     logger = get_run_logger()
     run_dir = Path(run_dir)
@@ -192,29 +316,54 @@ def train_task(
     if resuming:
         saver.resume()
         logger.info(f"Resuming from {checkpoint} after epoch {state['epoch']} (step {int(opt.iterations)})")
-    callbacks = [saver, EpochProgress(train.epochs, logger.info), *([collector] if collector else [])]
-    if os.environ.get(FAULT_AFTER_EPOCH_ENV):
-        callbacks.insert(2, FaultAfterEpoch(int(os.environ[FAULT_AFTER_EPOCH_ENV])))  # after the checkpoint
-    fit(
-        fused,
-        prepared.x_train,
-        prepared.y_train,
-        optimizer=opt,
-        config=train_config(train, member_offset=member_offset),
-        validation_data=(prepared.x_val, prepared.y_val),
-        initial_epoch=state["epoch"],
-        callbacks=callbacks,
-    )
-    return save_results(
-        run_dir,
-        fused,
-        collector.snapshots if collector else None,
-        saver.epochs,
-        saver.steps,
-        saver.learning_rates,
-        schedule_cycle_ends(opt, int(opt.iterations)),
-        member_offset,
-    )
+    fault = os.environ.get(FAULT_AFTER_EPOCH_ENV)
+    callbacks = [
+        saver,
+        *([FaultAfterEpoch(int(fault))] if fault else []),  # right after the checkpoint
+        EpochProgress(train.epochs, logger.info),
+        *([collector] if collector else []),
+    ]
+    live = None
+    with BackgroundLogging() as background:
+        if settings is not None and run_id is not None:
+            tracker = Tracker(settings)
+            live = MlflowEpochLogger(
+                background,
+                tracker,
+                run_id,
+                functools.partial(open_member_runs, tracker, run_id, model, train, member_offset),
+                collector,
+                parent_curves,
+                interval_s=settings.live_interval_s,
+            )
+            callbacks.insert(0, live)  # before the checkpoint: see MlflowEpochLogger
+        try:
+            fit(
+                fused,
+                prepared.x_train,
+                prepared.y_train,
+                optimizer=opt,
+                config=train_config(train, member_offset=member_offset),
+                validation_data=(prepared.x_val, prepared.y_val),
+                initial_epoch=state["epoch"],
+                callbacks=callbacks,
+            )
+        finally:
+            if live is not None:
+                live.send()  # after a failure too: the epochs of the last checkpoint are not logged again
+        trained = save_results(
+            run_dir,
+            fused,
+            collector.snapshots if collector else None,
+            saver.epochs,
+            saver.steps,
+            saver.learning_rates,
+            schedule_cycle_ends(opt, int(opt.iterations)),
+            member_offset,
+        )
+        if live is not None and parent_curves:
+            background.submit(log_learning_rate_plot, tracker, run_id, trained["history_path"])
+    return {**trained, "member_run_ids": live.member_run_ids if live is not None else []}
 
 
 def build_model(prepared: PreparedData, model: ModelSection, member_offset: int) -> FusedMLP:
@@ -270,7 +419,8 @@ def save_results(
 def merge_shards_task(shards: list[dict], train: TrainSection, run_dir: str) -> dict:
     """Stack the shards' members (weights, optimiser state, snapshots, curves) into one ensemble in `run_dir`.
 
-    Returns the same keys as `train_task`, for the merged ensemble of all members.
+    Returns the same keys as `train_task`, for the merged ensemble of all members (`member_run_ids` in member
+    order).
     """
     run_dir = Path(run_dir)
     shards = sorted(shards, key=lambda shard: shard["member_offset"])
@@ -283,7 +433,7 @@ def merge_shards_task(shards: list[dict], train: TrainSection, run_dir: str) -> 
     )
     fused, _, _ = load_checkpoint(checkpoint)
     record = read_record(checkpoint)
-    return save_results(
+    merged = save_results(
         run_dir,
         fused,
         record["snapshots"],
@@ -293,25 +443,25 @@ def merge_shards_task(shards: list[dict], train: TrainSection, run_dir: str) -> 
         record["cycle_ends"],
         0,
     )
+    return {**merged, "member_run_ids": [run for shard in shards for run in shard.get("member_run_ids", [])]}
 
 
 @task(name="log-training", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def log_training_task(
-    settings: TrackingSettings, run_id: str, member_run_ids: list[str], trained: dict
-) -> None:
-    """Log the members' epoch curves (member runs), the mean curves and the per-step learning rate (parent run)."""
+def log_training_task(settings: TrackingSettings, run_id: str, trained: dict) -> None:
+    """The parent run's curves of a run trained in shards (the shards log their own members): the member means
+    per epoch, the learning rate of every step and its plot."""
     history = json.loads(Path(trained["history_path"]).read_text())
-    epochs = [(row.pop("epoch"), row) for row in history["epochs"]]
     tracker = Tracker(settings)
-    log_member_epochs(tracker, run_id, member_run_ids, epochs)
-    log_learning_rate(
-        tracker,
-        run_id,
-        history["steps"],
-        history["lr"],
-        history.get("cycle_ends", []),
-        Path(trained["history_path"]).with_name("learning_rate.png"),
-    )
+    now = get_current_time_millis()
+    parent = [
+        Metric(key, float(row[key]), now, row["epoch"])
+        for row in history["epochs"]
+        for key in PARENT_METRICS
+        if key in row
+    ]
+    tracker.log_metric_batch(run_id, parent)
+    tracker.log_series(run_id, "lr", history["lr"], history["steps"])
+    log_learning_rate_plot(tracker, run_id, trained["history_path"])
 
 
 def save_history(
@@ -348,12 +498,10 @@ def log_member_epochs(
     tracker.log_metric_batch(run_id, parent)
 
 
-def log_learning_rate(
-    tracker: Tracker, run_id: str, steps: list[int], lrs: list[float], cycle_ends: list[int], png_path: Path
-) -> None:
-    """The learning rate of every optimiser step as used (`lr`, `step` = global step) and its plot."""
-    tracker.log_series(run_id, "lr", lrs, steps)
-    png = plot_learning_rate(
-        steps, lrs, [e for e in cycle_ends if steps and steps[0] <= e <= steps[-1]], png_path
-    )
+def log_learning_rate_plot(tracker: Tracker, run_id: str, history_path: str | Path) -> None:
+    """The plot of the learning rate of every optimiser step (cycle ends marked), from a saved history."""
+    history = json.loads(Path(history_path).read_text())
+    steps, lrs = history["steps"], history["lr"]
+    cycle_ends = [e for e in history.get("cycle_ends", []) if steps and steps[0] <= e <= steps[-1]]
+    png = plot_learning_rate(steps, lrs, cycle_ends, Path(history_path).with_name("learning_rate.png"))
     tracker.log_artifact(run_id, png, "plots")
