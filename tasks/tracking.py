@@ -49,7 +49,6 @@ class TrackingSettings:
     registered_model_name: str = "fused-ensemble"
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
-    live_interval_s: float = 5.0  # a training task sends its buffered curves this often (0: every epoch)
 
     @classmethod
     def load(
@@ -315,6 +314,10 @@ class BackgroundLogging:
         future = self._executor.submit(fn, *args, **kwargs)
         self._pending.append(future)
         return future
+
+    def idle(self) -> bool:
+        """True when every call submitted so far has finished."""
+        return all(future.done() for future in self._pending)
 
     def flush(self) -> None:
         """Wait for every queued call; raise the first failure (the later calls still ran)."""

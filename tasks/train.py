@@ -12,7 +12,6 @@ import contextlib
 import functools
 import json
 import os
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -89,9 +88,10 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     `parent_curves=True` (a task that trains every member): the member means per epoch (`loss`, `accuracy`,
     `val_loss`, `val_accuracy`, `val_ensemble_accuracy`) and `lr` at every optimiser step (`step` = global step).
 
-    Epochs are buffered and sent every `interval_s` seconds (one request per run, in a batch of all its pending
-    values), at the end of training, and by `send()`. The first send opens the member runs (`open_member_runs`),
-    so nothing competes with tracing the compiled step at the start.
+    An epoch's values are sent at its end if the worker is idle, else buffered for the next epoch end at which it
+    is (one request per run with values, holding all its pending values), so the store is written to as fast as
+    it can take and the backlog never exceeds one send; the rest goes at the end of training or by `send()`. The
+    first send opens the member runs (`open_member_runs`).
 
     Place it before the `EpochCheckpoint` and call `send()` when training fails: every epoch whose checkpoint
     exists has then been logged, so a task that resumes from the checkpoint logs each epoch once.
@@ -102,7 +102,6 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         open_runs: called on the worker at the first send: opens (or finds) the member runs, in member order.
         collector: the run's `SnapshotCollector`, whose new snapshot scores are logged with their epoch.
         parent_curves: also log the parent run's mean curves and learning rate.
-        interval_s: seconds between sends (0: every epoch).
     """
 
     def __init__(
@@ -113,26 +112,22 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         open_runs: Callable[[], list[str]],
         collector: SnapshotCollector | None = None,
         parent_curves: bool = True,
-        interval_s: float = 5.0,
     ):
         super().__init__()
-        if interval_s < 0:
-            raise ValueError(f"Argument `interval_s` must be >= 0. Received: interval_s={interval_s}")
         self.background, self.tracker, self.run_id = background, tracker, run_id
         self.open_runs, self.collector = open_runs, collector
-        self.parent_curves, self.interval_s = parent_curves, float(interval_s)
+        self.parent_curves = parent_curves
         self.member_run_ids: list[str] | None = None  # known after the first send has run
         self._members: dict[int, list[Metric]] = defaultdict(list)  # member index -> pending values
         self._parent: list[Metric] = []
         self._steps: list[int] = []
         self._learning_rates: list[float] = []
         self._logged_snapshots: set[tuple[int, int]] = set()
-        self._last_send, self._sent = time.monotonic(), False
+        self._sent = False
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         # A resumed run's restored snapshots were logged by the attempt that took them.
         self._logged_snapshots = set(self._snapshot_scores())
-        self._last_send = time.monotonic()
 
     def on_steps_end(self, logs: dict) -> None:
         self._steps.extend(logs["steps"])
@@ -154,16 +149,16 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             lrs = zip(self._steps, self._learning_rates, strict=True)
             self._parent += [Metric("lr", float(lr), now, step) for step, lr in lrs]
         self._steps, self._learning_rates = [], []
-        if time.monotonic() - self._last_send >= self.interval_s:
+        if self.background.idle():
             self.send()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.send()
 
     def send(self) -> None:
-        """Queue everything buffered (also the member runs' opening, the first time)."""
+        """Queue everything buffered (the first send opens the member runs)."""
         members, parent = dict(self._members), self._parent
-        self._members, self._parent, self._last_send = defaultdict(list), [], time.monotonic()
+        self._members, self._parent = defaultdict(list), []
         if members or parent or not self._sent:
             self._sent = True
             self.background.submit(self._write, members, parent)
@@ -334,7 +329,6 @@ def train_task(
                 functools.partial(open_member_runs, tracker, run_id, model, train, member_offset),
                 collector,
                 parent_curves,
-                interval_s=settings.live_interval_s,
             )
             callbacks.insert(0, live)  # before the checkpoint: see MlflowEpochLogger
         try:
