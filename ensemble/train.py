@@ -154,10 +154,10 @@ def compiled_scores(model: FusedMLP):
                 probs = tf.stack([1.0 - positive, positive], axis=-1)  # (N, B, 2)
             else:
                 probs = tf.nn.softmax(outputs, axis=-1)  # (N, B, C)
-            hits = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[None]), tf.float32)
+            hits = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[None]), tf.float64)
             result["accuracy"] = tf.reduce_mean(hits, axis=1)
             ensemble = tf.argmax(tf.reduce_mean(probs, 0), -1, output_type=tf.int32)
-            result["ensemble_accuracy"] = tf.reduce_mean(tf.cast(tf.equal(ensemble, y), tf.float32))
+            result["ensemble_accuracy"] = tf.reduce_mean(tf.cast(tf.equal(ensemble, y), tf.float64))
         return result
 
     _SCORES[model] = scores

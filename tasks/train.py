@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -88,9 +89,10 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     `parent_curves=True` (a task that trains every member): the member means per epoch (`loss`, `accuracy`,
     `val_loss`, `val_accuracy`, `val_ensemble_accuracy`) and `lr` at every optimiser step (`step` = global step).
 
-    An epoch's values are sent at its end if the worker is idle, else buffered for the next epoch end at which it
-    is (one request per run with values, holding all its pending values), so the store is written to as fast as
-    it can take and the backlog never exceeds one send; the rest goes at the end of training or by `send()`. The
+    Values are buffered and sent at an epoch end once `interval_s` has passed since the last send and the worker
+    is idle (one request per run, holding all its pending values): the backlog never exceeds one send, and the
+    logging thread, which shares the GIL with training, is busy only a bounded share of the time (each send costs
+    one request per member run, ~4 ms each on SQLite). The rest goes at the end of training or by `send()`. The
     first send opens the member runs (`open_member_runs`).
 
     Place it before the `EpochCheckpoint` and call `send()` when training fails: every epoch whose checkpoint
@@ -102,6 +104,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         open_runs: called on the worker at the first send: opens (or finds) the member runs, in member order.
         collector: the run's `SnapshotCollector`, whose new snapshot scores are logged with their epoch.
         parent_curves: also log the parent run's mean curves and learning rate.
+        interval_s: the least time between two sends (0: at every epoch end at which the worker is idle).
     """
 
     def __init__(
@@ -112,8 +115,12 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         open_runs: Callable[[], list[str]],
         collector: SnapshotCollector | None = None,
         parent_curves: bool = True,
+        interval_s: float = 2.0,
     ):
         super().__init__()
+        if interval_s < 0:
+            raise ValueError(f"Argument `interval_s` must be >= 0. Received: interval_s={interval_s}")
+        self.interval_s = float(interval_s)
         self.background, self.tracker, self.run_id = background, tracker, run_id
         self.open_runs, self.collector = open_runs, collector
         self.parent_curves = parent_curves
@@ -123,11 +130,12 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self._steps: list[int] = []
         self._learning_rates: list[float] = []
         self._logged_snapshots: set[tuple[int, int]] = set()
-        self._sent = False
+        self._sent, self._last_send = False, time.monotonic()
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         # A resumed run's restored snapshots were logged by the attempt that took them.
         self._logged_snapshots = set(self._snapshot_scores())
+        self._last_send = time.monotonic()
 
     def on_steps_end(self, logs: dict) -> None:
         self._steps.extend(logs["steps"])
@@ -149,7 +157,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             lrs = zip(self._steps, self._learning_rates, strict=True)
             self._parent += [Metric("lr", float(lr), now, step) for step, lr in lrs]
         self._steps, self._learning_rates = [], []
-        if self.background.idle():
+        if self.background.idle() and time.monotonic() - self._last_send >= self.interval_s:
             self.send()
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -158,7 +166,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     def send(self) -> None:
         """Queue everything buffered (the first send opens the member runs)."""
         members, parent = dict(self._members), self._parent
-        self._members, self._parent = defaultdict(list), []
+        self._members, self._parent, self._last_send = defaultdict(list), [], time.monotonic()
         if members or parent or not self._sent:
             self._sent = True
             self.background.submit(self._write, members, parent)

@@ -11,6 +11,7 @@ from ensemble.train import (
     check_training_data,
     compiled_steps,
     epoch_indices,
+    evaluate_members,
     fit,
     member_losses,
     member_rows,
@@ -350,3 +351,22 @@ def test_resume_with_initial_epoch_equals_one_uninterrupted_run():
     assert history.steps[0] == 51 and len(history.history["loss"]) == 2
     for n in range(2):
         assert max_weight_difference(straight.member_weights(n), resumed.member_weights(n)) <= 1e-6
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "regression"])
+def test_compiled_member_scores_equal_a_numpy_computation_from_the_member_outputs(task):
+    x, y = make_data(40, task)
+    model = FusedMLP(MEMBERS, FEATURES, HIDDEN, task=task, num_classes=3, seed=3)
+    scores = evaluate_members(model, x, y)
+
+    probs = model.predict_members(x)  # (N, B, C), or (N, B) for regression
+    if task == "regression":
+        np.testing.assert_allclose(scores["loss"], ((probs - y) ** 2).mean(axis=1), rtol=1e-5)
+        assert set(scores) == {"loss"}
+        return
+    picked = probs[:, np.arange(len(y)), y.astype(int)]
+    np.testing.assert_allclose(scores["loss"], -np.log(picked).mean(axis=1), rtol=1e-4)
+    np.testing.assert_array_equal(scores["accuracy"], (probs.argmax(-1) == y).mean(axis=1))
+    assert scores["ensemble_accuracy"] == (probs.mean(0).argmax(-1) == y).mean()
+    other = evaluate_members(model, x[:7], y[:7])  # another row count reuses the one compiled function
+    np.testing.assert_array_equal(other["accuracy"], (probs[:, :7].argmax(-1) == y[:7]).mean(axis=1))
