@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ensemble.fused import FusedMLP
+from ensemble.fused import FusedMLP, load_fused
 from ensemble.snapshots import SnapshotCollector, Snapshots
 
 RECORD_FILE = "record.json"
@@ -91,7 +91,7 @@ def load_checkpoint(directory: str | Path) -> tuple[FusedMLP, keras.optimizers.O
     recover_checkpoint(directory)
     if not (directory / "state.json").is_file():
         raise FileNotFoundError(f"No checkpoint in {directory}: state.json is missing.")
-    model = keras.saving.load_model(directory / "model.keras")
+    model = load_fused(directory / "model.keras")
     optimizer = keras.optimizers.deserialize(json.loads((directory / "optimizer.json").read_text()))
     optimizer.build(model.trainable_variables)
     with np.load(directory / "optimizer.npz") as saved:

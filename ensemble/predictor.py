@@ -11,12 +11,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 
 from ensemble.data import Preprocessor
-from ensemble.fused import FusedMLP
+from ensemble.fused import FusedMLP, load_fused
 from ensemble.metrics import COMBINERS, combine, combine_regression
 
 PREDICTOR_FILE = "predictor.json"
@@ -94,7 +93,7 @@ class EnsemblePredictor:
         if not path.is_file():
             raise FileNotFoundError(f"No saved predictor in {directory}: {PREDICTOR_FILE} is missing.")
         meta = json.loads(path.read_text())
-        groups = [keras.saving.load_model(directory / f"group_{i}.keras") for i in range(meta["groups"])]
+        groups = [load_fused(directory / f"group_{i}.keras") for i in range(meta["groups"])]
         return cls(Preprocessor.from_dict(meta["preprocessor"]), groups, meta["combiner"])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -12,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
 from ensemble.flops import mlp_flops
+from ensemble.fused import load_fused
 from ensemble.metrics import evaluate_classification, evaluate_regression, member_metrics, rmse
 from ensemble.predictor import EnsemblePredictor
 from tasks.config import EvaluationSection
@@ -48,7 +48,7 @@ def evaluate_task(
     """
     tracker = Tracker(settings)
     prepared = PreparedData.load(data_dir)
-    groups = [keras.saving.load_model(path) for path in group_paths]
+    groups = [load_fused(path) for path in group_paths]
     predictor = EnsemblePredictor(prepared.preprocessor, groups, combiner=evaluation.combiner)
     member_preds = np.concatenate([g.predict_members(prepared.x_test) for g in groups], axis=0)
     metrics = score(member_preds, prepared.y_test, prepared.task, evaluation)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
+from ensemble.fused import load_fused
 from ensemble.metrics import accuracy, combine, combine_regression, rmse
 from ensemble.predictor import stack_weight_sets
 from ensemble.snapshots import Snapshots
@@ -51,7 +51,7 @@ def collect_snapshots_task(
             value = {"snapshot_ensemble_val_accuracy": accuracy(combine(preds[chosen]), prepared.y_val)}
         curve[k] = {**value, "snapshot_count": len(chosen)}
     tracker.log_metrics_at_steps(run_id, curve)
-    template = keras.saving.load_model(trained["model_path"])
+    template = load_fused(trained["model_path"])
     group = stack_weight_sets(template, [collected.weights[key] for key in keys], name="snapshot_ensemble")
     path = Path(run_dir) / "snapshot_ensemble.keras"
     group.save(path)

@@ -4,7 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble.fused import FusedDense, FusedMLP, MemberwiseInitializer, derive_seed
+from ensemble.fused import (
+    FusedDense,
+    FusedMLP,
+    MemberwiseInitializer,
+    derive_seed,
+    load_fused,
+    weights_follow,
+)
 
 
 def perturb_weights(model: FusedMLP, seed: int = 0) -> None:
@@ -170,3 +177,23 @@ def test_fused_dense_rejects_zero_units_and_no_seeds():
 def test_member_model_rejects_out_of_range_member():
     with pytest.raises(ValueError, match=r"Argument `n` must be in \[0, 2\). Received: n=2"):
         FusedMLP(2, 3, (4,), task="binary").member_model(2)
+
+
+def test_load_fused_restores_the_saved_weights_without_drawing_new_ones(tmp_path):
+    model = FusedMLP(4, 3, [5], task="multiclass", num_classes=3, seed=7)
+    model.save(tmp_path / "model.keras")
+    loaded = load_fused(tmp_path / "model.keras")
+    for saved, restored in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, restored)
+    assert loaded.get_config() == model.get_config()  # the initialiser it reports is unchanged
+    plain = keras.saving.load_model(tmp_path / "model.keras")
+    for saved, restored in zip(model.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, restored)
+
+
+def test_only_models_built_inside_weights_follow_skip_the_random_initialisation():
+    with weights_follow():
+        skipped = FusedMLP(2, 3, [4], seed=1)
+    drawn = FusedMLP(2, 3, [4], seed=1)
+    assert not np.any(skipped.hidden_layers[0].kernel.numpy())
+    assert np.all(np.abs(drawn.hidden_layers[0].kernel.numpy()).sum(axis=(1, 2)) > 0)
