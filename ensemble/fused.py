@@ -247,8 +247,8 @@ class FusedMLP(keras.Model):
         Skips the random per-member initialisation that the weights would overwrite (growth, shard merges,
         stacked snapshots); `get_config()` still reports `config`'s initialiser.
         """
-        model = cls.from_config({**config, "kernel_initializer": "zeros"})
-        model.kernel_initializer = config.get("kernel_initializer", "glorot_uniform")
+        with weights_follow():
+            model = cls.from_config(config)
         model.set_weights(list(weights))
         return model
 

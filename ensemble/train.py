@@ -112,14 +112,17 @@ def evaluate_members(model: FusedMLP, x: np.ndarray, y: np.ndarray) -> dict[str,
     One compiled call (`compiled_scores`): eager op-by-op dispatch would hold the GIL at every op and, with a
     logging thread beside training, wait for it each time.
     """
-    y = np.asarray(y)
-    y_tensor = tf.constant(y.astype("float32" if model.task == "regression" else "int32"))
-    scores = compiled_scores(model)(tf.constant(np.asarray(x, "float32")), y_tensor)
+    scores = compiled_scores(model)(tf.constant(np.asarray(x, "float32")), label_tensor(model.task, y))
     result = {"loss": scores["loss"].numpy().astype("float64")}
     if model.task != "regression":
         result["accuracy"] = scores["accuracy"].numpy().astype("float64")
         result["ensemble_accuracy"] = np.float64(scores["ensemble_accuracy"].numpy())
     return result
+
+
+def label_tensor(task: str, y: np.ndarray) -> tf.Tensor:
+    """Labels `(rows,)` as the compiled functions take them: int32 classes, float32 regression targets."""
+    return tf.constant(np.asarray(y).astype("float32" if task == "regression" else "int32"))
 
 
 _SCORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -132,11 +135,8 @@ def compiled_scores(model: FusedMLP):
     """
     if model in _SCORES:
         return _SCORES[model]
-    model_ref, task, members = (
-        weakref.ref(model),
-        model.task,
-        model.members,
-    )  # the cache must not keep it alive
+    model_ref = weakref.ref(model)  # the cache must not keep the model alive
+    task, members = model.task, model.members
     signature = [
         tf.TensorSpec([None, model.input_dim], tf.float32),
         tf.TensorSpec([None], tf.float32 if task == "regression" else tf.int32),
@@ -226,8 +226,7 @@ def fit(
     check_elementwise(optimizer)
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
-    x_train = tf.constant(x)
-    y_train = tf.constant(y.astype("int32" if model.task != "regression" else "float32"))
+    x_train, y_train = tf.constant(x), label_tensor(model.task, y)
 
     run_steps = compiled_steps(model, optimizer, config)
 

@@ -296,8 +296,10 @@ class Tracker:
 class BackgroundLogging:
     """Tracker calls run on one worker thread, in the order submitted, while the caller (training) goes on.
 
-    The training loop spends most of its time inside compiled TensorFlow calls, which release the GIL, so on a
-    machine with a core to spare the MLflow writes cost it next to nothing. `flush()` waits for every call
+    The training loop spends most of its time inside compiled TensorFlow calls, which release the GIL, so the
+    MLflow writes mostly overlap training on a spare core; the Python they run (SQLAlchemy) still competes with
+    the training loop's own Python for the GIL, so keep what is submitted small (see `MlflowEpochLogger`,
+    `benchmarks/bench_tracking.py`). `flush()` waits for every call
     submitted so far and re-raises the first failure. As a context manager, leaving the block flushes (after an
     exception too: nothing queued is lost, and the block's own exception is the one that propagates).
 

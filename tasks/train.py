@@ -3,7 +3,7 @@
 Per member (nested run): params member/seed/width/bootstrap; metrics per epoch (`step` = epoch): train loss and
 accuracy, val loss and accuracy; each snapshot's validation scores (`step` = cycle). Parent run: the learning rate
 of every optimiser step (`lr`, `step` = global step) and its PNG, the mean/ensemble curves per epoch. All of it is
-written while training runs (one epoch behind at most), on a background thread.
+written while training runs, from a background thread (`MlflowEpochLogger`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,20 @@ MEMBER_METRICS = {  # history key -> MLflow metric name (per member run)
     "member_val_accuracy": "val_accuracy",
 }
 PARENT_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_ensemble_accuracy")
+
+
+def member_metrics(epoch: int, logs: dict, now: int) -> dict[int, list[Metric]]:
+    """One epoch's per-member curves (`MEMBER_METRICS`, `step` = epoch), by member index."""
+    metrics: dict[int, list[Metric]] = defaultdict(list)
+    for key, name in MEMBER_METRICS.items():
+        for n, value in enumerate(np.asarray(logs.get(key, [])).tolist()):
+            metrics[n].append(Metric(name, float(value), now, epoch))
+    return metrics
+
+
+def parent_metrics(epoch: int, logs: dict, now: int) -> list[Metric]:
+    """One epoch's mean/ensemble curves (`PARENT_METRICS`, `step` = epoch) for the parent run."""
+    return [Metric(key, float(logs[key]), now, epoch) for key in PARENT_METRICS if key in logs]
 
 
 def open_member_runs(
@@ -143,17 +157,14 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs, now = logs or {}, get_current_time_millis()
-        for key, name in MEMBER_METRICS.items():
-            for n, value in enumerate(np.asarray(logs.get(key, [])).tolist()):
-                self._members[n].append(Metric(name, float(value), now, epoch))
+        for n, metrics in member_metrics(epoch, logs, now).items():
+            self._members[n] += metrics
         scores = {key: s for key, s in self._snapshot_scores().items() if key not in self._logged_snapshots}
         self._logged_snapshots.update(scores)
         for (n, cycle), values in sorted(scores.items()):
             self._members[n] += [Metric(f"snapshot_{k}", float(v), now, cycle) for k, v in values.items()]
         if self.parent_curves:
-            self._parent += [
-                Metric(key, float(logs[key]), now, epoch) for key in PARENT_METRICS if key in logs
-            ]
+            self._parent += parent_metrics(epoch, logs, now)
             lrs = zip(self._steps, self._learning_rates, strict=True)
             self._parent += [Metric("lr", float(lr), now, step) for step, lr in lrs]
         self._steps, self._learning_rates = [], []
@@ -353,6 +364,7 @@ def train_task(
         finally:
             if live is not None:
                 live.send()  # after a failure too: the epochs of the last checkpoint are not logged again
+        cycle_ends = schedule_cycle_ends(opt, int(opt.iterations))
         trained = save_results(
             run_dir,
             fused,
@@ -360,11 +372,12 @@ def train_task(
             saver.epochs,
             saver.steps,
             saver.learning_rates,
-            schedule_cycle_ends(opt, int(opt.iterations)),
+            cycle_ends,
             member_offset,
         )
         if live is not None and parent_curves:
-            background.submit(log_learning_rate_plot, tracker, run_id, trained["history_path"])
+            plot = (saver.steps, saver.learning_rates, cycle_ends, run_dir)
+            background.submit(log_learning_rate_plot, tracker, run_id, *plot)
     return {**trained, "member_run_ids": live.member_run_ids if live is not None else []}
 
 
@@ -452,18 +465,17 @@ def merge_shards_task(shards: list[dict], train: TrainSection, run_dir: str) -> 
 def log_training_task(settings: TrackingSettings, run_id: str, trained: dict) -> None:
     """The parent run's curves of a run trained in shards (the shards log their own members): the member means
     per epoch, the learning rate of every step and its plot."""
-    history = json.loads(Path(trained["history_path"]).read_text())
+    history_path = Path(trained["history_path"])
+    history = json.loads(history_path.read_text())
     tracker = Tracker(settings)
     now = get_current_time_millis()
-    parent = [
-        Metric(key, float(row[key]), now, row["epoch"])
-        for row in history["epochs"]
-        for key in PARENT_METRICS
-        if key in row
-    ]
-    tracker.log_metric_batch(run_id, parent)
+    tracker.log_metric_batch(
+        run_id, [m for row in history["epochs"] for m in parent_metrics(row["epoch"], row, now)]
+    )
     tracker.log_series(run_id, "lr", history["lr"], history["steps"])
-    log_learning_rate_plot(tracker, run_id, trained["history_path"])
+    log_learning_rate_plot(
+        tracker, run_id, history["steps"], history["lr"], history["cycle_ends"], history_path.parent
+    )
 
 
 def save_history(
@@ -483,27 +495,19 @@ def log_member_epochs(
 ) -> None:
     """Per-member epoch curves into the member runs, the mean/ensemble curves into the parent (`step` = epoch)."""
     now = get_current_time_millis()
+    batches: dict[int, list[Metric]] = defaultdict(list)
+    for epoch, logs in epochs:
+        for n, metrics in member_metrics(epoch, logs, now).items():
+            batches[n] += metrics
     for n, member_run in enumerate(member_run_ids):
-        batch = [
-            Metric(name, float(logs[key][n]), now, epoch)
-            for epoch, logs in epochs
-            for key, name in MEMBER_METRICS.items()
-            if key in logs
-        ]
-        tracker.log_metric_batch(member_run, batch)
-    parent = [
-        Metric(key, float(logs[key]), now, epoch)
-        for epoch, logs in epochs
-        for key in PARENT_METRICS
-        if key in logs
-    ]
-    tracker.log_metric_batch(run_id, parent)
+        tracker.log_metric_batch(member_run, batches[n])
+    tracker.log_metric_batch(run_id, [m for epoch, logs in epochs for m in parent_metrics(epoch, logs, now)])
 
 
-def log_learning_rate_plot(tracker: Tracker, run_id: str, history_path: str | Path) -> None:
-    """The plot of the learning rate of every optimiser step (cycle ends marked), from a saved history."""
-    history = json.loads(Path(history_path).read_text())
-    steps, lrs = history["steps"], history["lr"]
-    cycle_ends = [e for e in history.get("cycle_ends", []) if steps and steps[0] <= e <= steps[-1]]
-    png = plot_learning_rate(steps, lrs, cycle_ends, Path(history_path).with_name("learning_rate.png"))
+def log_learning_rate_plot(
+    tracker: Tracker, run_id: str, steps: list[int], lrs: list[float], cycle_ends: list[int], directory: Path
+) -> None:
+    """`directory/learning_rate.png`: the learning rate of every optimiser step, cycle ends marked; logged."""
+    ends = [e for e in cycle_ends if steps and steps[0] <= e <= steps[-1]]
+    png = plot_learning_rate(steps, lrs, ends, directory / "learning_rate.png")
     tracker.log_artifact(run_id, png, "plots")
