@@ -245,11 +245,24 @@ class Tracker:
             value > champion_value if higher_is_better else value < champion_value
         )
         alias = self.settings.champion_alias if better else self.settings.challenger_alias
-        self.client.set_registered_model_alias(name, alias, version)
+        self._set_alias(name, alias, version)
         self.set_tags(
             run_id, {"registered_model": name, "registered_version": version, "registered_alias": alias}
         )
         return {"name": name, "version": str(version), "alias": alias, "champion_value": champion_value}
+
+    def _set_alias(self, name: str, alias: str, version: str, attempts: int = 3) -> None:
+        """Point `alias` at `version`. The store upserts an alias in two statements, so two flows registering at
+        once can both try to insert it and one fails (seen with PostgreSQL: UniqueViolation); the upsert is
+        idempotent, so it is simply re-issued (it then updates), instead of the whole registration being retried
+        by Prefect, which would log and register the model a second time."""
+        for attempt in range(attempts):
+            try:
+                self.client.set_registered_model_alias(name, alias, version)
+                return
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
 
     def load_model(self, alias: str, name: str | None = None):
         """The registered pyfunc `models:/<name>@<alias>`, loaded in-process."""
