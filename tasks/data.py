@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from pathlib import Path
 
 from prefect import task
@@ -21,20 +20,23 @@ def retry_unless_bad_input(task, task_run, state) -> bool:
     return not isinstance(state.data, DataError)
 
 
-def data_cache_key(context: TaskRunContext, parameters: dict) -> str:
+def data_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
     """Content hash of the data source + the data config + the output location.
 
-    If the prepared files were deleted since, the key changes (a stale cache entry would point at nothing).
+    None (no cache lookup: the task runs) while the prepared files are not on disk: a cached result would point at
+    nothing. A key that only marked them missing would itself be cached and point at nothing the next time they
+    are deleted.
     """
     section: DataSection = parameters["data"]
     target = prepared_dir(parameters["output_dir"], section)
     try:
         content = file_sha256(section.source)
-    except DataError:  # a missing file: no cache entry; the task itself then fails with the clear message
-        return f"unreadable:{uuid.uuid4()}"
+    except DataError:  # a missing file: no cache lookup; the task itself then fails with the clear message
+        return None
+    if not (target / "metadata.json").is_file():
+        return None
     material = json.dumps([content, section.model_dump(), str(target)], sort_keys=True)
-    suffix = "" if (target / "metadata.json").is_file() else ":missing"
-    return hashlib.sha256(material.encode()).hexdigest() + suffix
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def prepared_dir(output_dir: str, section: DataSection) -> Path:
