@@ -3,18 +3,17 @@
 Per member (nested run): params member/seed/width/bootstrap; metrics per epoch (`step` = epoch): train loss and
 accuracy, val loss and accuracy; each snapshot's validation scores (`step` = cycle). Parent run: the learning rate
 of every optimiser step (`lr`, `step` = global step) and its PNG, the mean/ensemble curves per epoch. All of it is
-written while training runs, from a background thread (`MlflowEpochLogger`).
+written while training runs, by a log writer (`MlflowEpochLogger`, `tasks.log_writers`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import keras
@@ -27,14 +26,14 @@ from prefect.cache_policies import NO_CACHE
 from ensemble.checkpoint import EpochCheckpoint, has_checkpoint, load_checkpoint, read_record
 from ensemble.data import PreparedData
 from ensemble.fused import FusedMLP
-from ensemble.plots import plot_learning_rate
 from ensemble.progress import EpochProgress
 from ensemble.schedules import SGDRSchedule
 from ensemble.shards import merge_checkpoints
 from ensemble.snapshots import SnapshotCollector, Snapshots
 from ensemble.train import TrainConfig, fit, schedule_cycle_ends
 from tasks.config import ModelSection, OptimizerSection, SnapshotSection, TrainSection
-from tasks.tracking import BackgroundLogging, Tracker, TrackingSettings
+from tasks.log_writers import LoggingProcess, LoggingThread, start_logging
+from tasks.tracking import Tracker, TrackingSettings, log_learning_rate_plot
 
 MEMBER_METRICS = {  # history key -> MLflow metric name (per member run)
     "member_loss": "train_loss",
@@ -59,74 +58,51 @@ def parent_metrics(epoch: int, logs: dict, now: int) -> list[Metric]:
     return [Metric(key, float(logs[key]), now, epoch) for key in PARENT_METRICS if key in logs]
 
 
-def open_member_runs(
-    tracker: Tracker,
-    parent_run_id: str,
-    model: ModelSection,
-    train: TrainSection,
-    member_offset: int = 0,
-) -> list[str]:
-    """The nested MLflow runs of members `member_offset .. + model.members - 1` (opened if not open yet).
-
-    Idempotent: a retried or resumed training task finds the runs its earlier attempt opened. Params: member
-    index, seed, width, bootstrap.
-    """
-    existing = tracker.child_runs(parent_run_id, "member")
-    run_ids = []
-    for n in range(member_offset, member_offset + model.members):
-        if n in existing:
-            run_ids.append(existing[n])
-            continue
-        run_id = tracker.start_run(
-            f"member-{n}", tags={"kind": "member", "member": str(n)}, parent_run_id=parent_run_id
-        )
-        tracker.log_params(
-            run_id,
-            {
-                "member": n,
-                "seed": model.seed + n,
-                "hidden_units": model.hidden_units,
-                "width": max(model.hidden_units, default=0),
-                "bootstrap": train.bagging,
-                "data_seed": train.seed,
-            },
-        )
-        run_ids.append(run_id)
-    return run_ids
+def member_params(model: ModelSection, train: TrainSection, member_offset: int = 0) -> dict[int, dict]:
+    """The params of each member's nested run, by member index (`member_offset .. + model.members - 1`)."""
+    return {
+        n: {
+            "member": n,
+            "seed": model.seed + n,
+            "hidden_units": model.hidden_units,
+            "width": max(model.hidden_units, default=0),
+            "bootstrap": train.bagging,
+            "data_seed": train.seed,
+        }
+        for n in range(member_offset, member_offset + model.members)
+    }
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Streams training into MLflow while it runs, through a `BackgroundLogging` worker.
+    """Streams training into MLflow while it runs, through a log writer (`tasks.log_writers`).
 
     Per member run (`step` = epoch): `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`; once a snapshot
     is taken, its `snapshot_val_loss` / `snapshot_val_accuracy` (`step` = cycle). Parent run, with
     `parent_curves=True` (a task that trains every member): the member means per epoch (`loss`, `accuracy`,
     `val_loss`, `val_accuracy`, `val_ensemble_accuracy`) and `lr` at every optimiser step (`step` = global step).
 
-    Values are buffered and sent at an epoch end once `interval_s` has passed since the last send and the worker
-    is idle (one request per run, holding all its pending values): the backlog never exceeds one send, and the
-    logging thread, which shares the GIL with training, is busy only a bounded share of the time (each send costs
-    one request per member run, ~4 ms each on SQLite). The rest goes at the end of training or by `send()`. The
-    first send opens the member runs (`open_member_runs`).
+    The member runs are opened (or, on a retry, found: `Tracker.open_child_runs`) by the writer when training
+    begins. Values are buffered and sent at an epoch end once `interval_s` has passed since the last send and the
+    writer is idle (one `log_batch` request per run, holding all its pending values): the backlog never exceeds
+    one send. The rest goes at the end of training or by `send()`.
 
     Place it before the `EpochCheckpoint` and call `send()` when training fails: every epoch whose checkpoint
     exists has then been logged, so a task that resumes from the checkpoint logs each epoch once.
 
     Args:
-        background: the worker the MLflow calls are queued on (the training thread never waits for them).
-        tracker: the MLflow client. run_id: the parent run.
-        open_runs: called on the worker at the first send: opens (or finds) the member runs, in member order.
+        logging: where the MLflow calls run (the training thread never waits for them).
+        run_id: the parent run.
+        member_params: the params of each member's run, by member index, in member order (`member_params()`).
         collector: the run's `SnapshotCollector`, whose new snapshot scores are logged with their epoch.
         parent_curves: also log the parent run's mean curves and learning rate.
-        interval_s: the least time between two sends (0: at every epoch end at which the worker is idle).
+        interval_s: the least time between two sends (0: at every epoch end at which the writer is idle).
     """
 
     def __init__(
         self,
-        background: BackgroundLogging,
-        tracker: Tracker,
+        logging: LoggingThread | LoggingProcess,
         run_id: str,
-        open_runs: Callable[[], list[str]],
+        member_params: dict[int, dict],
         collector: SnapshotCollector | None = None,
         parent_curves: bool = True,
         interval_s: float = 2.0,
@@ -134,19 +110,29 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         super().__init__()
         if interval_s < 0:
             raise ValueError(f"Argument `interval_s` must be >= 0. Received: interval_s={interval_s}")
+        if not member_params:
+            raise ValueError("Argument `member_params` must name at least one member. Received: {}")
         self.interval_s = float(interval_s)
-        self.background, self.tracker, self.run_id = background, tracker, run_id
-        self.open_runs, self.collector = open_runs, collector
-        self.parent_curves = parent_curves
-        self.member_run_ids: list[str] | None = None  # known after the first send has run
-        self._members: dict[int, list[Metric]] = defaultdict(list)  # member index -> pending values
+        self.logging, self.run_id, self.member_params = logging, run_id, dict(member_params)
+        self.collector, self.parent_curves = collector, parent_curves
+        self._member_runs: Future | None = None  # the writer's answer: member run ids, in member order
+        self._members: dict[int, list[Metric]] = defaultdict(list)  # member position -> pending values
         self._parent: list[Metric] = []
         self._steps: list[int] = []
         self._learning_rates: list[float] = []
         self._logged_snapshots: set[tuple[int, int]] = set()
-        self._sent, self._last_send = False, time.monotonic()
+        self._last_send = time.monotonic()
+
+    @property
+    def member_run_ids(self) -> list[str] | None:
+        """The member runs, in member order (waits for the writer to have opened them); None before training."""
+        return None if self._member_runs is None else self._member_runs.result()
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        if self._member_runs is None:
+            self._member_runs = self.logging.submit(
+                Tracker.open_child_runs, self.run_id, "member", self.member_params
+            )
         # A resumed run's restored snapshots were logged by the attempt that took them.
         self._logged_snapshots = set(self._snapshot_scores())
         self._last_send = time.monotonic()
@@ -168,27 +154,23 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             lrs = zip(self._steps, self._learning_rates, strict=True)
             self._parent += [Metric("lr", float(lr), now, step) for step, lr in lrs]
         self._steps, self._learning_rates = [], []
-        if self.background.idle() and time.monotonic() - self._last_send >= self.interval_s:
+        if self.logging.idle() and time.monotonic() - self._last_send >= self.interval_s:
             self.send()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.send()
 
     def send(self) -> None:
-        """Queue everything buffered (the first send opens the member runs)."""
-        members, parent = dict(self._members), self._parent
+        """Queue everything buffered: one `log_batch` per member run with values, then the parent's."""
+        if self._member_runs is None or self._member_runs.exception() is not None:
+            return  # not begun, or the runs could not be opened: that failure surfaces at the flush
+        runs = self._member_runs.result()
+        batches = {runs[n]: batch for n, batch in sorted(self._members.items())}
+        if self._parent:
+            batches[self.run_id] = self._parent
         self._members, self._parent, self._last_send = defaultdict(list), [], time.monotonic()
-        if members or parent or not self._sent:
-            self._sent = True
-            self.background.submit(self._write, members, parent)
-
-    def _write(self, members: dict[int, list[Metric]], parent: list[Metric]) -> None:
-        """Runs on the worker: one request per member run with values, then the parent's (LR in chunks)."""
-        if self.member_run_ids is None:
-            self.member_run_ids = self.open_runs()
-        for n, batch in sorted(members.items()):
-            self.tracker.log_metric_batch(self.member_run_ids[n], batch)
-        self.tracker.log_metric_batch(self.run_id, parent)
+        if batches:
+            self.logging.submit(Tracker.log_metric_batches, batches)
 
     def _snapshot_scores(self) -> dict[tuple[int, int], dict[str, float]]:
         snapshots = self.collector.snapshots if self.collector is not None else None
@@ -295,7 +277,7 @@ def train_task(
     ends exactly where an uninterrupted run would.
 
     With `settings` and a parent `run_id`, training is tracked live: the members' nested runs are opened (or found)
-    and every epoch is logged as it ends (`MlflowEpochLogger`, on a background thread), plus the learning-rate
+    and every epoch is logged as it ends (`MlflowEpochLogger`, by a log writer), plus the learning-rate
     plot at the end; `parent_curves=False` (a shard) leaves the parent's mean curves and LR to the caller.
 
     Returns `{"model_path", "checkpoint", "history_path", "snapshot_dir", "epochs", "steps", "member_offset",
@@ -338,17 +320,11 @@ def train_task(
         *([collector] if collector else []),
     ]
     live = None
-    with BackgroundLogging() as background:
-        if settings is not None and run_id is not None:
-            tracker = Tracker(settings)
-            live = MlflowEpochLogger(
-                background,
-                tracker,
-                run_id,
-                functools.partial(open_member_runs, tracker, run_id, model, train, member_offset),
-                collector,
-                parent_curves,
-            )
+    tracked = settings is not None and run_id is not None
+    with start_logging(settings) if tracked else contextlib.nullcontext() as logging:
+        if tracked:
+            params = member_params(model, train, member_offset)
+            live = MlflowEpochLogger(logging, run_id, params, collector, parent_curves)
             callbacks.insert(0, live)  # before the checkpoint: see MlflowEpochLogger
         try:
             fit(
@@ -365,6 +341,9 @@ def train_task(
             if live is not None:
                 live.send()  # after a failure too: the epochs of the last checkpoint are not logged again
         cycle_ends = schedule_cycle_ends(opt, int(opt.iterations))
+        if live is not None and parent_curves:  # drawn and logged by the writer while the results are saved
+            plot = (saver.steps, saver.learning_rates, cycle_ends, str(run_dir))
+            logging.submit(log_learning_rate_plot, run_id, *plot)
         trained = save_results(
             run_dir,
             fused,
@@ -375,10 +354,8 @@ def train_task(
             cycle_ends,
             member_offset,
         )
-        if live is not None and parent_curves:
-            plot = (saver.steps, saver.learning_rates, cycle_ends, run_dir)
-            background.submit(log_learning_rate_plot, tracker, run_id, *plot)
-    return {**trained, "member_run_ids": live.member_run_ids if live is not None else []}
+        member_run_ids = live.member_run_ids if live is not None else []
+    return {**trained, "member_run_ids": member_run_ids}
 
 
 def build_model(prepared: PreparedData, model: ModelSection, member_offset: int) -> FusedMLP:
@@ -474,7 +451,7 @@ def log_training_task(settings: TrackingSettings, run_id: str, trained: dict) ->
     )
     tracker.log_series(run_id, "lr", history["lr"], history["steps"])
     log_learning_rate_plot(
-        tracker, run_id, history["steps"], history["lr"], history["cycle_ends"], history_path.parent
+        tracker, run_id, history["steps"], history["lr"], history["cycle_ends"], str(history_path.parent)
     )
 
 
@@ -502,12 +479,3 @@ def log_member_epochs(
     for n, member_run in enumerate(member_run_ids):
         tracker.log_metric_batch(member_run, batches[n])
     tracker.log_metric_batch(run_id, [m for epoch, logs in epochs for m in parent_metrics(epoch, logs, now)])
-
-
-def log_learning_rate_plot(
-    tracker: Tracker, run_id: str, steps: list[int], lrs: list[float], cycle_ends: list[int], directory: Path
-) -> None:
-    """`directory/learning_rate.png`: the learning rate of every optimiser step, cycle ends marked; logged."""
-    ends = [e for e in cycle_ends if steps and steps[0] <= e <= steps[-1]]
-    png = plot_learning_rate(steps, lrs, ends, directory / "learning_rate.png")
-    tracker.log_artifact(run_id, png, "plots")

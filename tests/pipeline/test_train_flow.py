@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -53,6 +54,17 @@ def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tra
 
     version = client.get_model_version_by_alias("test-ensemble", "champion")
     assert version.run_id == parent.info.run_id
+
+    # The logged model is the parent run's output, READY, with the run's params and its test metrics.
+    (output,) = parent.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert version.source == f"models:/{model.model_id}" and model.source_run_id == parent.info.run_id
+    assert model.status.to_proto() == LoggedModelStatus.READY.to_proto()
+    assert model.params["model.members"] == str(MEMBERS)
+    model_metrics = {m.key: m.value for m in model.metrics}
+    assert model_metrics["test_accuracy"] == parent.data.metrics["test_accuracy"]
+    assert all(key.startswith("test_") for key in model_metrics)  # training curves stay on the run
+    assert len(client.get_metric_history(parent.info.run_id, "test_accuracy")) == 1  # linked, not re-logged
 
     # The deployable predictor reproduces the logged test accuracy from raw rows.
     predictor = EnsemblePredictor.load(result["predictor_dir"])
