@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 from mlflow.entities import LoggedModelStatus
@@ -72,6 +74,22 @@ def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tra
     labels = predictor.predict(raw[prepared.feature_names])["label"].to_numpy()
     accuracy = float((labels == raw[prepared.preprocessor.target].to_numpy()).mean())
     assert accuracy == pytest.approx(parent.data.metrics["test_accuracy"])
+
+
+@pytest.mark.parametrize("log_writer", ["thread", "process"])
+def test_either_log_writer_logs_the_same_curves_and_the_learning_rate_plot(log_writer, tmp_path, tracking):
+    result = train_flow(tiny_config(tmp_path), dataclasses.replace(tracking, log_writer=log_writer))
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    parent = client.get_run(result["run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(run.info.run_id for run in children) == sorted(result["member_run_ids"])
+    for run in children:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == list(range(EPOCHS))
+    assert len(client.get_metric_history(parent.info.run_id, "val_ensemble_accuracy")) == EPOCHS
+    assert len(client.get_metric_history(parent.info.run_id, "lr")) > 0
+    assert [f.path for f in client.list_artifacts(parent.info.run_id, "plots")] == ["plots/learning_rate.png"]
 
 
 def test_worse_second_run_becomes_challenger_and_champion_stays(tmp_path, tracking):
