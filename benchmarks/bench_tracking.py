@@ -382,12 +382,12 @@ def main() -> None:
             )
         offs, ons = [], {writer: [] for writer in writers}
         for i in range(args.repeats):
-            offs.append(run_flow(configure(members, epochs, root / f"off-{i}"), store(f"off-{i}"), False))
+            off = configure(members, epochs, root / f"off-{i}", batch_size=args.batch_size)
+            offs.append(run_flow(off, store(f"off-{i}"), False))
             for writer in writers:
                 name = f"on-{writer}-{i}"
-                ons[writer].append(
-                    run_flow(configure(members, epochs, root / name), store(name, writer), True)
-                )
+                on = configure(members, epochs, root / name, batch_size=args.batch_size)
+                ons[writer].append(run_flow(on, store(name, writer), True))
         for writer in writers:
             report(
                 members,
