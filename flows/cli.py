@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # threads: TF_NUM_INTRAOP_THREADS=0 restores TensorFlow's default (all cores).
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one "View run" line per member run
+# MLflow's usage telemetry fetches its config from the internet from a background thread; runs stay offline.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 UI_HINT = "Open the MLflow UI with `ensemble ui` (http://127.0.0.1:5000)."
 

@@ -3,6 +3,7 @@ traceback, and a data error leaves a FAILED MLflow run and no registered model."
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -199,3 +200,15 @@ def test_console_script_with_bad_data_prints_one_error_line_and_no_traceback(tmp
     assert_one_error_line(completed.stderr, "/nonexistent.csv")
     assert completed.stderr.rstrip().splitlines()[-1].startswith("error: ")
     assert [run.info.status for run in runs_of(tracking)] == ["FAILED"]
+
+
+def test_the_cli_keeps_runs_offline_and_quiet_unless_told_otherwise():
+    """Defaults the `ensemble` script sets before MLflow, Prefect or TensorFlow load (the environment wins)."""
+    code = "import os, flows.cli; print(os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['TF_NUM_INTRAOP_THREADS'])"
+    keys = ("MLFLOW_DISABLE_TELEMETRY", "TF_NUM_INTRAOP_THREADS")
+    clean = {k: v for k, v in os.environ.items() if k not in keys}
+    run = functools.partial(
+        subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert run(env=clean).stdout.split() == ["true", "1"]
+    assert run(env={**clean, "TF_NUM_INTRAOP_THREADS": "0"}).stdout.split() == ["true", "0"]
