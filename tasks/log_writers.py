@@ -9,10 +9,11 @@ on SQLite). Both writers take it off the training thread; what it then costs tra
 - `LoggingProcess` has an interpreter of its own (training pays only for pickling what it queues, well under a
   millisecond per epoch) but needs a core of its own, and ~2.4 s of CPU to start (import MLflow, open the store).
 
-Measured here (`benchmarks/bench_tracking.py`, 2 cores, 50 members, 30 epochs): TensorFlow's inter-op threads
+Measured here (`benchmarks/bench_tracking.py`, 2 cores, 50 members, batch 1): TensorFlow's inter-op threads
 keep ~1.5 cores busy during training, so the child's CPU competes with training and the thread costs less
-(training +20 % vs +49 %); with a core to spare (TensorFlow held to one core) the process costs less (+20 % vs
-+29 %). `start_logging` therefore takes the process when at least `PROCESS_MIN_CPUS` cores are available.
+(training task +57 % vs +82 % at 10 epochs, +39 % vs +42 % at 30); with a core to spare (TensorFlow held to one
+core, 30 epochs, against the thread writer this one replaced) the process cost less (+20 % vs +29 %).
+`start_logging` therefore takes the process when at least `PROCESS_MIN_CPUS` cores are available.
 
 Both run each call as `fn(tracker, *args, **kwargs)` on a `Tracker(settings)` of their own, one at a time, in the
 order submitted, and return a `concurrent.futures.Future` of its result:

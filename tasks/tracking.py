@@ -53,9 +53,8 @@ class TrackingSettings:
     registered_model_name: str = "fused-ensemble"
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
-    log_writer: str = (
-        "auto"  # where training's live writes run: thread | process | auto (`tasks.log_writers`)
-    )
+    # Where training's live writes run: thread | process | auto (`tasks.log_writers`).
+    log_writer: str = "auto"
 
     def __post_init__(self):
         if self.log_writer not in LOG_WRITERS:
