@@ -7,12 +7,20 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install run test lint bench ui clean
+.PHONY: install lock run test lint bench ui clean
 
-$(STAMP): pyproject.toml
+LOCK   := requirements.lock
+# The lock pins the whole dependency set (every extra) for CPython 3.11 on x86_64 Linux; pip installs exactly it.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --constraint $(LOCK)
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(STAMP)
+
+lock: install  ## re-resolve requirements.lock from pyproject.toml (then commit both)
+	$(BIN)/uv pip compile pyproject.toml --all-extras --upgrade --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --output-file $(LOCK)
 
 install: $(STAMP)
 
