@@ -74,7 +74,7 @@ class CompareConfig:
         learning_rate: Adam learning rate.
         combiner: `"mean"` (arithmetic mean of probabilities) or `"geometric"` (renormalised geometric mean,
             the paper's eq. 1).
-        seed: base seed of weights (member `k` uses `seed + k`) and data order.
+        seed: base seed of weights (member `k` uses `member_seed(seed, k)`) and data order.
         activation: hidden-layer activation.
         bins: ECE bins.
         equal_flops_members: ensemble sizes `n` (each in `2..max_members`) for which the single MLP of equal

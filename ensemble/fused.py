@@ -46,6 +46,15 @@ def load_fused(path: str | Path, **kwargs) -> keras.Model:
         return keras.saving.load_model(path, **kwargs)
 
 
+def member_seed(seed: int, member: int) -> int:
+    """Member `member`'s 31-bit seed in a model seeded `seed`: drawn from the seed sequence `(seed, member)`.
+
+    Different model seeds share no member (unlike `seed + member`, where member 0 of seed 1 would be member 1
+    of seed 0), and a member's seed depends only on its own index, so shards and growing pools reproduce it.
+    """
+    return int(np.random.SeedSequence([int(seed), int(member)]).generate_state(1)[0] >> 1)
+
+
 def derive_seed(member_seed: int, layer_index: int) -> int:
     """A reproducible 31-bit seed for one (member, layer) pair."""
     return int(np.random.SeedSequence([member_seed, layer_index]).generate_state(1)[0] >> 1)
@@ -167,7 +176,7 @@ class FusedMLP(keras.Model):
         task: `"binary"` (1 logit), `"multiclass"` (`num_classes` logits) or `"regression"` (1 output).
         num_classes: classes for `"multiclass"` (>= 2); ignored otherwise.
         activation: hidden-layer activation.
-        seed: base seed; member n uses `seed + n` unless `member_seeds` is given.
+        seed: base seed; member n uses `member_seed(seed, n)` unless `member_seeds` is given.
         member_seeds: explicit per-member seeds (length N).
         kernel_initializer: initialiser of every member's kernels (fans computed per member).
 
@@ -218,7 +227,7 @@ class FusedMLP(keras.Model):
         self.member_seeds = (
             [int(s) for s in member_seeds]
             if member_seeds is not None
-            else [self.seed + n for n in range(self.members)]
+            else [member_seed(self.seed, n) for n in range(self.members)]
         )
         self.kernel_initializer = kernel_initializer
 
@@ -274,15 +283,18 @@ class FusedMLP(keras.Model):
             x = layer(x)  # (N, B, H)
         return self.head(x)  # (N, B, out)
 
-    def predict_members(self, x, batch_size: int = 4096) -> np.ndarray:
+    def predict_members(self, x, batch_size: int = 4096, log_probs: bool = False) -> np.ndarray:
         """Per-member predictions for one shared batch.
 
         Args:
             x: `(B, d)` features, given to every member (or `(N, B, d)`, one batch per member).
             batch_size: rows per forward pass (memory bound only; results do not depend on it).
+            log_probs: classification: return log-probabilities (log-softmax / log-sigmoid of the logits, exact
+                where a probability underflows to 0), for `ensemble.metrics`' `log_probs=True`. Regression
+                predictions are returned as they are.
 
         Returns:
-            Classification: probabilities `(N, B, C)` (binary: `C = 2`, columns `[1 - p, p]`).
+            Classification: probabilities `(N, B, C)` (binary: `C = 2`, columns `[1 - p, p]`), or their logs.
             Regression: predictions `(N, B)`.
         """
         x = np.asarray(x, dtype="float32")
@@ -298,6 +310,8 @@ class FusedMLP(keras.Model):
             for i in range(0, max(x.shape[1], 1), batch_size)
         ]
         out = np.concatenate(chunks, axis=1) if chunks else np.zeros((self.members, 0, self.output_dim))
+        if log_probs and self.task != "regression":
+            return outputs_to_log_probs(out, self.task)
         return outputs_to_predictions(out, self.task)
 
     def member_model(self, n: int) -> keras.Sequential:
@@ -340,14 +354,27 @@ class FusedMLP(keras.Model):
         }
 
 
-def outputs_to_predictions(outputs: np.ndarray, task: Task) -> np.ndarray:
-    """Raw member outputs `(N, B, out)` -> probabilities `(N, B, C)`, or predictions `(N, B)` for regression."""
+def outputs_to_log_probs(outputs: np.ndarray, task: Task) -> np.ndarray:
+    """Raw classification outputs (logits) `(N, B, out)` -> log-probabilities `(N, B, C)`, in float64.
+
+    Multiclass: log-softmax. Binary: `[log sigmoid(-z), log sigmoid(z)]` of the one logit `z`, each computed as
+    `-log(1 + exp(-/+z))` by `np.logaddexp` (no overflow, and no `1 - p` cancellation for a confident member).
+    """
     outputs = np.asarray(outputs, dtype="float64")
-    if task == "regression":
-        return outputs[..., 0]
     if task == "binary":
-        p = 1.0 / (1.0 + np.exp(-outputs[..., 0]))
-        return np.stack([1.0 - p, p], axis=-1)
-    shifted = outputs - outputs.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
+        z = outputs[..., :1]  # (N, B, 1)
+        return -np.logaddexp(0.0, np.concatenate([z, -z], axis=-1))  # (N, B, 2)
+    if task != "multiclass":
+        raise ValueError(
+            f"Argument `task` must be 'binary' or 'multiclass' for log-probabilities. Received: task={task!r}"
+        )
+    shifted = outputs - outputs.max(axis=-1, keepdims=True)  # (N, B, C)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def outputs_to_predictions(outputs: np.ndarray, task: Task) -> np.ndarray:
+    """Raw member outputs `(N, B, out)` -> probabilities `(N, B, C)` (the exp of `outputs_to_log_probs`), or
+    predictions `(N, B)` for regression."""
+    if task == "regression":
+        return np.asarray(outputs, dtype="float64")[..., 0]
+    return np.exp(outputs_to_log_probs(outputs, task))

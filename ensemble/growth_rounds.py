@@ -1,10 +1,16 @@
 """Growth rounds: train until the validation metric plateaus, split units (`ensemble.growth`), repeat.
 
 Seed 001's recipe for all members at once: start small (e.g. 2 hidden units), train until the monitored metric
-stops improving (Keras' `EarlyStopping` logic: `min_delta`, `patience`), then widen the network without changing
-its function and keep training with the same optimiser state, step count and learning-rate schedule. Every round
-is recorded (`GrowthRound`): widths, parameters, FLOPs, epochs, and the metric right before and right after the
-split, which must agree because the split preserves the outputs.
+stops improving (`min_delta`, `patience`, as Keras' `EarlyStopping`), then widen the network without changing its
+function and keep training with the same optimiser state, step count and learning-rate schedule. Every round is
+recorded (`GrowthRound`): widths, parameters, FLOPs, epochs, and the metric at the round's start, right before and
+right after the split (the last two agree because the split preserves the outputs).
+
+With a cyclic learning-rate schedule (SGDR: the optimiser's schedule has `cycle_ends`), rounds end at cycle ends:
+the plateau detector only compares the values at epoch ends where a cycle ends (mid-cycle values are measured at a
+high learning rate and say little), so `patience` counts cycles, and a round that reaches its epoch cap runs on to
+the end of its cycle. A split therefore always happens at the lowest learning rate, and the new width starts with
+the restart. The schedule itself is never restarted or changed: epochs and steps continue across rounds.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import numpy as np
 from ensemble.flops import ensemble_flops, training_flops
 from ensemble.fused import FusedMLP
 from ensemble.growth import SLOT_MODES, SlotMode, all_units, grow_model, top_units
-from ensemble.train import TrainConfig, evaluate_members, fit
+from ensemble.schedules import MAX_STEPS
+from ensemble.train import TrainConfig, evaluate_members, fit, schedule_cycle_ends
 
 MONITORS: tuple[str, ...] = ("val_accuracy", "val_ensemble_accuracy", "val_loss")
 STRATEGIES: tuple[str, ...] = ("all", "targeted")
@@ -33,8 +40,10 @@ class GrowthConfig:
     Attributes:
         monitor: validation metric that detects a plateau: `"val_accuracy"` (mean over members),
             `"val_ensemble_accuracy"` or `"val_loss"`.
-        min_delta: an epoch improves on the best value so far only by more than this.
-        patience: epochs without improvement before the round ends (0: the first non-improving epoch ends it).
+        min_delta: a value improves on the best one of the round (initially the value at the round's start) only
+            by more than this.
+        patience: epochs (with an SGDR schedule: cycles) without improvement before the round ends (0 acts as 1:
+            the first non-improving one ends it).
         max_width: no grown layer gets wider than this; growth stops when no layer can grow.
         max_rounds: number of splits; training runs `max_rounds + 1` rounds (the last one without a split).
         strategy: `"all"` splits every unit (doubles the layer; seed 001); `"targeted"` splits, per member, the
@@ -118,6 +127,7 @@ class GrowthRound:
         epochs_trained: epochs run in this round.
         train_flops: training FLOPs of the round, `3 * flops_per_sample * samples seen per member`.
         plateau: True when the plateau detector ended the round, False when it hit `TrainConfig.epochs`.
+        val_start: the monitored metric at the start of the round (round 0: of the model growth started from).
         val_before_split: the monitored metric at the end of the round (before any split).
         val_after_split: the same metric right after the split; None for the last round.
         new_widths: hidden widths after the split; None for the last round.
@@ -132,6 +142,7 @@ class GrowthRound:
     epochs_trained: int
     train_flops: int
     plateau: bool
+    val_start: float
     val_before_split: float
     val_after_split: float | None
     new_widths: tuple[int, ...] | None
@@ -152,6 +163,80 @@ def monitored_value(model: FusedMLP, x_val, y_val, monitor: str) -> float:
     scores = evaluate_members(model, np.asarray(x_val, "float32"), np.asarray(y_val))
     key = monitor.removeprefix("val_")
     return float(scores[key]) if key == "ensemble_accuracy" else float(np.mean(scores[key]))
+
+
+def is_better(value: float, reference: float, mode: str, min_delta: float = 0.0) -> bool:
+    """`value` beats `reference` by more than `min_delta` (`mode` `"max"`: higher is better, `"min"`: lower)."""
+    return value > reference + min_delta if mode == "max" else value < reference - min_delta
+
+
+def grown_is_not_worse(rounds: Sequence[GrowthRound], mode: str) -> bool:
+    """Whether the grown model (the last round's end) is at least as good on the monitored metric as the model
+    growth started from (round 0's start). Growth that made the model worse should not replace it."""
+    return not is_better(rounds[0].val_start, rounds[-1].val_before_split, mode)
+
+
+class RoundEnd(keras.callbacks.Callback):
+    """Ends a growth round at a plateau: after `patience` checkpoints in a row that do not beat the round's best
+    value (initially `start_value`) by more than `min_delta`.
+
+    Checkpoints are epoch ends; when `fit` reports cycle ends (`params["cycle_ends"]`, an SGDR schedule), only the
+    epoch ends whose last step ends a cycle. `plateau` tells whether the detector ended the round.
+    """
+
+    def __init__(self, monitor: str, mode: str, min_delta: float, patience: int, start_value: float):
+        super().__init__()
+        self.monitor, self.mode, self.min_delta, self.patience = monitor, mode, min_delta, patience
+        self.best, self.wait, self.plateau = start_value, 0, False
+        self._cycle_ends: set[int] = set()
+        self._step = -1
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._cycle_ends = set(self.params.get("cycle_ends", ()))
+
+    def on_steps_end(self, logs: dict) -> None:
+        self._step = logs["steps"][-1]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self._cycle_ends and self._step not in self._cycle_ends:
+            return  # mid-cycle: not comparable with the values at cycle ends
+        value = (logs or {})[self.monitor]
+        if is_better(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.plateau = self.model.stop_training = True
+
+
+def round_stop_epoch(
+    optimizer: keras.optimizers.Optimizer, start_epoch: int, epochs: int, steps_per_epoch: int
+) -> int:
+    """The epoch count at which a round that starts at `start_epoch` (and at the optimiser's current step) ends
+    at the latest: `start_epoch + epochs`, or, with a cyclic schedule, the first epoch end at or after that at
+    which a cycle ends.
+
+    Raises:
+        ValueError: that cycle does not end at an epoch end (cycle lengths that are not whole epochs).
+    """
+    start = int(optimizer.iterations)
+    cap = start + epochs * steps_per_epoch
+    horizon = cap
+    while True:  # look further ahead until a cycle ends (without a cyclic schedule none ever does)
+        later = [end for end in schedule_cycle_ends(optimizer, horizon) if end >= cap]
+        if later or horizon >= MAX_STEPS:
+            break
+        horizon = min(2 * horizon, MAX_STEPS)
+    if not later:
+        return start_epoch + epochs
+    steps, rest = divmod(later[0] - start, steps_per_epoch)
+    if rest:
+        raise ValueError(
+            f"Growth rounds end at learning-rate cycle ends, but the cycle that ends at step {later[0]} ends "
+            f"{rest} steps into an epoch of {steps_per_epoch} steps. Use cycles of whole epochs (e.g. an integer "
+            "`cycle_length` in epochs and a `cycle_length_multiplier` whose powers keep it whole)."
+        )
+    return start_epoch + steps
 
 
 def planned_splits(
@@ -192,8 +277,9 @@ def grow_rounds(
         model: the starting (narrow) fused ensemble.
         optimizer: its Adam or SGD optimiser; a split replaces it by a rebuilt one that continues its state.
         data: anything with `x_train`, `y_train`, `x_val`, `y_val` (e.g. `PreparedData`).
-        train_config: training settings; `epochs` caps each round (a plateau usually ends it sooner). Epoch
-            numbers continue across rounds, and so do the optimiser's step count and schedule.
+        train_config: training settings; `epochs` caps each round (a plateau usually ends it sooner; with a
+            cyclic schedule the cap is extended to the next cycle end, see `round_stop_epoch`). Epoch numbers
+            continue across rounds, and so do the optimiser's step count and schedule.
         growth_config: see `GrowthConfig`.
         callbacks: Keras callbacks passed to every round's `fit` (they see the current model).
         initial_epoch: number of the first epoch (e.g. the epochs an earlier training phase already ran).
@@ -214,26 +300,27 @@ def grow_rounds(
     targeted = config.strategy == "targeted"
     train_config = replace(train_config, track_unit_gradients=train_config.track_unit_gradients or targeted)
     validation = (data.x_val, data.y_val)
-    samples_per_epoch = (len(data.x_train) // train_config.batch_size) * train_config.batch_size
+    steps_per_epoch = len(data.x_train) // train_config.batch_size
+    samples_per_epoch = steps_per_epoch * train_config.batch_size
     rng = np.random.default_rng(config.seed)
     rounds, epoch = [], int(initial_epoch)
+    start_value = monitored_value(model, *validation, config.monitor)
     for index in range(config.max_rounds + 1):
-        plateau = keras.callbacks.EarlyStopping(
-            monitor=config.monitor, min_delta=config.min_delta, patience=config.patience, mode=config.mode
-        )
+        stop_epoch = round_stop_epoch(optimizer, epoch, train_config.epochs, steps_per_epoch)
+        plateau = RoundEnd(config.monitor, config.mode, config.min_delta, config.patience, start_value)
         start = time.perf_counter()
         history = fit(
             model,
             data.x_train,
             data.y_train,
             optimizer=optimizer,
-            config=replace(train_config, epochs=epoch + train_config.epochs),
+            config=replace(train_config, epochs=stop_epoch),
             validation_data=validation,
             callbacks=[*callbacks, plateau],
             initial_epoch=epoch,
         )
         train_seconds = time.perf_counter() - start
-        epochs, stopped = len(history.epoch), bool(model.stop_training)
+        epochs, stopped = len(history.epoch), plateau.plateau
         epoch += epochs
         before = monitored_value(model, *validation, config.monitor)
         flops = ensemble_flops(model.input_dim, model.hidden_units, model.output_dim, model.members)
@@ -245,6 +332,7 @@ def grow_rounds(
             epochs_trained=epochs,
             train_flops=training_flops(flops, epochs * samples_per_epoch),
             plateau=stopped,
+            val_start=start_value,
             val_before_split=before,
             train_seconds=train_seconds,
         )
@@ -264,7 +352,7 @@ def grow_rounds(
             optimizer_slots=config.optimizer_slots,
         )
         split_seconds = time.perf_counter() - start
-        after = monitored_value(model, *validation, config.monitor)
+        after = start_value = monitored_value(model, *validation, config.monitor)
         rounds.append(
             GrowthRound(
                 **record,

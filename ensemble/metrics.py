@@ -3,7 +3,11 @@
 Every metric derives from one array of member outputs:
 
 - classification: probabilities `member_probs` of shape `(N, B, C)` = members, batch, classes (a binary task uses
-  `C=2`, i.e. `[1 - p, p]`), labels `y` of shape `(B,)` with integers in `0..C-1`;
+  `C=2`, i.e. `[1 - p, p]`), labels `y` of shape `(B,)` with integers in `0..C-1`. With `log_probs=True` the same
+  argument holds log-probabilities instead (`FusedMLP.predict_members(x, log_probs=True)`: log-softmax /
+  log-sigmoid of the logits), and the geometric mean and the NLL are exact even where a probability underflows;
+  from probabilities they are exact for the probabilities given. Nothing is floored: a true class of probability
+  0 costs an infinite NLL;
 - regression: predicted means `member_preds` of shape `(N, B)` or `(N, B, 1)`, targets `y` of shape `(B,)`.
 
 The combiners follow Kondratyuk et al. (2020), "When Ensembling Smaller Models is More Efficient than Single Large
@@ -13,9 +17,6 @@ Models": the arithmetic mean of the members' softmax outputs, or their renormali
 from collections.abc import Sequence
 
 import numpy as np
-
-EPS = 1e-12
-"""Probabilities are clipped to `[EPS, 1]` before any logarithm, so `log 0` never occurs."""
 
 _SUM_TOL = 1e-3
 COMBINERS = ("mean", "geometric")
@@ -58,6 +59,36 @@ def _check_probs(probs, name: str, ndim: int) -> np.ndarray:
     return probs
 
 
+def _check_log_probs(log_probs, name: str, ndim: int) -> np.ndarray:
+    """Returns `log_probs` as a float array after checking its rank, emptiness, range and row log-sums."""
+    log_probs = np.asarray(log_probs, dtype=np.float64)
+    axes = "(N, B, C)" if ndim == 3 else "(B, C)"
+    if log_probs.ndim != ndim or 0 in log_probs.shape or log_probs.shape[-1] < 2:
+        raise ValueError(
+            f"Argument `{name}` must be a {ndim}-D array of log-probabilities with shape {axes}, no empty axis "
+            f"and C >= 2. Received: {name}.shape={log_probs.shape}"
+        )
+    if np.isnan(log_probs).any() or log_probs.max() > _SUM_TOL:
+        raise ValueError(
+            f"Argument `{name}` must hold log-probabilities in [-inf, 0]. Received: max={log_probs.max()!r}"
+        )
+    worst = float(np.max(np.abs(_logsumexp(log_probs, axis=-1))))
+    if not worst <= _SUM_TOL:
+        raise ValueError(
+            f"Argument `{name}` must have rows whose probabilities sum to 1 (within {_SUM_TOL}); pass "
+            f"log-softmax outputs, not logits. Received: largest |log sum exp|={worst:.4g}"
+        )
+    return log_probs
+
+
+def _as_log_probs(values, name: str, ndim: int, log_probs: bool) -> np.ndarray:
+    """Validated log-probabilities from probabilities (`log 0 = -inf`, exactly) or from log-probabilities."""
+    if log_probs:
+        return _check_log_probs(values, name, ndim)
+    with np.errstate(divide="ignore"):
+        return np.log(_check_probs(values, name, ndim))
+
+
 def _check_labels(y, batch: int, num_classes: int) -> np.ndarray:
     """Returns integer class labels `(B,)` after checking shape, integrality and range."""
     y = np.asarray(y)
@@ -94,9 +125,30 @@ def _select(member_outputs: np.ndarray, members: Sequence[int] | None) -> np.nda
 
 
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
-    """Stable `log(sum(exp(x)))` along `axis`, keeping the axis."""
+    """Stable `log(sum(exp(x)))` along `axis`, keeping the axis; `-inf` where every entry is `-inf`."""
     peak = np.max(x, axis=axis, keepdims=True)
-    return peak + np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True))
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return peak + np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True))
+
+
+def _log_combine(log_probs: np.ndarray, method: str) -> np.ndarray:
+    """Ensemble log-probabilities `(B, C)` of validated member log-probabilities `(N, B, C)`."""
+    if method == "mean":  # log(sum_i p_i / N)
+        return _logsumexp(log_probs, axis=0)[0] - np.log(log_probs.shape[0])
+    log_mean = log_probs.mean(axis=0)  # (B, C) log of the unnormalised geometric mean
+    if (empty := ~np.isfinite(log_mean).any(axis=-1)).any():
+        raise ValueError(
+            f"The geometric mean is 0 for every class in rows {np.flatnonzero(empty)[:10].tolist()}: each class "
+            "has probability 0 in some member. Pass log-probabilities (`log_probs=True`, from "
+            "`predict_members(x, log_probs=True)`), in which no probability rounds to 0."
+        )
+    return log_mean - _logsumexp(log_mean, axis=-1)  # (B, C)
+
+
+def _nll(log_probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean `-log p_b[y_b]` of validated log-probabilities `(B, C)` and labels `(B,)`."""
+    return float(-np.mean(log_probs[np.arange(log_probs.shape[0]), y]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,27 +156,30 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def combine(member_probs, method: str = "mean", members: Sequence[int] | None = None) -> np.ndarray:
+def _check_method(method: str) -> None:
+    if method not in COMBINERS:
+        raise ValueError(f"Argument `method` must be one of {COMBINERS}. Received: method={method!r}")
+
+
+def combine(
+    member_probs, method: str = "mean", members: Sequence[int] | None = None, log_probs: bool = False
+) -> np.ndarray:
     """Combines member probabilities into ensemble probabilities.
 
     Args:
-        member_probs: Member probabilities `(N, B, C)`.
+        member_probs: Member probabilities `(N, B, C)` (log-probabilities with `log_probs=True`).
         method: `"mean"`, the arithmetic mean `sum_i p_i / N`, or `"geometric"`, the normalised geometric mean
-            `(prod_i p_i)^(1/N)` renormalised over classes (Kondratyuk et al., eq. 1). The geometric mean is
-            computed in log space, `softmax(mean_i log max(p_i, EPS))`, so a zero probability in one member
-            drives the class towards (but not to) zero instead of producing `log 0`.
+            `(prod_i p_i)^(1/N)` renormalised over classes (Kondratyuk et al., eq. 1), computed in log space as
+            `softmax(mean_i log p_i)` with no floor: a class of probability 0 in one member gets 0.
         members: Indices of the members to combine; all `N` when None.
+        log_probs: `member_probs` holds log-probabilities (exact where probabilities underflow to 0).
 
     Returns:
         Ensemble probabilities `(B, C)`; every row sums to 1.
     """
-    if method not in COMBINERS:
-        raise ValueError(f"Argument `method` must be one of {COMBINERS}. Received: method={method!r}")
-    probs = _select(_check_probs(member_probs, "member_probs", ndim=3), members)  # (N, B, C)
-    if method == "mean":
-        return probs.mean(axis=0)  # (B, C)
-    log_mean = np.log(np.clip(probs, EPS, 1.0)).mean(axis=0)  # (B, C)
-    return np.exp(log_mean - _logsumexp(log_mean, axis=-1))  # (B, C)
+    _check_method(method)
+    member_log_probs = _select(_as_log_probs(member_probs, "member_probs", 3, log_probs), members)  # (N, B, C)
+    return np.exp(_log_combine(member_log_probs, method))  # (B, C)
 
 
 def _check_regression(member_preds) -> np.ndarray:
@@ -177,16 +232,14 @@ def accuracy(probs, y) -> float:
     return float(np.mean(probs.argmax(axis=-1) == y))
 
 
-def nll(probs, y) -> float:
+def nll(probs, y, log_probs: bool = False) -> float:
     """Mean negative log-likelihood `mean_b -log p_b[y_b]` of probabilities `(B, C)` (log loss).
 
-    The probability of the true class is clipped to `[EPS, 1]`, so a confident mistake costs `-log(EPS) ~= 27.6`
-    rather than infinity. The inputs are probabilities: no softmax is applied.
+    Nothing is floored: a true class of probability 0 costs infinity. With `log_probs=True`, `probs` holds
+    log-probabilities (e.g. log-softmax of logits), exact however confident the mistake. No softmax is applied.
     """
-    probs = _check_probs(probs, "probs", ndim=2)
-    y = _check_labels(y, *probs.shape)
-    true_prob = probs[np.arange(probs.shape[0]), y]  # (B,)
-    return float(np.mean(-np.log(np.clip(true_prob, EPS, 1.0))))
+    log_probs = _as_log_probs(probs, "probs", 2, log_probs)
+    return _nll(log_probs, _check_labels(y, *log_probs.shape))
 
 
 def brier(probs, y) -> float:
@@ -252,7 +305,7 @@ def disagreement(member_probs) -> float:
     return float(np.mean(1.0 - agreeing_pairs / pairs))
 
 
-def normalized_disagreement(member_probs, y, method: str = "mean") -> float:
+def normalized_disagreement(member_probs, y, method: str = "mean", log_probs: bool = False) -> float:
     """Disagreement divided by the error rate of the combined ensemble (disagreement normalised by error).
 
     Values near 1 mean the members disagree about as often as the ensemble errs. The error is floored at `1 / B`,
@@ -263,13 +316,15 @@ def normalized_disagreement(member_probs, y, method: str = "mean") -> float:
         member_probs: Member probabilities `(N, B, C)`.
         y: Labels `(B,)`.
         method: The combiner whose error normalises, see `combine`.
+        log_probs: `member_probs` holds log-probabilities.
 
     Returns:
         A finite value `>= 0`.
     """
-    probs = _check_probs(member_probs, "member_probs", ndim=3)
-    error = 1.0 - accuracy(combine(probs, method=method), y)
-    return float(disagreement(probs) / max(error, 1.0 / probs.shape[1]))
+    _check_method(method)
+    member_log_probs = _as_log_probs(member_probs, "member_probs", 3, log_probs)  # (N, B, C)
+    error = 1.0 - accuracy(np.exp(_log_combine(member_log_probs, method)), y)
+    return float(disagreement(np.exp(member_log_probs)) / max(error, 1.0 / member_log_probs.shape[1]))
 
 
 def oracle_accuracy(member_probs, y) -> float:
@@ -279,48 +334,59 @@ def oracle_accuracy(member_probs, y) -> float:
     return float(np.mean(np.any(probs.argmax(axis=-1) == y, axis=0)))
 
 
-def member_metrics(member_probs, y, bins: int = 15) -> list[dict[str, float]]:
-    """Per-member `member` (index), `accuracy`, `nll`, `brier` and `ece` for member probabilities `(N, B, C)`."""
-    probs = _check_probs(member_probs, "member_probs", ndim=3)
+def member_metrics(member_probs, y, bins: int = 15, log_probs: bool = False) -> list[dict[str, float]]:
+    """Per-member `member` (index), `accuracy`, `nll`, `brier` and `ece` for member probabilities `(N, B, C)`
+    (log-probabilities with `log_probs=True`)."""
+    member_log_probs = _as_log_probs(member_probs, "member_probs", 3, log_probs)  # (N, B, C)
     return [
         {
             "member": index,
-            "accuracy": accuracy(member, y),
-            "nll": nll(member, y),
-            "brier": brier(member, y),
-            "ece": expected_calibration_error(member, y, bins=bins),
+            "accuracy": accuracy(np.exp(member), y),
+            "nll": nll(member, y, log_probs=True),
+            "brier": brier(np.exp(member), y),
+            "ece": expected_calibration_error(np.exp(member), y, bins=bins),
         }
-        for index, member in enumerate(probs)
+        for index, member in enumerate(member_log_probs)
     ]
 
 
 def evaluate_classification(
-    member_probs, y, method: str = "mean", bins: int = 15, members: Sequence[int] | None = None
+    member_probs,
+    y,
+    method: str = "mean",
+    bins: int = 15,
+    members: Sequence[int] | None = None,
+    log_probs: bool = False,
 ) -> dict[str, float]:
     """Evaluates a classification ensemble and its members.
 
     Args:
-        member_probs: Member probabilities `(N, B, C)`.
+        member_probs: Member probabilities `(N, B, C)` (log-probabilities with `log_probs=True`).
         y: Labels `(B,)`.
         method: Combiner, `"mean"` or `"geometric"` (see `combine`).
         bins: Number of ECE bins.
         members: Indices of the members to evaluate; all `N` when None.
+        log_probs: `member_probs` holds log-probabilities: the geometric mean and every NLL are then exact
+            (see the module docstring).
 
     Returns:
         Plain Python numbers: `accuracy`, `nll`, `brier`, `ece` of the combined ensemble; `disagreement`,
         `normalized_disagreement`, `oracle_accuracy` of the members; `mean_member_accuracy`, `mean_member_nll`,
         `best_member_accuracy`; and `num_members` (an int).
     """
-    probs = _select(_check_probs(member_probs, "member_probs", ndim=3), members)  # (N, B, C)
-    combined = combine(probs, method=method)  # (B, C)
-    per_member = member_metrics(probs, y, bins=bins)
+    _check_method(method)
+    member_log_probs = _select(_as_log_probs(member_probs, "member_probs", 3, log_probs), members)  # (N, B, C)
+    probs = np.exp(member_log_probs)  # (N, B, C)
+    combined_log = _log_combine(member_log_probs, method)  # (B, C)
+    combined = np.exp(combined_log)  # (B, C)
+    per_member = member_metrics(member_log_probs, y, bins=bins, log_probs=True)
     return {
         "accuracy": accuracy(combined, y),
-        "nll": nll(combined, y),
+        "nll": nll(combined_log, y, log_probs=True),
         "brier": brier(combined, y),
         "ece": expected_calibration_error(combined, y, bins=bins),
         "disagreement": disagreement(probs),
-        "normalized_disagreement": normalized_disagreement(probs, y, method=method),
+        "normalized_disagreement": normalized_disagreement(member_log_probs, y, method, log_probs=True),
         "oracle_accuracy": oracle_accuracy(probs, y),
         "mean_member_accuracy": float(np.mean([m["accuracy"] for m in per_member])),
         "mean_member_nll": float(np.mean([m["nll"] for m in per_member])),
@@ -346,6 +412,20 @@ def mae(pred, y) -> float:
     pred = np.asarray(pred, dtype=np.float64).reshape(-1)
     y = _check_targets(y, pred.shape[0])
     return float(np.mean(np.abs(pred - y)))
+
+
+def r2(pred, y) -> float:
+    """Coefficient of determination `1 - sum (y - pred)^2 / sum (y - mean(y))^2` of predictions `(B,)`.
+
+    1 is a perfect fit, 0 predicts no better than the targets' mean, negative is worse. Constant targets (zero
+    total variance) give 1 for a perfect fit, else 0 (scikit-learn's `force_finite` convention), never NaN.
+    """
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    y = _check_targets(y, pred.shape[0])
+    residual, total = np.sum((y - pred) ** 2), np.sum((y - y.mean()) ** 2)
+    if total == 0:
+        return 1.0 if residual == 0 else 0.0
+    return float(1.0 - residual / total)
 
 
 def gaussian_nll(mean, spread, y, min_std: float = 1e-3) -> float:
@@ -383,16 +463,29 @@ def evaluate_regression(member_preds, y, members: Sequence[int] | None = None) -
         members: Indices of the members to evaluate; all `N` when None.
 
     Returns:
-        Plain Python numbers: `rmse`, `mae`, `gaussian_nll` of the ensemble mean (with the member spread as its
-        standard deviation), `mean_member_rmse`, `mean_spread`, and `num_members` (an int).
+        Plain Python numbers: `rmse`, `mae`, `r2`, `gaussian_nll` of the ensemble mean (with the member spread as
+        its standard deviation), `mean_member_rmse`, `mean_spread`, and `num_members` (an int).
     """
     preds = _select(_check_regression(member_preds), members)  # (N, B)
     mean, spread = combine_regression(preds)  # (B,), (B,)
     return {
         "rmse": rmse(mean, y),
         "mae": mae(mean, y),
+        "r2": r2(mean, y),
         "gaussian_nll": gaussian_nll(mean, spread, y),
         "mean_member_rmse": float(np.mean([rmse(member, y) for member in preds])),
         "mean_spread": float(np.mean(spread)),
         "num_members": int(preds.shape[0]),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which way is better
+# ---------------------------------------------------------------------------------------------------------------
+
+HIGHER_IS_BETTER = {
+    "classification": {"accuracy": True, "nll": False, "brier": False, "ece": False},
+    "regression": {"rmse": False, "mae": False, "r2": True},
+}
+"""The metrics a model version can be judged on, per kind of task, and whether a higher value is better: the one
+home of each metric's direction."""

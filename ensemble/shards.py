@@ -1,8 +1,8 @@
 """Sharded training: split N members into contiguous shards, train each alone, merge them back into one ensemble.
 
-A shard of members `k..k+m-1` is an ordinary `FusedMLP` of m members with seeds `seed + k + n` trained with
-`TrainConfig(member_offset=k)`, so every member sees exactly the initial weights and data order it would see in a
-single run of all N members. Members never interact (summed losses, elementwise optimisers), hence merging the
+A shard of members `k..k+m-1` is an ordinary `FusedMLP` of m members with seeds `member_seed(seed, k + n)`
+trained with `TrainConfig(member_offset=k)`, so every member sees exactly the initial weights and data order it
+would see in a single run of all N members. Members never interact (summed losses, elementwise optimisers), hence merging the
 shards' weights, optimiser slots, snapshots and per-member curves along the member axis gives the one-run result.
 
 Axes: `(N, ...)` = members first in every stacked weight and optimiser slot.

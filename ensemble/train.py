@@ -148,12 +148,13 @@ def compiled_scores(model: FusedMLP):
         outputs = model_ref()(tf.broadcast_to(x[None], [members, rows, x.shape[-1]]), training=False)
         result = {"loss": member_losses(task, tf.broadcast_to(y[None], [members, rows]), outputs)}
         if task != "regression":
-            outputs = tf.cast(outputs, tf.float64)  # as `outputs_to_predictions`: ties break the same way
+            outputs = tf.cast(outputs, tf.float64)  # as `outputs_to_log_probs`: ties break the same way
             if task == "binary":
-                positive = tf.sigmoid(outputs[..., 0])
-                probs = tf.stack([1.0 - positive, positive], axis=-1)  # (N, B, 2)
+                logit = outputs[..., :1]  # (N, B, 1)
+                log_probs = tf.math.log_sigmoid(tf.concat([-logit, logit], axis=-1))  # (N, B, 2)
             else:
-                probs = tf.nn.softmax(outputs, axis=-1)  # (N, B, C)
+                log_probs = tf.nn.log_softmax(outputs, axis=-1)  # (N, B, C)
+            probs = tf.exp(log_probs)  # (N, B, C)
             hits = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[None]), tf.float64)
             result["accuracy"] = tf.reduce_mean(hits, axis=1)
             ensemble = tf.argmax(tf.reduce_mean(probs, 0), -1, output_type=tf.int32)

@@ -48,7 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ensemble", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-    config_arguments(commands.add_parser("train", help="train, evaluate and register an ensemble"))
+    train = commands.add_parser("train", help="train, evaluate and register an ensemble")
+    config_arguments(train)
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue this unfinished MLflow run from its checkpoint (default: the unfinished run of the same "
+        "config and data whose process died, if any)",
+    )
+    resume.add_argument("--fresh", action="store_true", help="start a new run even if one could be resumed")
     compare = commands.add_parser(
         "compare", help="ensemble vs single models (incl. equal FLOPs), one run each"
     )
@@ -58,16 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True)
     predict.add_argument("--output", required=True, help="Parquet file to write")
     predict.add_argument("--alias", default="champion")
-    predict.add_argument("--model-name", help="registered model (default: mlflow.yaml)")
+    predict.add_argument(
+        "--model-name",
+        help="registered model, e.g. wine-ensemble (default: registered_model_name of mlflow.yaml or "
+        "$ENSEMBLE_REGISTERED_MODEL; required when neither is set)",
+    )
     schedule = commands.add_parser(
-        "schedule", help="serve the train flow on a cron schedule (needs a Prefect server)"
+        "schedule", help="run the train flow on a schedule (needs a Prefect server: PREFECT_API_URL)"
     )
     config_arguments(schedule)
-    schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * *" (03:00 daily)')
+    when = schedule.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='e.g. "0 3 * * *" (03:00 daily)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS seconds")
     schedule.add_argument("--name", default="scheduled-retraining", help="deployment name")
     schedule.add_argument(
-        "--no-serve", action="store_true", help="create the deployment and return (no runner)"
+        "--no-serve",
+        action="store_true",
+        help="bind the deployment to a work pool and return; a `prefect worker start --pool POOL` runs it",
     )
+    schedule.add_argument("--pool", default="default", help="work pool of --no-serve (default: default)")
     ui = commands.add_parser("ui", help="open the MLflow UI on the configured store")
     ui.add_argument("--port", type=int, default=5000)
     return parser
@@ -115,8 +133,25 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "schedule":
         from flows.schedule import schedule_training
 
-        deployment_id = schedule_training(config, args.cron, args.name, serve_forever=not args.no_serve)
-        print(f"Deployment {args.name!r} ({deployment_id}) runs the train flow on cron {args.cron!r}.")
+        when = f"on cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"
+        if args.no_serve:
+            deployment_id = schedule_training(
+                config, args.cron, args.name, False, interval=args.interval, pool=args.pool
+            )
+            print(
+                f"Deployment 'train-ensemble/{args.name}' ({deployment_id}) runs the train flow {when} on work "
+                f"pool {args.pool!r}. Start a worker in this project's environment to run it:\n"
+                f"  prefect worker start --pool {args.pool}"
+            )
+            return 0
+        try:
+            schedule_training(config, args.cron, args.name, True, interval=args.interval)
+        except KeyboardInterrupt:
+            pass
+        print(
+            f"Stopped serving 'train-ensemble/{args.name}': its schedule is paused on the Prefect server; "
+            "run the same command to serve it again."
+        )
         return 0
     if args.command == "compare":
         from flows.compare import compare_flow
@@ -128,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from flows.train import train_flow
 
-    result = train_flow(config, settings)
+    result = train_flow(config, settings, resume="fresh" if args.fresh else args.resume or "auto")
     print(summary(result))
     return 0
 
@@ -137,7 +172,7 @@ def summary(result: dict) -> str:
     metrics = result["metrics"]
     keys = [
         k
-        for k in ("accuracy", "nll", "brier", "ece", "mean_member_accuracy", "disagreement", "rmse", "mae")
+        for k in ("accuracy", "nll", "brier", "ece", "mean_member_accuracy", "disagreement", "rmse", "mae", "r2")
         if k in metrics
     ]
     lines = [
@@ -147,10 +182,14 @@ def summary(result: dict) -> str:
     ]
     if result.get("registration"):
         reg = result["registration"]
-        lines.append(f"registered {reg['name']} version {reg['version']} as @{reg['alias']}; serve it with:")
-        lines.append(
-            f'  mlflow models serve -m "models:/{reg["name"]}@{reg["alias"]}" --env-manager local -p 5001'
-        )
+        if reg["alias"]:
+            lines.append(f"registered {reg['name']} version {reg['version']} as @{reg['alias']}; serve it with:")
+            uri = f"models:/{reg['name']}@{reg['alias']}"
+        else:
+            lines.append(f"registered {reg['name']} version {reg['version']} without an alias: {reg['reason']}")
+            lines.append("serve this version with:")
+            uri = f"models:/{reg['name']}/{reg['version']}"
+        lines.append(f'  mlflow models serve -m "{uri}" --env-manager local -p 5001')
     lines.append(UI_HINT)
     return "\n".join(lines)
 

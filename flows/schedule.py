@@ -1,35 +1,92 @@
-"""Scheduled retraining: the train flow as a Prefect deployment with a cron schedule.
+"""Scheduled retraining: the train flow as a Prefect deployment on a cron or interval schedule.
 
-Schedules need a Prefect server (`prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`);
-the temporary server Prefect starts without one stops with the process. For work pools see `prefect.yaml`.
+Schedules need a Prefect server (`prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`):
+the temporary server Prefect starts without one stops with the process, and nothing would fire.
+
+Two ways to run the scheduled flow runs:
+- served (default): this process creates the deployment and runs its flow runs until Ctrl-C, which pauses the
+  deployment's schedule on the server (Prefect's `serve`);
+- a work pool (`serve_forever=False`): the deployment is bound to a process work pool and any
+  `prefect worker start --pool <pool>` started in an environment with this project installed runs it. The
+  entrypoint is the module path `flows.train.train_flow` and the worker runs it in the working directory the
+  schedule was created in, so `mlflow.yaml`, relative data paths and `outputs/` resolve as for `ensemble train`.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from uuid import UUID
 
 from prefect import serve
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+from prefect.types.entrypoint import EntrypointType
 
 from flows.train import train_flow
 from tasks.config import PipelineConfig
 
+DEFAULT_POOL = "default"
+
 
 def schedule_training(
-    config: PipelineConfig, cron: str, name: str = "scheduled-retraining", serve_forever: bool = True
+    config: PipelineConfig,
+    cron: str | None = None,
+    name: str = "scheduled-retraining",
+    serve_forever: bool = True,
+    interval: float | None = None,
+    pool: str = DEFAULT_POOL,
 ) -> UUID | None:
-    """Create the deployment `train-ensemble/<name>` running `config` on `cron`.
+    """Create the deployment `train-ensemble/<name>` running `config` on `cron` or every `interval` seconds.
 
     Args:
         config: the validated pipeline config passed to every scheduled run.
-        cron: a cron expression, e.g. `"0 3 * * *"`.
+        cron: a cron expression, e.g. `"0 3 * * *"`; or
+        interval: seconds between runs (exactly one of `cron` and `interval`).
         name: deployment name.
-        serve_forever: start a runner in this process that executes the scheduled runs (blocks until Ctrl-C);
-            False only registers the deployment (e.g. for a runner or worker started elsewhere).
+        serve_forever: run the scheduled flow runs in this process (blocks until Ctrl-C); False binds the
+            deployment to the process work pool `pool` (created if missing) and returns its id.
+        pool: the work pool of a `serve_forever=False` deployment.
+
+    Raises:
+        ValueError: neither or both of `cron` and `interval`, or an interval <= 0.
+        RuntimeError: no Prefect server is configured (`PREFECT_API_URL` unset): nothing could run the schedule.
     """
-    deployment = train_flow.to_deployment(
-        name=name, cron=cron, parameters={"config": config.model_dump()}, tags=["ensemble", "retraining"]
-    )
+    if (cron is None) == (interval is None):
+        raise ValueError("Pass exactly one of `cron` and `interval` (seconds). Received: neither or both")
+    if interval is not None and interval <= 0:
+        raise ValueError(f"Argument `interval` must be > 0 seconds. Received: interval={interval}")
+    if not PREFECT_API_URL.value():
+        raise RuntimeError(
+            "Schedules need a Prefect server: start one with `prefect server start` and "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (the temporary server of a serverless run stops "
+            "with this process, and with it the schedule)"
+        )
+    schedule = {"cron": cron} if cron is not None else {"interval": timedelta(seconds=interval)}
+    common = {"name": name, "parameters": {"config": config.model_dump()}, "tags": ["ensemble", "retraining"]}
     if serve_forever:
-        serve(deployment)
+        serve(train_flow.to_deployment(**common, **schedule))
         return None
-    return deployment.apply()
+    ensure_process_pool(pool)
+    deployment = train_flow.to_deployment(
+        **common,
+        **schedule,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables={"working_dir": str(Path.cwd())},
+    )
+    return deployment.apply(work_pool_name=pool)
+
+
+def ensure_process_pool(name: str) -> None:
+    """Create the process work pool `name` unless it exists (any type: the user's choice is kept)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            try:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            except ObjectAlreadyExists:  # created concurrently
+                pass

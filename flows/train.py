@@ -22,29 +22,40 @@ from tasks.config import PipelineConfig, RunnerSection
 from tasks.data import log_data_task, prepare_data_task
 from tasks.evaluate import evaluate_task
 from tasks.growth import growth_task
-from tasks.registry import register_task
+from tasks.recovery import open_parent_run, resume_key
+from tasks.registry import register_task, registered_model_name
 from tasks.snapshots import collect_snapshots_task
 from tasks.tracking import Tracker, TrackingSettings
 from tasks.train import log_training_task, merge_shards_task, train_task
 
 
 @flow(name="train-ensemble", log_prints=True)
-def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSettings | None = None) -> dict:
-    """Train, evaluate and register one ensemble. Returns run id, metrics and the registered version."""
+def train_flow(
+    config: PipelineConfig = PipelineConfig(), tracking: TrackingSettings | None = None, resume: str = "auto"
+) -> dict:
+    """Train, evaluate and register one ensemble. Returns run id, metrics and the registered version.
+
+    `resume`: "auto" continues the unfinished run of this config and data whose process died (`tasks.recovery`),
+    "fresh" starts a new run whatever is left, a run id continues that run.
+    """
     logger = get_run_logger()
     settings = tracking or TrackingSettings.load()
     tracker = Tracker(settings)
-    run_id = tracker.start_run(
+    opened = open_parent_run(
+        tracker,
         config.run_name or f"ensemble-{flow_run.get_name() or 'local'}",
-        tags={"kind": "ensemble", "pipeline": "train", "prefect.flow_run_id": str(flow_run.get_id())},
+        {"kind": "ensemble", "pipeline": "train", "prefect.flow_run_id": str(flow_run.get_id())},
+        resume_key(config),
+        resume,
+        log=logger.warning,
     )
+    run_id = opened.run_id
     try:
         tracker.log_params(run_id, config.model_dump(exclude={"run_name"}))
         data_dir = prepare_data_task(config.data, config.output_dir)
         summary = log_data_task(settings, run_id, data_dir, config.data.source)
-        config.evaluation.check_task(
-            summary["task"]
-        )  # an inferred task is known only now: fail before training
+        # An inferred task is known only now: fail before training (evaluate_task resolves the default metric).
+        config.evaluation.check_task(summary["task"])
         run_dir = str(Path(config.output_dir).resolve() / "runs" / run_id)
         trained = train_members(config, data_dir, run_dir, settings, run_id)  # logged live while it trains
         member_run_ids = trained["member_run_ids"]
@@ -61,7 +72,15 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
         groups = [trained["model_path"]] if config.growth.enabled or snapshot_group is None else []
         groups += [snapshot_group] if snapshot_group else []
         evaluation = evaluate_task(
-            settings, run_id, member_run_ids, data_dir, groups, config.evaluation, run_dir
+            settings,
+            run_id,
+            member_run_ids,
+            data_dir,
+            groups,
+            config.evaluation,
+            run_dir,
+            model_path=trained["model_path"],  # member runs' test_* come from each member's final weights
+            snapshot_dir=trained["snapshot_dir"],
         )
         registration = None
         if config.registry.enabled:
@@ -73,8 +92,10 @@ def train_flow(config: PipelineConfig = PipelineConfig(), tracking: TrackingSett
                 evaluation["metric"],
                 evaluation["value"],
                 evaluation["higher_is_better"],
-                config.registry.model_name,
+                registered_model_name(config.registry, settings, config.data.source),
             )
+            if registration["reason"]:
+                logger.warning(f"Registered without an alias: {registration['reason']}")
     except BaseException:
         for member_run in tracker.child_runs(run_id, "member").values():  # those opened before the failure
             tracker.finish_run(member_run, "FAILED")

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ensemble.metrics import HIGHER_IS_BETTER
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -159,31 +161,68 @@ class GrowthSection(Section):
     noise: float = Field(1e-3, ge=0)
 
 
+DEFAULT_METRICS = {"classification": "accuracy", "regression": "rmse"}
+"""The gating metric of each kind of task when `evaluation.metric` is not set (directions: `HIGHER_IS_BETTER`)."""
+
+
+def task_kind(task: str) -> str:
+    """`"regression"` or `"classification"` (binary, multiclass): the key of `HIGHER_IS_BETTER`/`DEFAULT_METRICS`."""
+    return "regression" if task == "regression" else "classification"
+
+
 class EvaluationSection(Section):
     combiner: Literal["mean", "geometric"] = "mean"
     bins: int = Field(15, ge=1)
-    # The test metric that decides whether a new model version becomes champion (higher is better for
-    # accuracy; lower for nll/brier/ece/rmse/mae).
-    metric: Literal["accuracy", "nll", "brier", "ece", "rmse", "mae"] = "accuracy"
+    # The test metric that decides whether a new model version becomes champion; None follows the task
+    # (`DEFAULT_METRICS`: accuracy for classes, rmse for regression), resolved by `for_task` once it is known.
+    metric: str | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        known = [name for names in HIGHER_IS_BETTER.values() for name in names]
+        if value is not None and value not in known:
+            raise ValueError(f"unknown metric {value!r}; use one of {known}, or null to follow the task")
+        return value
 
     def check_task(self, task: str) -> None:
-        """Reject a metric the task does not produce (with `data.task="auto"` the task is known after loading)."""
-        regression_metric = self.metric in ("rmse", "mae")
-        if task == "regression" and not regression_metric:
+        """Reject a metric the task does not produce (`task="auto"`: not known before the data is loaded)."""
+        if self.metric is None or task == "auto":
+            return
+        kind = task_kind(task)
+        if self.metric not in HIGHER_IS_BETTER[kind]:
+            other = "regression" if kind == "classification" else "classification"
+            *rest, last = HIGHER_IS_BETTER[kind]
             raise ValueError(
-                f"evaluation.metric={self.metric!r} is a classification metric but the data is a regression "
-                "task; use rmse or mae"
+                f"evaluation.metric={self.metric!r} is a {other} metric but the data is a {task} task; use "
+                f"{', '.join(rest)} or {last} (or leave it unset: {DEFAULT_METRICS[kind]})"
             )
-        if task in ("binary", "multiclass") and regression_metric:
-            raise ValueError(
-                f"evaluation.metric={self.metric!r} is a regression metric but the data is a {task} task; use "
-                "accuracy, nll, brier or ece"
-            )
+
+    def for_task(self, task: str) -> EvaluationSection:
+        """This section with `metric` set for `task` ("binary", "multiclass" or "regression"): the configured
+        metric if it fits the task, else the task's default from `DEFAULT_METRICS`."""
+        self.check_task(task)
+        return self.model_copy(update={"metric": self.metric or DEFAULT_METRICS[task_kind(task)]})
+
+    def higher_is_better(self, task: str) -> bool:
+        """Whether a higher `metric` (resolved for `task`) is better."""
+        metric = self.for_task(task).metric
+        return HIGHER_IS_BETTER[task_kind(task)][metric]
 
 
 class RegistrySection(Section):
+    """Where the trained ensemble is registered (see `tasks.registry.registered_model_name`)."""
+
     enabled: bool = True
-    model_name: str | None = None  # None: `registered_model_name` of mlflow.yaml
+    # None: `registered_model_name` of mlflow.yaml / $ENSEMBLE_REGISTERED_MODEL if set, else `<data set>-ensemble`.
+    model_name: str | None = None
+
+    @field_validator("model_name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c in value for c in "/:@")):
+            raise ValueError(f"a registered model name must be non-empty without '/', ':' or '@'. Received: {value!r}")
+        return value
 
 
 class PipelineConfig(Section):

@@ -28,20 +28,24 @@ def data_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
     are deleted.
     """
     section: DataSection = parameters["data"]
-    target = prepared_dir(parameters["output_dir"], section)
     try:
         content = file_sha256(section.source)
     except DataError:  # a missing file: no cache lookup; the task itself then fails with the clear message
         return None
+    target = prepared_dir(parameters["output_dir"], section, content)
     if not (target / "metadata.json").is_file():
         return None
-    material = json.dumps([content, section.model_dump(), str(target)], sort_keys=True)
-    return hashlib.sha256(material.encode()).hexdigest()
+    return hashlib.sha256(json.dumps([content, str(target)]).encode()).hexdigest()
 
 
-def prepared_dir(output_dir: str, section: DataSection) -> Path:
-    digest = hashlib.sha256(json.dumps(section.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(output_dir).resolve() / "data" / digest
+def prepared_dir(output_dir: str, section: DataSection, content: str) -> Path:
+    """The folder of the data prepared from source content `content` (its `file_sha256`) with `section`.
+
+    Named after both, like the cache key: content A, then B, then A again finds A's folder still holding A's
+    splits (a folder named after the config alone would hold B's by then).
+    """
+    material = json.dumps([content, section.model_dump()], sort_keys=True)
+    return Path(output_dir).resolve() / "data" / hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 @task(
@@ -54,8 +58,11 @@ def prepared_dir(output_dir: str, section: DataSection) -> Path:
 )
 def prepare_data_task(data: DataSection, output_dir: str) -> str:
     """Load, validate, split and standardise; write the splits as Parquet. Returns the prepared directory."""
+    content = file_sha256(data.source)
     prepared = prepare_data(DataConfig(**data.model_dump()))
-    target = prepared_dir(output_dir, data)
+    if file_sha256(data.source) != content:  # retried: the next attempt reads the file as it is then
+        raise RuntimeError(f"{data.source} changed while it was being read; preparing it again.")
+    target = prepared_dir(output_dir, data, content)
     prepared.save(target)
     return str(target)
 

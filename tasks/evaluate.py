@@ -12,12 +12,11 @@ from prefect.cache_policies import NO_CACHE
 from ensemble.data import PreparedData
 from ensemble.flops import mlp_flops
 from ensemble.fused import load_fused
-from ensemble.metrics import evaluate_classification, evaluate_regression, member_metrics, rmse
+from ensemble.metrics import evaluate_classification, evaluate_regression, mae, member_metrics, r2, rmse
 from ensemble.predictor import EnsemblePredictor
+from ensemble.snapshots import Snapshots
 from tasks.config import EvaluationSection
 from tasks.tracking import Tracker, TrackingSettings
-
-LOWER_IS_BETTER = {"nll", "brier", "ece", "rmse", "mae"}
 
 
 def score(
@@ -38,16 +37,21 @@ def evaluate_task(
     group_paths: list[str],
     evaluation: EvaluationSection,
     run_dir: str,
+    model_path: str,
+    snapshot_dir: str | None = None,
 ) -> dict:
     """Score the ensemble formed by all members of `group_paths` (final members and/or snapshots).
 
-    Logs `test_<metric>` on the parent run, `test_accuracy`/`test_nll` (or `test_rmse`) per member run, a Prefect
-    table artifact of members + ensemble, and saves the deployable predictor to `run_dir/predictor`.
+    Logs `test_<metric>` on the parent run; on member run n, `test_<metric>` of member n's final weights (the
+    trained model at `model_path`) and, with `snapshot_dir`, `snapshot_test_<metric>` of each of its snapshots at
+    `step` = cycle; a Prefect table artifact of every (member, cycle) and the ensemble; and saves the deployable
+    predictor to `run_dir/predictor`. `evaluation.metric` None is resolved for the data's task.
 
     Returns `{"metrics", "predictor_dir", "metric", "value", "higher_is_better", "flops_per_sample"}`.
     """
     tracker = Tracker(settings)
     prepared = PreparedData.load(data_dir)
+    evaluation = evaluation.for_task(prepared.task)
     groups = [load_fused(path) for path in group_paths]
     predictor = EnsemblePredictor(prepared.preprocessor, groups, combiner=evaluation.combiner)
     member_preds = np.concatenate([g.predict_members(prepared.x_test) for g in groups], axis=0)
@@ -56,17 +60,14 @@ def evaluate_task(
     metrics["flops_per_sample"] = float(flops)
     tracker.log_metrics(run_id, {f"test_{k}": v for k, v in metrics.items()})
 
-    final = groups[0]  # the trained members (or the first snapshot group); one row per member for the table
-    rows = member_rows(
-        final.predict_members(prepared.x_test), prepared.y_test, prepared.task, evaluation.bins
-    )
-    for row, member_run in zip(rows, member_run_ids, strict=False):
-        tracker.log_metrics(member_run, {f"test_{k}": v for k, v in row.items() if k != "member"})
-    table = [*rows, {"member": "ensemble", **{k: metrics.get(k) for k in rows[0] if k != "member"}}]
+    rows = member_table(prepared, evaluation, model_path, snapshot_dir)
+    log_member_scores(tracker, member_run_ids, rows)
+    ensemble = {"member": "ensemble", "cycle": None, **{k: metrics.get(k) for k in rows[0] if k in metrics}}
     create_table_artifact(
-        table=_json_safe(table),
+        table=_json_safe([*rows, ensemble]),
         key="ensemble-metrics",
-        description="Test metrics of each member and of the ensemble",
+        description="Test metrics of each member's final weights (cycle 'final'), of each snapshot (member, "
+        "cycle) and of the ensemble",
     )
     create_markdown_artifact(
         markdown=f"MLflow run: [{run_id}]({tracker.run_url(run_id)})",
@@ -74,21 +75,58 @@ def evaluate_task(
         description="Where this flow run's parameters, metrics and model are tracked",
     )
     predictor_dir = predictor.save(Path(run_dir) / "predictor")
-    metric = evaluation.metric
     return {
         "metrics": metrics,
         "predictor_dir": str(predictor_dir),
-        "metric": metric,
-        "value": metrics[metric],
-        "higher_is_better": metric not in LOWER_IS_BETTER,
+        "metric": evaluation.metric,
+        "value": metrics[evaluation.metric],
+        "higher_is_better": evaluation.higher_is_better(prepared.task),
         "flops_per_sample": flops,
     }
 
 
-def member_rows(member_preds: np.ndarray, y: np.ndarray, task: str, bins: int) -> list[dict]:
+FINAL = "final"
+"""The `cycle` of a member's final weights in the table (the trained, or grown, model)."""
+
+
+def member_table(
+    prepared: PreparedData, evaluation: EvaluationSection, model_path: str, snapshot_dir: str | None
+) -> list[dict]:
+    """Test scores of every member's snapshots and final weights: rows `{"member", "cycle", <metric>: ...}`,
+    sorted by member, its cycles in order and then its final weights (`cycle` = `FINAL`)."""
+    final = load_fused(model_path).predict_members(prepared.x_test)  # (N, B, C) or (N, B)
+    rows = [
+        {"member": n, "cycle": FINAL, **s}
+        for n, s in enumerate(member_scores(final, prepared.y_test, prepared.task, evaluation.bins))
+    ]
+    if snapshot_dir is not None:
+        snapshots = Snapshots.load(snapshot_dir)
+        preds = snapshots.predict_members(prepared.x_test)  # (K, B, C) or (K, B), in `keys()` order
+        scores = member_scores(preds, prepared.y_test, prepared.task, evaluation.bins)
+        rows += [{"member": m, "cycle": c, **s} for (m, c), s in zip(snapshots.keys(), scores, strict=True)]
+    return sorted(rows, key=lambda row: (row["member"], (1, 0) if row["cycle"] == FINAL else (0, row["cycle"])))
+
+
+def member_scores(member_preds: np.ndarray, y: np.ndarray, task: str, bins: int) -> list[dict[str, float]]:
+    """Test metrics of each of K models, from predictions `(K, B, C)` (or `(K, B)` for regression): accuracy,
+    nll, brier and ece, or rmse, mae and r2."""
     if task == "regression":
-        return [{"member": n, "rmse": rmse(pred, y)} for n, pred in enumerate(member_preds)]
-    return member_metrics(member_preds, y, bins=bins)
+        return [{"rmse": rmse(p, y), "mae": mae(p, y), "r2": r2(p, y)} for p in member_preds]
+    return [{k: v for k, v in row.items() if k != "member"} for row in member_metrics(member_preds, y, bins=bins)]
+
+
+def log_member_scores(tracker: Tracker, member_run_ids: list[str], rows: list[dict]) -> None:
+    """Member run n gets `test_<metric>` of its final weights (step 0) and `snapshot_test_<metric>` of each
+    snapshot (`step` = cycle). Nothing is logged for untracked members (no run ids)."""
+    if not member_run_ids:
+        return
+    steps: dict[int, dict[int, dict[str, float]]] = {n: {} for n in range(len(member_run_ids))}
+    for row in rows:
+        values = {k: v for k, v in row.items() if k not in ("member", "cycle")}
+        prefix, step = ("test_", 0) if row["cycle"] == FINAL else ("snapshot_test_", row["cycle"])
+        steps[row["member"]].setdefault(step, {}).update({prefix + k: v for k, v in values.items()})
+    for n, member_run in enumerate(member_run_ids):
+        tracker.log_metrics_at_steps(member_run, steps[n])
 
 
 def _json_safe(rows: list[dict]) -> list[dict]:

@@ -37,8 +37,9 @@ def score_batch_task(
     The output holds the model's columns (`proba_<class>`, `label` or `prediction`, `spread`), row for row.
     """
     frame = read_table(input_path)
-    model_name = model_name or settings.registered_model_name
-    model = Tracker(settings).load_model(alias, model_name)
+    tracker = Tracker(settings)
+    model_name = tracker.model_name(model_name)  # no default name: the error lists the registered models
+    model = tracker.load_model(alias, model_name)
     try:
         predictions = model.predict(frame)
     except MlflowException as error:  # the schema check: keep the reason, not the dump of every input row

@@ -1,8 +1,9 @@
 """The MLflow pyfunc wrapper around `ensemble.predictor.EnsemblePredictor` (what `mlflow models serve` runs).
 
 Logged as "model from code": MLflow stores this file with the model and runs it at load time (no pickling);
-`set_model` at the bottom names the model object. The `ensemble` package must be importable where it is served
-(`--env-manager local` in the project's environment).
+`set_model` at the bottom names the model object. The `ensemble` package travels with the model (`code/`, put on
+`sys.path` by MLflow) and its `requirements.txt` pins what this file imports, so it loads in any environment built
+from the model; it imports no Prefect and nothing of `tasks` (keep it so: `tasks` does not travel).
 """
 
 from __future__ import annotations

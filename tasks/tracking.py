@@ -22,6 +22,7 @@ import mlflow
 import pandas as pd
 import yaml
 from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
@@ -50,7 +51,8 @@ class TrackingSettings:
     registry_uri: str | None = None
     artifact_location: str | None = "./mlartifacts"
     experiment_name: str = "fused-ensembles"
-    registered_model_name: str = "fused-ensemble"
+    # None: each run registers as `<data set>-ensemble` (`tasks.registry.registered_model_name`).
+    registered_model_name: str | None = None
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
     # Where training's live writes run: thread | process | auto (`tasks.log_writers`).
@@ -126,6 +128,35 @@ class Tracker:
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         """Close a run as FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status=status)
+
+    def reopen_run(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Continue a run (status RUNNING again, no end time) under new owner `tags`; its children too."""
+        for run in (run_id, *self.unfinished_children(run_id, include_failed=True)):
+            self.client.update_run(run, status="RUNNING")
+        self.set_tags(run_id, tags)
+
+    def unfinished_runs(self) -> list:
+        """The experiment's RUNNING top-level runs, newest first."""
+        runs = self.client.search_runs(
+            [self.experiment_id()], filter_string="attributes.status = 'RUNNING'", max_results=50_000
+        )
+        return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+
+    def unfinished_children(self, parent_run_id: str, include_failed: bool = False) -> list[str]:
+        """The nested runs of `parent_run_id` not FINISHED (RUNNING; also FAILED/KILLED with `include_failed`)."""
+        statuses = ("RUNNING", "FAILED", "KILLED") if include_failed else ("RUNNING",)
+        runs = self.client.search_runs(
+            [self.experiment_id()],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=50_000,
+        )
+        return [run.info.run_id for run in runs if run.info.status in statuses]
+
+    def latest_steps(self, run_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """The last step logged of each metric of each run (`{run_id: {key: step}}`), as the store keeps it."""
+        return {
+            run_id: {m.key: m.step for m in self.client.get_run(run_id).data._metric_objs} for run_id in run_ids
+        }
 
     def open_child_runs(
         self, parent_run_id: str, kind: str, params: Mapping[int, Mapping[str, Any]]
@@ -232,10 +263,18 @@ class Tracker:
         python_model: str,
         artifacts: dict[str, str],
         input_example: pd.DataFrame,
-        output_example: pd.DataFrame,
+        signature: mlflow.models.ModelSignature,
+        *,
+        code_paths: list[str] | None = None,
+        pip_requirements: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> str:
         """Log a pyfunc model ("model from code": `python_model` is the path of the file that calls
         `mlflow.models.set_model`) with signature and input example as the output of `run_id`; returns its URI.
+
+        `code_paths` (files or packages copied into the model's `code/`, which MLflow puts on `sys.path` at load
+        time) and `pip_requirements` (the model's `requirements.txt`; None lets MLflow pin only itself) make it
+        load where the project is not installed; `metadata` lands in the model's `MLmodel` file.
 
         The model is created for the run (`initialize_logged_model`, with the run's params) and logged without
         activating the run: with the run active, MLflow's `log_model` reads back the whole history of every
@@ -251,18 +290,17 @@ class Tracker:
             params=dict(run.data.params),
             experiment_id=run.info.experiment_id,
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=INTEGER_SCHEMA_HINT)  # `label` is integer by design
-            signature = mlflow.models.infer_signature(input_example, output_example)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=python_model,
-                artifacts=artifacts,
-                signature=signature,
-                input_example=input_example,
-                pip_requirements=[],  # served with --env-manager local: the project's own environment
-                model_id=model.model_id,
-            )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            artifacts=artifacts,
+            code_paths=code_paths,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=pip_requirements,
+            metadata=metadata,
+            model_id=model.model_id,
+        )
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
         evaluation = [
             Metric(m.key, m.value, m.timestamp, m.step, run_id=run_id, model_id=model.model_id)
@@ -274,6 +312,10 @@ class Tracker:
             self.client.log_batch(run_id, metrics=evaluation, synchronous=True)
         return info.model_uri
 
+    def describe_version(self, name: str, version: str, description: str) -> None:
+        """Set a registered model version's description (Markdown in the registry UI)."""
+        self.client.update_model_version(name, version, description=description)
+
     def register(
         self,
         model_uri: str,
@@ -281,32 +323,49 @@ class Tracker:
         metric: str,
         value: float,
         higher_is_better: bool,
-        name: str | None = None,
+        name: str,
+        identity: Mapping[str, str],
     ) -> dict[str, Any]:
-        """Register `model_uri`; the champion alias moves to it only if it beats the current champion's `metric`.
+        """Register `model_uri` as a new version of `name`, tagged with `identity` (what it must share with the
+        champion to be compared: `COMPARED_TAGS`, e.g. task and input schema) and its `test_<metric>`.
+
+        The champion alias moves to the new version if there is no champion, or if the champion shares its
+        identity and the new `value` beats the champion's `test_<metric>`; a compared version that does not beat
+        it gets the challenger alias. A champion of another identity, or without `test_<metric>`, is not compared:
+        no alias moves, and the version (tag `not_compared`) and the run (tag `registration_note`) say why.
 
         Returns:
-            `{"name", "version", "alias", "champion_value"}`; `alias` is the champion or challenger alias.
+            `{"name", "version", "alias", "champion_value", "reason"}`: `alias` is the champion or challenger
+            alias, or None when not compared (`reason` then says why; else None).
         """
-        name = name or self.settings.registered_model_name
-        champion_value = self.champion_metric(name, metric)
+        champion = self._champion(name)
+        champion_value = None if champion is None else self._version_metric(champion, metric)
+        reason = None if champion is None else comparison_blocker(champion, identity, metric, champion_value)
+        tags = {**identity, "gating_metric": metric, f"test_{metric}": str(value)}
         version = self.client.create_model_version(
             name=self._ensure_registered(name),
             source=model_uri,
             run_id=run_id,
-            tags={f"test_{metric}": str(value)},
+            tags={**tags, "not_compared": reason} if reason else tags,
             # A tracking server (REST store) accepts a `models:/<model_id>` source only with its model id.
             model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None,
         ).version
-        better = champion_value is None or (
-            value > champion_value if higher_is_better else value < champion_value
-        )
-        alias = self.settings.champion_alias if better else self.settings.challenger_alias
-        self._set_alias(name, alias, version)
-        self.set_tags(
-            run_id, {"registered_model": name, "registered_version": version, "registered_alias": alias}
-        )
-        return {"name": name, "version": str(version), "alias": alias, "champion_value": champion_value}
+        alias = None
+        if reason is None:
+            better = champion_value is None or (
+                value > champion_value if higher_is_better else value < champion_value
+            )
+            alias = self.settings.champion_alias if better else self.settings.challenger_alias
+            self._set_alias(name, alias, version)
+        run_tags = {"registered_model": name, "registered_version": version, "registered_alias": alias or "none"}
+        self.set_tags(run_id, {**run_tags, "registration_note": reason} if reason else run_tags)
+        return {
+            "name": name,
+            "version": str(version),
+            "alias": alias,
+            "champion_value": champion_value,
+            "reason": reason,
+        }
 
     def _set_alias(self, name: str, alias: str, version: str, attempts: int = 3) -> None:
         """Point `alias` at `version`. The store upserts an alias in two statements, so two flows registering at
@@ -322,9 +381,9 @@ class Tracker:
                     raise
 
     def load_model(self, alias: str, name: str | None = None):
-        """The registered pyfunc `models:/<name>@<alias>`, loaded in-process."""
+        """The registered pyfunc `models:/<name>@<alias>` (`name`: see `model_name`), loaded in-process."""
         self._use_fluent_uris()
-        return mlflow.pyfunc.load_model(f"models:/{name or self.settings.registered_model_name}@{alias}")
+        return mlflow.pyfunc.load_model(f"models:/{self.model_name(name)}@{alias}")
 
     def _use_fluent_uris(self) -> None:
         """Point MLflow's module-level API (needed by `log_model`/`load_model`) at this tracker's store."""
@@ -332,16 +391,38 @@ class Tracker:
         mlflow.set_registry_uri(self.registry_uri)
 
     def champion_metric(self, name: str, metric: str) -> float | None:
-        """The champion version's test metric, or None if there is no champion yet."""
+        """The champion version's test metric, or None if there is no champion yet (or it lacks the metric)."""
+        champion = self._champion(name)
+        return None if champion is None else self._version_metric(champion, metric)
+
+    def _champion(self, name: str) -> ModelVersion | None:
+        """The version of `name` holding the champion alias, or None (no such model or alias)."""
         try:
-            version = self.client.get_model_version_by_alias(name, self.settings.champion_alias)
+            return self.client.get_model_version_by_alias(name, self.settings.champion_alias)
         except MlflowException:
             return None
+
+    def _version_metric(self, version: ModelVersion, metric: str) -> float | None:
+        """`test_<metric>` of a version: its tag, else its run's metric; None if neither has it."""
         tagged = version.tags.get(f"test_{metric}")
-        return (
-            float(tagged)
-            if tagged is not None
-            else self.client.get_run(version.run_id).data.metrics.get(f"test_{metric}")
+        if tagged is not None:
+            return float(tagged)
+        return self.client.get_run(version.run_id).data.metrics.get(f"test_{metric}")
+
+    def model_name(self, name: str | None = None) -> str:
+        """`name`, else `registered_model_name` (mlflow.yaml / $ENSEMBLE_REGISTERED_MODEL).
+
+        Raises:
+            ValueError: neither is set (training derives the name from its data; a reader has to be told it); the
+                message lists the registered models.
+        """
+        if name or self.settings.registered_model_name:
+            return name or self.settings.registered_model_name
+        registered = sorted(model.name for model in self.client.search_registered_models())
+        raise ValueError(
+            "Which registered model? Pass its name (`ensemble predict --model-name NAME`) or set "
+            f"{ENV_OVERRIDES['registered_model_name']} / `registered_model_name` in mlflow.yaml. Registered "
+            f"models in {self.registry_uri}: {registered or 'none'}"
         )
 
     def _ensure_registered(self, name: str) -> str:
@@ -361,6 +442,51 @@ class Tracker:
             else "http://127.0.0.1:5000"
         )
         return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+COMPARED_TAGS = ("task", "input_schema")
+"""Version tags that must be equal for a new version to be compared with the champion (`tasks.registry`)."""
+
+
+def comparison_blocker(
+    champion: ModelVersion, identity: Mapping[str, str], metric: str, champion_value: float | None
+) -> str | None:
+    """Why a new version with `identity` (its `COMPARED_TAGS`) cannot be compared on `test_<metric>` with the
+    `champion` version, or None if it can. The reason names what differs and how to proceed."""
+    at = f"the champion (version {champion.version} of {champion.name!r})"
+    stays = "the champion alias stays where it is"
+    for key in COMPARED_TAGS:
+        theirs, ours = champion.tags.get(key), identity.get(key)
+        if theirs is None or ours is None:
+            whose = "this version" if ours is None else at
+            return f"{whose} has no {key!r} tag to compare: {stays}; move the alias by hand if it should"
+        if theirs != ours:
+            what = f"is a {theirs} model, this one a {ours} model" if key == "task" else schema_difference(theirs, ours)
+            return (
+                f"{at} {what}: not compared, {stays}. Register models of other data under their own name "
+                "(registry.model_name)"
+            )
+    if champion_value is None:
+        return (
+            f"{at} has no test_{metric} to compare with: {stays}. Gate on a metric it has (evaluation.metric) "
+            "or move the alias by hand"
+        )
+    return None
+
+
+def schema_difference(theirs: str, ours: str) -> str:
+    """What differs between two `input_schema` tags (JSON lists of `[column, type]`), in words."""
+    try:
+        old, new = dict(json.loads(theirs)), dict(json.loads(ours))
+    except (ValueError, TypeError):
+        return "takes another input schema"
+    changes = {
+        "only this version has": [c for c in new if c not in old],
+        "only the champion has": [c for c in old if c not in new],
+        "other types": [c for c in new if c in old and old[c] != new[c]],
+    }
+    described = [f"{how} {cols[:5]}{' ...' if len(cols) > 5 else ''}" for how, cols in changes.items() if cols]
+    return f"takes other input columns ({'; '.join(described) or 'the same, in another order'})"
 
 
 def log_learning_rate_plot(

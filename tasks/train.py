@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ensemble.checkpoint import EpochCheckpoint, has_checkpoint, load_checkpoint, read_record
 from ensemble.data import PreparedData
-from ensemble.fused import FusedMLP
+from ensemble.fused import FusedMLP, member_seed
 from ensemble.progress import EpochProgress
 from ensemble.schedules import SGDRSchedule
 from ensemble.shards import merge_checkpoints
@@ -63,7 +63,7 @@ def member_params(model: ModelSection, train: TrainSection, member_offset: int =
     return {
         n: {
             "member": n,
-            "seed": model.seed + n,
+            "seed": member_seed(model.seed, n),
             "hidden_units": model.hidden_units,
             "width": max(model.hidden_units, default=0),
             "bootstrap": train.bagging,
@@ -96,6 +96,9 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         collector: the run's `SnapshotCollector`, whose new snapshot scores are logged with their epoch.
         parent_curves: also log the parent run's mean curves and learning rate.
         interval_s: the least time between two sends (0: at every epoch end at which the writer is idle).
+        record: a resumed run's record so far (`EpochCheckpoint` after `resume()`): what of it the store lacks
+            (a killed process sends nothing at its end) is logged when training begins, and nothing that the
+            store already has (up to the last step of each metric of each run) is logged again.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         collector: SnapshotCollector | None = None,
         parent_curves: bool = True,
         interval_s: float = 2.0,
+        record: EpochCheckpoint | None = None,
     ):
         super().__init__()
         if interval_s < 0:
@@ -122,6 +126,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self._learning_rates: list[float] = []
         self._logged_snapshots: set[tuple[int, int]] = set()
         self._last_send = time.monotonic()
+        self.record = record
+        self._logged_steps: dict[str, dict[str, int]] = {}  # run -> metric -> last step in the store
 
     @property
     def member_run_ids(self) -> list[str] | None:
@@ -133,16 +139,28 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             self._member_runs = self.logging.submit(
                 Tracker.open_child_runs, self.run_id, "member", self.member_params
             )
-        # A resumed run's restored snapshots were logged by the attempt that took them.
-        self._logged_snapshots = set(self._snapshot_scores())
         self._last_send = time.monotonic()
+        if self.record is None or not self.record.epochs:
+            self._logged_snapshots = set(self._snapshot_scores())
+            return
+        # Resumed: replay the record; `send` drops what the store already has.
+        runs = self._member_runs.result()
+        self._logged_steps = self.logging.submit(Tracker.latest_steps, [self.run_id, *runs]).result()
+        self._steps, self._learning_rates = list(self.record.steps), list(self.record.learning_rates)
+        for epoch, logs in self.record.epochs:
+            self._buffer(epoch, logs, get_current_time_millis())
 
     def on_steps_end(self, logs: dict) -> None:
         self._steps.extend(logs["steps"])
         self._learning_rates.extend(logs["learning_rates"])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs, now = logs or {}, get_current_time_millis()
+        self._buffer(epoch, logs or {}, get_current_time_millis())
+        if self.logging.idle() and time.monotonic() - self._last_send >= self.interval_s:
+            self.send()
+
+    def _buffer(self, epoch: int, logs: dict, now: int) -> None:
+        """Queue one epoch's values, the snapshot scores not queued yet and the learning rates of its steps."""
         for n, metrics in member_metrics(epoch, logs, now).items():
             self._members[n] += metrics
         scores = {key: s for key, s in self._snapshot_scores().items() if key not in self._logged_snapshots}
@@ -154,8 +172,6 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             lrs = zip(self._steps, self._learning_rates, strict=True)
             self._parent += [Metric("lr", float(lr), now, step) for step, lr in lrs]
         self._steps, self._learning_rates = [], []
-        if self.logging.idle() and time.monotonic() - self._last_send >= self.interval_s:
-            self.send()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.send()
@@ -165,12 +181,16 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         if self._member_runs is None or self._member_runs.exception() is not None:
             return  # not begun, or the runs could not be opened: that failure surfaces at the flush
         runs = self._member_runs.result()
-        batches = {runs[n]: batch for n, batch in sorted(self._members.items())}
-        if self._parent:
-            batches[self.run_id] = self._parent
+        batches = {runs[n]: self._unlogged(runs[n], batch) for n, batch in sorted(self._members.items())}
+        batches[self.run_id] = self._unlogged(self.run_id, self._parent)
+        batches = {run: batch for run, batch in batches.items() if batch}
         self._members, self._parent, self._last_send = defaultdict(list), [], time.monotonic()
         if batches:
             self.logging.submit(Tracker.log_metric_batches, batches)
+
+    def _unlogged(self, run_id: str, metrics: list[Metric]) -> list[Metric]:
+        last = self._logged_steps.get(run_id)
+        return [m for m in metrics if m.step > last.get(m.key, -1)] if last else metrics
 
     def _snapshot_scores(self) -> dict[tuple[int, int], dict[str, float]]:
         snapshots = self.collector.snapshots if self.collector is not None else None
@@ -324,7 +344,9 @@ def train_task(
     with start_logging(settings) if tracked else contextlib.nullcontext() as logging:
         if tracked:
             params = member_params(model, train, member_offset)
-            live = MlflowEpochLogger(logging, run_id, params, collector, parent_curves)
+            live = MlflowEpochLogger(
+                logging, run_id, params, collector, parent_curves, record=saver if resuming else None
+            )
             callbacks.insert(0, live)  # before the checkpoint: see MlflowEpochLogger
         try:
             fit(
@@ -359,7 +381,7 @@ def train_task(
 
 
 def build_model(prepared: PreparedData, model: ModelSection, member_offset: int) -> FusedMLP:
-    """Members `member_offset + n` with seeds `model.seed + member_offset + n`, as in a one-shard run."""
+    """Members `member_offset + n` with seeds `member_seed(model.seed, member_offset + n)`, as in a one-shard run."""
     return FusedMLP(
         model.members,
         prepared.num_features,
@@ -368,7 +390,7 @@ def build_model(prepared: PreparedData, model: ModelSection, member_offset: int)
         num_classes=max(prepared.num_classes, 2),
         activation=model.activation,
         seed=model.seed,
-        member_seeds=[model.seed + member_offset + n for n in range(model.members)],
+        member_seeds=[member_seed(model.seed, member_offset + n) for n in range(model.members)],
     )
 
 

@@ -10,6 +10,7 @@ from ensemble.fused import (
     MemberwiseInitializer,
     derive_seed,
     load_fused,
+    member_seed,
     weights_follow,
 )
 
@@ -51,12 +52,27 @@ def test_members_start_different_and_seeds_reproduce():
     model = FusedMLP(3, 6, (8,), task="binary", seed=4)
     kernels = model.hidden_layers[0].kernel.numpy()
     assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[1], kernels[2])
-    assert model.member_seeds == [4, 5, 6]
+    assert model.member_seeds == [member_seed(4, n) for n in range(3)]
     again = FusedMLP(3, 6, (8,), task="binary", seed=4)
     np.testing.assert_array_equal(again.hidden_layers[0].kernel.numpy(), kernels)
     # Member n's weights depend on its own seed only: a larger ensemble starts with the same first members.
     larger = FusedMLP(5, 6, (8,), task="binary", seed=4)
     np.testing.assert_array_equal(larger.hidden_layers[0].kernel.numpy()[:3], kernels)
+
+
+def test_different_model_seeds_share_no_member_initialisation():
+    # With `seed + n`, member 0 of seed 1 started from exactly member 1 of seed 0's weights.
+    first, second = (FusedMLP(4, 6, (8,), task="binary", seed=s) for s in (0, 1))
+    assert not set(first.member_seeds) & set(second.member_seeds)
+    for n in range(4):
+        for m in range(4):
+            assert not np.allclose(first.member_weights(n)[0], second.member_weights(m)[0])
+
+
+def test_member_seed_is_a_stable_31_bit_function_of_model_seed_and_member():
+    seeds = {member_seed(s, n) for s in range(20) for n in range(20)}
+    assert len(seeds) == 400 and all(0 <= s < 2**31 for s in seeds)
+    assert member_seed(0, 1) == member_seed(0, 1) != member_seed(1, 0)
 
 
 def test_derive_seed_is_a_stable_31_bit_function_of_member_and_layer():

@@ -1,4 +1,5 @@
 import dataclasses
+import types
 
 import keras
 import numpy as np
@@ -9,7 +10,15 @@ from ensemble.data import DataConfig, prepare_data
 from ensemble.flops import ensemble_flops
 from ensemble.fused import FusedMLP
 from ensemble.growth import grow_model, split_slots, split_units, top_units
-from ensemble.growth_rounds import GrowthConfig, GrowthRound, grow_rounds, planned_splits
+from ensemble.growth_rounds import (
+    GrowthConfig,
+    GrowthRound,
+    grow_rounds,
+    grown_is_not_worse,
+    planned_splits,
+    round_stop_epoch,
+)
+from ensemble.schedules import SGDRSchedule
 
 RNG = np.random.default_rng(1234)
 
@@ -288,3 +297,56 @@ def test_growth_rounds_on_digits_keep_accuracy_at_splits_and_beat_two_units(digi
         and row["new_widths"] == "4"
         and set(row) == {f.name for f in dataclasses.fields(GrowthRound)}
     )
+
+
+# With SGDR: 96 rows at batch 8 = 12 steps per epoch, cycles of 3 epochs.
+SGDR_STEPS_PER_EPOCH, SGDR_CYCLE_EPOCHS = 12, 3
+
+
+def sgdr_growth(epochs: int, **growth):
+    x, y = toy_data()
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:48], y_val=y[:48])
+    schedule = SGDRSchedule.from_epochs(SGDR_CYCLE_EPOCHS, SGDR_STEPS_PER_EPOCH, lr_init=0.05, lr_min=1e-3)
+    model = FusedMLP(2, x.shape[1], (4,), task="multiclass", num_classes=3, seed=0)
+    config = train.TrainConfig(epochs=epochs, batch_size=8, train_metrics=False)
+    growth = GrowthConfig(max_rounds=2, **growth)
+    return schedule, grow_rounds(model, keras.optimizers.Adam(schedule), data, config, growth)
+
+
+@pytest.mark.parametrize(
+    "epochs, growth, round_epochs, plateau",
+    [
+        (10, dict(min_delta=1.0, patience=1), 3, True),  # nothing improves: the first cycle end ends the round
+        (10, dict(min_delta=1.0, patience=2), 6, True),  # patience counts cycles, not epochs
+        (4, dict(patience=100), 6, False),  # the 4-epoch cap runs on to the end of the second cycle
+    ],
+)
+def test_growth_rounds_with_sgdr_end_every_round_at_a_cycle_end(epochs, growth, round_epochs, plateau):
+    schedule, (grown, optimizer, rounds) = sgdr_growth(epochs, **growth)
+
+    assert [r.epochs_trained for r in rounds] == [round_epochs] * 3
+    assert [r.plateau for r in rounds] == [plateau] * 3
+    round_ends = np.cumsum([r.epochs_trained for r in rounds]) * SGDR_STEPS_PER_EPOCH
+    assert set(round_ends) <= set(schedule.cycle_ends(int(optimizer.iterations)))
+    assert int(optimizer.iterations) == round_ends[-1]
+    for previous, r in zip(rounds, rounds[1:], strict=False):  # a round starts where the split left the model
+        assert r.val_start == previous.val_after_split
+
+
+def test_round_stop_epoch_rejects_cycles_that_end_inside_an_epoch():
+    optimizer = keras.optimizers.Adam(SGDRSchedule(cycle_length=18))  # 1.5 epochs of 12 steps
+    assert round_stop_epoch(keras.optimizers.Adam(1e-3), 5, 4, 12) == 9  # no cycles: the cap itself
+    with pytest.raises(ValueError, match="cycle that ends at step 18 ends 6 steps into an epoch of 12 steps"):
+        round_stop_epoch(optimizer, 0, 1, 12)
+
+
+@pytest.mark.parametrize(
+    "start, end, mode, expected",
+    [(0.90, 0.90, "max", True), (0.90, 0.89, "max", False), (0.30, 0.31, "min", False), (0.3, 0.2, "min", True)],
+)
+def test_grown_is_not_worse_compares_the_grown_end_with_the_start_of_growth(start, end, mode, expected):
+    def row(val_start, val_before_split):
+        return GrowthRound(0, (4,), 0, 0, 1, 0, True, val_start, val_before_split, None, None, 0.0, 0.0)
+
+    rounds = [row(start, 0.5), row(0.5, end)]  # the rounds in between do not matter
+    assert grown_is_not_worse(rounds, mode) is expected

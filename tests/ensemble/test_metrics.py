@@ -80,12 +80,13 @@ def test_perfect_predictions_are_finite_and_zero():
     assert metrics.expected_calibration_error(probs, y) == 0.0
 
 
-def test_confident_mistake_is_clipped_not_inf():
+def test_confident_mistake_costs_what_it_costs_with_no_floor():
     probs = np.array([[1.0, 0.0], [0.0, 1.0]])
     y = np.array([1, 1])
-    # row 0: -log(EPS) = 27.631;  row 1: -log 1 = 0
-    assert metrics.nll(probs, y) == pytest.approx(-math.log(metrics.EPS) / 2)
+    assert metrics.nll(probs, y) == math.inf  # row 0: -log 0 (a floor at 1e-12 reported 13.8)
     assert metrics.brier(probs, y) == pytest.approx(1.0)  # (1 + 1 + 0) / 2
+    log_probs = np.array([[0.0, -1000.0], [-1000.0, 0.0]])  # log-softmax of logits (0, -1000) and (-1000, 0)
+    assert metrics.nll(log_probs, y, log_probs=True) == 500.0
 
 
 def test_class_absent_from_batch():
@@ -118,11 +119,64 @@ def test_combine_is_invariant_to_member_order(method):
     np.testing.assert_allclose(metrics.combine(member_probs, method).sum(axis=-1), 1.0)
 
 
-def test_geometric_mean_with_exact_zeros_is_finite():
-    member_probs = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
-    combined = metrics.combine(member_probs, "geometric")
-    assert np.all(np.isfinite(combined))
-    np.testing.assert_allclose(combined, [[0.5, 0.5]])
+def test_geometric_mean_of_exact_zeros_in_every_class_asks_for_log_probabilities():
+    member_probs = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])  # 0 / 0: the probabilities no longer tell
+    with pytest.raises(ValueError, match=r"0 for every class in rows \[0\].*log_probs=True"):
+        metrics.combine(member_probs, "geometric")
+    logits = np.array([[[0.0, -800.0]], [[-700.0, 0.0]]])  # what rounded to those probabilities
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    np.testing.assert_allclose(metrics.combine(log_probs, "geometric", log_probs=True), [[1.0, np.exp(-50.0)]])
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def test_geometric_mean_of_softmax_members_is_the_softmax_of_their_mean_logits():
+    # softmax(z_i) = exp(z_i - lse(z_i)): the renormalised geometric mean cancels each lse, leaving
+    # softmax(mean_i z_i), an exact reference. Confident members put most probabilities far below 1e-12.
+    logits = np.random.default_rng(0).normal(scale=30.0, size=(8, 50, 10))  # (N, B, C)
+    y = np.random.default_rng(1).integers(0, 10, size=50)
+    reference = _softmax(logits.mean(axis=0))  # (B, C)
+    assert (_softmax(logits) < 1e-12).mean() > 0.5
+    np.testing.assert_allclose(metrics.combine(_softmax(logits), "geometric"), reference, rtol=1e-9, atol=0)
+    exact_nll = -np.mean(_log_softmax(logits.mean(axis=0))[np.arange(50), y])
+    result = metrics.evaluate_classification(_log_softmax(logits), y, "geometric", log_probs=True)
+    assert result["nll"] == pytest.approx(exact_nll, rel=1e-12)
+    assert metrics.evaluate_classification(_softmax(logits), y, "geometric")["nll"] == pytest.approx(exact_nll)
+
+
+def test_nll_from_log_probabilities_is_exact_where_probabilities_underflow():
+    logits = np.array([[0.0, -900.0], [-2000.0, 0.0]])  # (B, C): the true class 1 of row 0 has p = e^-900
+    y = np.array([1, 1])
+    assert metrics.nll(_log_softmax(logits), y, log_probs=True) == pytest.approx(450.0)
+    mean = metrics.evaluate_classification(_log_softmax(logits)[None], y, "mean", log_probs=True)
+    assert mean["nll"] == pytest.approx(450.0) and mean["mean_member_nll"] == pytest.approx(450.0)
+
+
+@pytest.mark.parametrize("method", ["mean", "geometric"])
+def test_metrics_from_log_probabilities_equal_those_from_probabilities(method):
+    log_probs = _log_softmax(np.random.default_rng(4).normal(size=(5, 30, 4)))  # (N, B, C)
+    y = np.random.default_rng(5).integers(0, 4, size=30)
+    from_logs = metrics.evaluate_classification(log_probs, y, method, log_probs=True)
+    from_probs = metrics.evaluate_classification(np.exp(log_probs), y, method)
+    assert from_logs == pytest.approx(from_probs, rel=1e-12)
+    np.testing.assert_allclose(
+        metrics.combine(log_probs, method, log_probs=True), metrics.combine(np.exp(log_probs), method), rtol=1e-12
+    )
+
+
+def test_log_probabilities_are_validated():
+    with pytest.raises(ValueError, match="log-probabilities in \\[-inf, 0\\]"):
+        metrics.combine(np.full((2, 3, 2), 0.5), log_probs=True)
+    with pytest.raises(ValueError, match="pass log-softmax outputs, not logits"):
+        metrics.nll(np.array([[-1.0, -1.0]]), np.array([0]), log_probs=True)
 
 
 @pytest.mark.parametrize("method", ["mean", "geometric"])

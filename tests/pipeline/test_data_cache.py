@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from prefect import flow
+
+from ensemble.data import PreparedData
 
 from tasks.data import prepare_data_task
 from tests.pipeline.helpers import tiny_config
@@ -47,3 +51,22 @@ def test_changed_data_content_is_prepared_again(tmp_path):
     assert names[-1] == "Cached"
     source.write_text("a,b,label\n" + "".join(f"{i},{i % 5},{i % 2}\n" for i in range(60)))
     assert prepared(config)[0] != "Cached"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_content_a_then_b_then_a_again_prepares_a(tmp_path):
+    source = tmp_path / "rows.csv"
+    content = {
+        "A": "a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)),
+        "B": "a,b,label\n" + "".join(f"{-i},{i % 5},{i % 3 % 2}\n" for i in range(60)),
+    }
+    config = tiny_config(tmp_path, **{"data.source": str(source), "data.target": "label"})
+    runs = []
+    for version in "AABA":
+        source.write_text(content[version])
+        runs.append(prepared(config))
+    assert runs[3][0] == "Cached" and runs[3][1] == runs[0][1] != runs[2][1]  # A's own folder, from the cache
+    fourth = PreparedData.load(runs[3][1])
+    rows = pd.concat(fourth.raw.values()).sort_values("a").reset_index(drop=True)
+    expected = pd.read_csv(io.StringIO(content["A"])).sort_values("a").reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows, expected)

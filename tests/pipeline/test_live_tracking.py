@@ -14,7 +14,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from ensemble.fused import FusedMLP
+from ensemble.fused import FusedMLP, member_seed
 from ensemble.schedules import SGDRSchedule
 from ensemble.snapshots import SnapshotCollector
 from ensemble.train import TrainConfig, fit
@@ -146,7 +146,7 @@ def test_open_child_runs_opens_each_member_once_and_finds_them_again(tracking):
     assert shard[0] == first[2]  # member 2 is found; member 3 is new
     assert tracker.child_runs(parent, "member") == dict(enumerate([*first, shard[1]]))
     params = MlflowClient(tracking.tracking_uri).get_run(shard[1]).data.params
-    assert params["member"] == "3" and params["seed"] == str(config.model.seed + 3)
+    assert params["member"] == "3" and params["seed"] == str(member_seed(config.model.seed, 3))
 
 
 class StoreProbe(keras.callbacks.Callback):
