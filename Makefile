@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 lock: install  ## re-resolve requirements.lock from pyproject.toml (then commit both)
 	$(BIN)/uv pip compile pyproject.toml --all-extras --upgrade --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 --output-file $(LOCK)
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" --output-file $(LOCK)
 
 install: $(STAMP)
 

@@ -175,7 +175,7 @@ def member_windows(pool: int, size: int, count: int) -> list[list[int]]:
 
 
 def train_pool(data: PreparedData, width: int, members: int, config: CompareConfig) -> np.ndarray:
-    """Trains `members` seeds of one MLP width as one fused run; returns test probabilities `(N, B, C)`."""
+    """Trains `members` seeds of one MLP width as one fused run; returns test log-probabilities `(N, B, C)`."""
     model = FusedMLP(
         members,
         data.num_features,
@@ -195,15 +195,17 @@ def train_pool(data: PreparedData, width: int, members: int, config: CompareConf
         optimizer=keras.optimizers.Adam(config.learning_rate),
         config=train_config,
     )
-    return model.predict_members(data.x_test)  # (N, B, C)
+    return model.predict_members(data.x_test, log_probs=True)  # (N, B, C)
 
 
 def score_windows(
-    member_probs: np.ndarray, y: np.ndarray, windows: list[list[int]], config: CompareConfig
+    member_log_probs: np.ndarray, y: np.ndarray, windows: list[list[int]], config: CompareConfig
 ) -> dict:
     """Metrics of the combined ensemble averaged over member `windows`, plus `accuracy_std` and `subsets`."""
     scores = [
-        evaluate_classification(member_probs, y, method=config.combiner, bins=config.bins, members=window)
+        evaluate_classification(
+            member_log_probs, y, method=config.combiner, bins=config.bins, members=window, log_probs=True
+        )
         for window in windows
     ]
     result = {key: float(np.mean([s[key] for s in scores])) for key in _METRICS}

@@ -38,6 +38,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+def _is_names(value: Any) -> bool:
+    return isinstance(value, tuple) and all(isinstance(v, str) and v != "" for v in value)
+
+
 def _is_fraction(value: Any) -> bool:
     return isinstance(value, float | int | np.number) and not isinstance(value, bool) and 0 < value < 1
 
@@ -52,6 +56,9 @@ _CONFIG_RULES = {  # argument -> (is valid, what it must be)
     "standardize": (lambda v: isinstance(v, bool), "a bool"),
     "max_classes": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
     "train_rows": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or None"),
+    "features": (lambda v: v is None or (_is_names(v) and v != ()), "a non-empty list of column names or None"),
+    "drop": (_is_names, "a list of column names"),
+    "id_column": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column name or None"),
 }
 
 
@@ -70,6 +77,11 @@ class DataConfig:
         max_classes: integer targets with more distinct values than this are treated as regression.
         train_rows: if set, the first `train_rows` rows in source order (no shuffle) form the train split and
             the remaining rows are split into val/test in the ratio `val_fraction : test_fraction`.
+        features: the feature columns, in this order; None means every column but the target, `id_column` and
+            `drop`.
+        drop: columns that are not features (e.g. a numeric ID, or a column that leaks the label).
+        id_column: a column that identifies rows (any dtype): never a feature; batch scoring keeps it beside the
+            predictions.
     """
 
     source: str = "digits"
@@ -81,8 +93,14 @@ class DataConfig:
     standardize: bool = True
     max_classes: int = 50
     train_rows: int | None = None
+    features: tuple[str, ...] | None = None
+    drop: tuple[str, ...] = ()
+    id_column: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("features", "drop"):  # lists (YAML, JSON) -> tuples: the config stays hashable and frozen
+            if isinstance(value := getattr(self, name), list):
+                object.__setattr__(self, name, tuple(value))
         for name, (is_valid, what) in _CONFIG_RULES.items():
             if not is_valid(value := getattr(self, name)):
                 raise ValueError(f"Argument `{name}` must be {what}. Received: {name}={value!r}")
@@ -91,9 +109,22 @@ class DataConfig:
                 "Arguments `val_fraction` + `test_fraction` must be < 1 so that rows remain for training. "
                 f"Received: val_fraction={self.val_fraction}, test_fraction={self.test_fraction}"
             )
+        roles = {"target": [self.target or "target"], "id_column": [self.id_column] if self.id_column else []}
+        for name in ("features", "drop"):
+            roles[name] = list(getattr(self, name) or ())
+            if len(set(roles[name])) != len(roles[name]):
+                raise ValueError(f"Argument `{name}` must not repeat a column. Received: {name}={roles[name]}")
+        for first, second in itertools.combinations(roles, 2):
+            if both := sorted(set(roles[first]) & set(roles[second])):
+                raise ValueError(
+                    f"Arguments `{first}` and `{second}` both name the columns {both}; a column has one role. "
+                    f"Received: {first}={roles[first]}, {second}={roles[second]}"
+                )
 
     def get_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The constructor arguments, JSON-ready (`features` and `drop` as lists)."""
+        config = dataclasses.asdict(self)
+        return {**config, "features": None if self.features is None else list(self.features), "drop": list(self.drop)}
 
 
 def _bundled_frame(name: str) -> pd.DataFrame:
@@ -154,8 +185,60 @@ def _feature_matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     return x
 
 
-def validate_frame(frame: pd.DataFrame, target: str) -> None:
-    """Checks a raw frame `[B, d + 1]` before anything is fitted; raises DataError naming what to fix."""
+def feature_columns(
+    columns: list[str],
+    target: str,
+    features: tuple[str, ...] | None = None,
+    drop: tuple[str, ...] = (),
+    id_column: str | None = None,
+) -> list[str]:
+    """The feature columns of a frame with `columns`: `features` (in that order), or every column but the
+    target, `id_column` and `drop` (in frame order). DataError naming a column that is not in the frame."""
+    named = {"features": list(features or ()), "drop": list(drop), "id_column": [id_column] if id_column else []}
+    for name, wanted in named.items():
+        if missing := [c for c in wanted if c not in columns]:
+            raise DataError(
+                f"Argument `{name}` names columns that are not in the data: {missing}. Available: {list(columns)}"
+            )
+    excluded = {target, id_column, *drop}
+    return [c for c in (features if features is not None else columns) if c not in excluded]
+
+
+def suspicious_features(frame: pd.DataFrame, features: list[str]) -> list[str]:
+    """Warnings about numeric feature columns of a raw frame `[B, *]` (in source row order) that look like row
+    identifiers: integer-valued and unique per row, or monotone in row order (a row number or timestamp; on a
+    file sorted by class it leaks the label). One message per column, naming the setting that excludes it."""
+    found = []
+    for column in features:
+        values = frame[column]
+        if len(values) < 2 or not _is_numeric(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        numbers = values.to_numpy(dtype=np.float64)  # (B,)
+        if np.all(np.mod(numbers, 1) == 0) and values.nunique() == len(values):
+            reason = "is integer-valued and unique per row"
+        elif values.nunique() > 1 and (values.is_monotonic_increasing or values.is_monotonic_decreasing):
+            reason = "is monotone in row order (on a file sorted by class it leaks the label)"
+        else:
+            continue
+        found.append(
+            f"Feature {column!r} {reason}: it looks like a row ID but is used as a feature. Name it in "
+            "`data.id_column` or `data.drop` if it identifies rows."
+        )
+    return found
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    target: str,
+    features: tuple[str, ...] | None = None,
+    drop: tuple[str, ...] = (),
+    id_column: str | None = None,
+) -> list[str]:
+    """Checks a raw frame `[B, *]` before anything is fitted; raises DataError naming what to fix.
+
+    Returns:
+        The feature columns (see `feature_columns` for `features`, `drop` and `id_column`).
+    """
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"Expected a pandas DataFrame. Received: {type(frame).__name__}")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
@@ -166,9 +249,13 @@ def validate_frame(frame: pd.DataFrame, target: str) -> None:
         raise DataError(f"Duplicate column names: {duplicated}.")
     if target not in frame.columns:
         raise DataError(f"Target column {target!r} not found. Available columns: {list(frame.columns)}")
-    if len(frame.columns) == 1:
-        raise DataError(f"No feature columns: the frame only has the target column {target!r}.")
-    _feature_matrix(frame, [c for c in frame.columns if c != target])
+    features = feature_columns(list(frame.columns), target, features, drop, id_column)
+    if not features:
+        raise DataError(
+            f"No feature columns: the frame has only the target column {target!r} and the columns excluded by "
+            f"`drop`/`id_column`. Columns: {list(frame.columns)}"
+        )
+    _feature_matrix(frame, features)
     y = frame[target]
     if _is_numeric(y) and not pd.api.types.is_bool_dtype(y):
         bad = int((~np.isfinite(y.to_numpy(dtype=np.float64, na_value=np.nan))).sum())
@@ -176,6 +263,7 @@ def validate_frame(frame: pd.DataFrame, target: str) -> None:
         bad = int(y.isna().sum())
     if bad:
         raise DataError(f"Target column {target!r} has {bad} rows with NaN or inf; drop them.")
+    return features
 
 
 def _classes_of(y: pd.Series) -> list:
@@ -238,6 +326,7 @@ class Preprocessor:
         classes: the `C` sorted original label values, or None for regression.
         mean: `[d]` float32 train means (zeros if not standardising).
         scale: `[d]` float32 train standard deviations with 0 replaced by 1 (ones if not standardising).
+        id_column: the column that identifies rows (never a feature), or None.
     """
 
     feature_names: list[str]
@@ -246,6 +335,7 @@ class Preprocessor:
     classes: list | None
     mean: np.ndarray
     scale: np.ndarray
+    id_column: str | None = None
 
     def __post_init__(self) -> None:
         self.mean = np.asarray(self.mean, dtype=np.float32)
@@ -256,15 +346,22 @@ class Preprocessor:
 
     @classmethod
     def fit(
-        cls, train: pd.DataFrame, target: str, task: TaskType, classes: list | None, standardize: bool = True
+        cls,
+        train: pd.DataFrame,
+        target: str,
+        task: TaskType,
+        classes: list | None,
+        standardize: bool = True,
+        id_column: str | None = None,
     ) -> Preprocessor:
-        """Fits the standardisation on the raw train split `[n_train, d + 1]` only."""
-        names = [c for c in train.columns if c != target]
+        """Fits the standardisation on the raw train split `[n_train, d + 1]` only; every column but the target
+        and `id_column` is a feature."""
+        names = [c for c in train.columns if c not in (target, id_column)]
         x = _feature_matrix(train, names)  # (n_train, d)
         mean = x.mean(axis=0) if standardize else np.zeros(len(names))  # (d,)
         scale = x.std(axis=0).astype(np.float32) if standardize else np.ones(len(names), np.float32)
         scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0
-        return cls(names, target, task, classes, mean, scale)
+        return cls(names, target, task, classes, mean, scale, id_column)
 
     @property
     def num_classes(self) -> int:
@@ -304,10 +401,11 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
-        names = [f.name for f in dataclasses.fields(cls)]
-        if missing := [k for k in names if k not in d]:
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        if missing := [k for k in required if k not in d]:
             raise DataError(f"Preprocessor metadata lacks the keys {missing}. Received keys: {sorted(d)}")
-        return cls(**{k: d[k] for k in names})
+        return cls(**{f.name: d[f.name] for f in fields if f.name in d})
 
 
 @dataclass(eq=False)
@@ -315,7 +413,8 @@ class PreparedData:
     """Standardised, encoded train/val/test arrays and the preprocessor that made them.
 
     `x_*` are `[n_split, d]` float32; `y_*` are `[n_split]` int32 class indices (classification) or float32
-    targets (regression). `raw` holds the raw split frames `[n_split, d + 1]` that `save` writes.
+    targets (regression). `raw` holds the raw split frames `[n_split, d + 1]` (plus the ID column, if any) that
+    `save` writes. `warnings` are `suspicious_features` messages about the source, for the log and the run.
     """
 
     x_train: np.ndarray
@@ -327,6 +426,7 @@ class PreparedData:
     preprocessor: Preprocessor
     config: DataConfig
     raw: dict[str, pd.DataFrame] | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     feature_names = property(lambda self: self.preprocessor.feature_names)
     task = property(lambda self: self.preprocessor.task)
@@ -336,14 +436,18 @@ class PreparedData:
 
     @classmethod
     def from_frames(
-        cls, frames: dict[str, pd.DataFrame], preprocessor: Preprocessor, config: DataConfig
+        cls,
+        frames: dict[str, pd.DataFrame],
+        preprocessor: Preprocessor,
+        config: DataConfig,
+        warnings: list[str] | None = None,
     ) -> PreparedData:
         """Applies `preprocessor` to the raw `train`/`val`/`test` frames `[n_split, d + 1]`."""
         arrays = {}
         for name in _SPLITS:
             arrays[f"x_{name}"] = preprocessor.transform(frames[name])  # (n_split, d)
             arrays[f"y_{name}"] = preprocessor.encode_labels(frames[name][preprocessor.target])  # (n_split,)
-        return cls(**arrays, preprocessor=preprocessor, config=config, raw=frames)
+        return cls(**arrays, preprocessor=preprocessor, config=config, raw=frames, warnings=list(warnings or []))
 
     def save(self, directory: str | Path) -> dict[str, Path]:
         """Writes `{train,val,test}.parquet` (raw features + original target) and `metadata.json`."""
@@ -357,7 +461,12 @@ class PreparedData:
         for name, path in paths.items():
             self.raw[name].to_parquet(path, engine="pyarrow", index=False)
         rows = {name: len(self.raw[name]) for name in _SPLITS}
-        metadata = {**self.preprocessor.to_dict(), "config": self.config.get_config(), "rows": rows}
+        metadata = {
+            **self.preprocessor.to_dict(),
+            "config": self.config.get_config(),
+            "rows": rows,
+            "warnings": self.warnings,
+        }
         paths["metadata"] = directory / "metadata.json"
         paths["metadata"].write_text(json.dumps(metadata, indent=2))
         return paths
@@ -371,7 +480,12 @@ class PreparedData:
                 raise DataError(f"Prepared data file not found: {path}")
         metadata = json.loads((directory / "metadata.json").read_text())
         frames = {name: pd.read_parquet(directory / f"{name}.parquet", engine="pyarrow") for name in _SPLITS}
-        return cls.from_frames(frames, Preprocessor.from_dict(metadata), DataConfig(**metadata["config"]))
+        return cls.from_frames(
+            frames,
+            Preprocessor.from_dict(metadata),
+            DataConfig(**metadata["config"]),
+            metadata.get("warnings", []),
+        )
 
 
 def _split_sizes(n: int, config: DataConfig) -> tuple[int, int, int]:
@@ -440,16 +554,19 @@ def prepare_data(config: DataConfig, frame: pd.DataFrame | None = None) -> Prepa
         frame, target = load_frame(config.source, config.target)
     else:
         target = config.target or "target"
-    validate_frame(frame, target)
-    frame = frame.reset_index(drop=True)
+    features = validate_frame(frame, target, config.features, config.drop, config.id_column)
+    ids = [config.id_column] if config.id_column else []
+    frame = frame[[*features, target, *ids]].reset_index(drop=True)
     y = frame[target]
     task = infer_task(y, config.max_classes) if config.task == "auto" else _check_task(y, config.task)
     classes = None if task == "regression" else _classes_of(y)
     codes = None if classes is None else _encode(classes, y)  # (B,)
     splits = _split_indices(len(frame), codes, classes, config)
     frames = {name: frame.iloc[rows].reset_index(drop=True) for name, rows in splits.items()}
-    preprocessor = Preprocessor.fit(frames["train"], target, task, classes, config.standardize)
-    return PreparedData.from_frames(frames, preprocessor, config)
+    preprocessor = Preprocessor.fit(
+        frames["train"], target, task, classes, config.standardize, config.id_column
+    )
+    return PreparedData.from_frames(frames, preprocessor, config, suspicious_features(frame, features))
 
 
 def file_sha256(path: str | Path) -> str:

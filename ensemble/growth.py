@@ -332,3 +332,57 @@ def rebuild_optimizer(optimizer: keras.optimizers.Optimizer, model: FusedMLP) ->
             )
         fresh.assign(old)
     return new
+
+
+@keras.saving.register_keras_serializable(package="ensemble")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`scale` times another learning-rate schedule; its cycle ends (if it has any) are the same.
+
+    Args:
+        schedule: the schedule to scale (e.g. an `SGDRSchedule`).
+        scale: the factor, > 0.
+    """
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, scale: float):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"Argument `scale` must be > 0. Received: scale={scale}")
+        self.schedule, self.scale = schedule, float(scale)
+
+    def __call__(self, step):
+        return self.scale * self.schedule(step)
+
+    @property
+    def cycle_ends(self):
+        """The scaled schedule's `cycle_ends`; an AttributeError (so `hasattr` is False) when it has none."""
+        return self.schedule.cycle_ends
+
+    def get_config(self) -> dict:
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "scale": self.scale}
+
+    @classmethod
+    def from_config(cls, config: dict) -> ScaledSchedule:
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["scale"])
+
+
+def scale_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -> None:
+    """Multiply `optimizer`'s learning rate by `factor` from now on.
+
+    A schedule is wrapped in a `ScaledSchedule` (or, if it is one, its scale multiplied), so it continues at the
+    same step with the same cycle ends; a constant learning rate is reassigned.
+
+    Why growth calls it with `old width / new width` after a split: Adam's step per weight does not shrink when a
+    layer gets more inputs, so the change one step makes to the next layer's input grows with the width (as does
+    SGD's, whose gradient norm grows with the number of inputs). Without the correction, doubling a layer about
+    doubles the effective learning rate of the layer after it; muP (Yang et al., 2021) scales Adam's learning rate
+    of hidden layers by 1 / fan-in for the same reason.
+    """
+    if not factor > 0:
+        raise ValueError(f"Argument `factor` must be > 0. Received: factor={factor}")
+    schedule = optimizer._learning_rate
+    if isinstance(schedule, ScaledSchedule):
+        optimizer.learning_rate = ScaledSchedule(schedule.schedule, schedule.scale * factor)
+    elif isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        optimizer.learning_rate = ScaledSchedule(schedule, factor)
+    else:
+        optimizer.learning_rate = float(ops.convert_to_numpy(optimizer.learning_rate)) * factor

@@ -25,7 +25,7 @@ import numpy as np
 
 from ensemble.flops import ensemble_flops, training_flops
 from ensemble.fused import FusedMLP
-from ensemble.growth import SLOT_MODES, SlotMode, all_units, grow_model, top_units
+from ensemble.growth import SLOT_MODES, SlotMode, all_units, grow_model, scale_learning_rate, top_units
 from ensemble.schedules import MAX_STEPS
 from ensemble.train import TrainConfig, evaluate_members, fit, schedule_cycle_ends
 
@@ -53,6 +53,9 @@ class GrowthConfig:
         noise: symmetry-breaking offset scale, see `ensemble.growth.split_units` (keeps the function).
         bias_nudge: seed 001's bias nudge (changes the function slightly); 0 disables it.
         optimizer_slots: `"copy"` or `"zero"`, see `ensemble.growth.split_slots`.
+        lr_width_scaling: after each split, multiply the learning rate by the hidden units before / after the
+            split (`ensemble.growth.scale_learning_rate`: without it, each doubling about doubles the effective
+            step of the layers after the grown ones, and wide rounds train worse than narrow ones).
         seed: seed of the symmetry-breaking offsets.
     """
 
@@ -67,6 +70,7 @@ class GrowthConfig:
     noise: float = 0.01
     bias_nudge: float = 0.0
     optimizer_slots: SlotMode = "copy"
+    lr_width_scaling: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -351,6 +355,8 @@ def grow_rounds(
             bias_nudge=config.bias_nudge,
             optimizer_slots=config.optimizer_slots,
         )
+        if config.lr_width_scaling:
+            scale_learning_rate(optimizer, sum(record["widths"]) / sum(model.hidden_units))
         split_seconds = time.perf_counter() - start
         after = start_value = monitored_value(model, *validation, config.monitor)
         rounds.append(

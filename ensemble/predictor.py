@@ -51,25 +51,30 @@ class EnsemblePredictor:
     def num_members(self) -> int:
         return sum(group.members for group in self.groups)
 
-    def predict_members(self, frame: pd.DataFrame) -> np.ndarray:
-        """Member predictions for raw rows: `(K, B, C)` probabilities, or `(K, B)` for regression."""
+    def predict_members(self, frame: pd.DataFrame, log_probs: bool = False) -> np.ndarray:
+        """Member predictions for raw rows: `(K, B, C)` probabilities (their logs, computed from the logits, with
+        `log_probs`), or `(K, B)` for regression."""
         x = self.preprocessor.transform(frame)  # (B, d), validated and standardised
-        return np.concatenate([group.predict_members(x) for group in self.groups], axis=0)
+        return np.concatenate([group.predict_members(x, log_probs=log_probs) for group in self.groups], axis=0)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One row per input row.
 
         Classification: columns `proba_<class>` for every class and `label` (the original label value).
         Regression: `prediction` (member mean) and `spread` (member standard deviation).
+        The preprocessor's `id_column`, when `frame` has it, comes first, as given.
         """
-        members = self.predict_members(frame)
+        members = self.predict_members(frame, log_probs=True)
         if self.preprocessor.task == "regression":
             mean, spread = combine_regression(members)
-            return pd.DataFrame({"prediction": mean, "spread": spread}, index=frame.index)
-        probs = combine(members, method=self.combiner)  # (B, C)
-        columns = {f"proba_{c}": probs[:, i] for i, c in enumerate(self.preprocessor.classes)}
-        result = pd.DataFrame(columns, index=frame.index)
-        result["label"] = self.preprocessor.decode_labels(probs.argmax(axis=1))
+            result = pd.DataFrame({"prediction": mean, "spread": spread}, index=frame.index)
+        else:
+            probs = combine(members, method=self.combiner, log_probs=True)  # (B, C)
+            columns = {f"proba_{c}": probs[:, i] for i, c in enumerate(self.preprocessor.classes)}
+            result = pd.DataFrame(columns, index=frame.index)
+            result["label"] = self.preprocessor.decode_labels(probs.argmax(axis=1))
+        if (id_column := self.preprocessor.id_column) is not None and id_column in frame.columns:
+            result.insert(0, id_column, frame[id_column])
         return result
 
     def save(self, directory: str | Path) -> Path:

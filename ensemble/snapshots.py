@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ensemble.fused import HEAD_ACTIVATIONS, outputs_to_predictions
+from ensemble.fused import HEAD_ACTIVATIONS, outputs_to_log_probs, outputs_to_predictions
 from ensemble.metrics import combine, combine_regression
 from ensemble.train import evaluate_members
 
@@ -132,13 +132,17 @@ class Snapshots:
         return sorted(selected, key=lambda key: (key[1], key[0]))
 
     def predict_members(
-        self, x, members: Sequence[int] | None = None, cycles: Sequence[int] | None = None
+        self,
+        x,
+        members: Sequence[int] | None = None,
+        cycles: Sequence[int] | None = None,
+        log_probs: bool = False,
     ) -> np.ndarray:
         """Predictions of the selected snapshots on one batch `x (B, d)`.
 
         Returns:
-            Probabilities `(K, B, C)` (binary: `C = 2`), or regression predictions `(K, B)`, with K snapshots in
-            `keys(members, cycles)` order.
+            Probabilities `(K, B, C)` (binary: `C = 2`; their logs, computed from the logits, with `log_probs`),
+            or regression predictions `(K, B)`, with K snapshots in `keys(members, cycles)` order.
         """
         x = np.asarray(x, "float32")
         if x.ndim != 2 or x.shape[1] != self.model_config["input_dim"]:
@@ -155,7 +159,10 @@ class Snapshots:
             raw = stacked_forward(stacked, x, self.model_config["activation"])  # (k, B, out)
             for i, out in zip(rows, raw, strict=True):
                 outputs[i] = out
-        return outputs_to_predictions(np.stack(outputs), self.model_config["task"])
+        task = self.model_config["task"]
+        if log_probs and task != "regression":
+            return outputs_to_log_probs(np.stack(outputs), task)
+        return outputs_to_predictions(np.stack(outputs), task)
 
     def predict(
         self,
@@ -166,10 +173,10 @@ class Snapshots:
     ) -> np.ndarray:
         """Ensemble prediction of the selected snapshots: probabilities `(B, C)` combined with
         `ensemble.metrics.combine(method=...)`, or the mean regression prediction `(B,)`."""
-        member_preds = self.predict_members(x, members, cycles)
+        member_preds = self.predict_members(x, members, cycles, log_probs=True)
         if self.model_config["task"] == "regression":
             return combine_regression(member_preds)[0]
-        return combine(member_preds, method=method)
+        return combine(member_preds, method=method, log_probs=True)
 
     def member_model(self, member: int, cycle: int) -> keras.Sequential:
         """Snapshot (member, cycle) as a plain `keras.Sequential` (same layout as `FusedMLP.member_model`)."""

@@ -1,4 +1,4 @@
-"""`ensemble train|compare|predict|schedule|ui`: the command line over the Prefect flows.
+"""`ensemble train|compare|predict|schedule|deploy|ui`: the command line over the Prefect flows.
 
 Bad input exits with status 2 and one line naming the problem; `--debug` shows the traceback instead.
 """
@@ -6,6 +6,7 @@ Bad input exits with status 2 and one line naming the problem; `--debug` shows t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind the deployment to a work pool and return; a `prefect worker start --pool POOL` runs it",
     )
     schedule.add_argument("--pool", default="default", help="work pool of --no-serve (default: default)")
+    deploy = commands.add_parser(
+        "deploy", help="write a Docker build context (Dockerfile + model) serving a registered model alias"
+    )
+    deploy.add_argument("--dockerfile", required=True, metavar="DIR", help="new or empty directory to write")
+    deploy.add_argument("--alias", default="champion")
+    deploy.add_argument("--model-name", help="registered model (default: mlflow.yaml)")
     ui = commands.add_parser("ui", help="open the MLflow UI on the configured store")
     ui.add_argument("--port", type=int, default=5000)
     return parser
@@ -123,6 +130,14 @@ def run(args: argparse.Namespace) -> int:
         ]
         print(f"MLflow UI on http://127.0.0.1:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it.")
         return subprocess.call([os.path.join(os.path.dirname(sys.executable), "mlflow"), *command[1:]])
+    if args.command == "deploy":
+        from flows.deploy import write_dockerfile
+
+        dockerfile = write_dockerfile(args.dockerfile, settings, args.alias, args.model_name)
+        print(f"Wrote {dockerfile} and the model beside it; build and run the image with:")
+        print(f"  docker build -t fused-ensemble {dockerfile.parent}")
+        print("  docker run -p 5001:8080 fused-ensemble   # POST http://127.0.0.1:5001/invocations")
+        return 0
     if args.command == "predict":
         from flows.predict import predict_flow
 
@@ -144,10 +159,8 @@ def run(args: argparse.Namespace) -> int:
                 f"  prefect worker start --pool {args.pool}"
             )
             return 0
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # Prefect's serve pauses the schedule as it stops
             schedule_training(config, args.cron, args.name, True, interval=args.interval)
-        except KeyboardInterrupt:
-            pass
         print(
             f"Stopped serving 'train-ensemble/{args.name}': its schedule is paused on the Prefect server; "
             "run the same command to serve it again."

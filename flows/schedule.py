@@ -14,6 +14,7 @@ Two ways to run the scheduled flow runs:
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
@@ -86,7 +87,5 @@ def ensure_process_pool(name: str) -> None:
         try:
             client.read_work_pool(name)
         except ObjectNotFound:
-            try:
+            with contextlib.suppress(ObjectAlreadyExists):  # created concurrently
                 client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-            except ObjectAlreadyExists:  # created concurrently
-                pass

@@ -68,8 +68,10 @@ def train_flow(
             trained = growth_task(
                 settings, run_id, member_run_ids, data_dir, trained, config.growth, config.train, run_dir
             )
-        # The last cycle's snapshot IS the trained model: count it once, unless growth changed the model since.
-        groups = [trained["model_path"]] if config.growth.enabled or snapshot_group is None else []
+        # The last cycle's snapshot IS the trained model: count it once, unless growth changed the model since
+        # (growth_task passes the grown model on only when it is not worse on validation).
+        grown = trained.get("growth_outcome") == "grown"
+        groups = [trained["model_path"]] if grown or snapshot_group is None else []
         groups += [snapshot_group] if snapshot_group else []
         evaluation = evaluate_task(
             settings,

@@ -92,7 +92,8 @@ def candidate_task(
             config=train_config(train, train_metrics=False),
         )
         seconds = time.perf_counter() - start
-        metrics = score(fused.predict_members(prepared.x_test), prepared.y_test, prepared.task, evaluation)
+        member_preds = fused.predict_members(prepared.x_test, log_probs=True)  # (N, B, C) or (N, B)
+        metrics = score(member_preds, prepared.y_test, prepared.task, evaluation)
         tracker.log_metrics(
             run_id,
             {

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ensemble.data import DataConfig
 from ensemble.metrics import HIGHER_IS_BETTER
 
 
@@ -31,6 +32,9 @@ class DataSection(Section):
     standardize: bool = True
     max_classes: int = Field(50, ge=2)
     train_rows: int | None = Field(None, ge=2)
+    features: list[str] | None = None
+    drop: list[str] = Field(default_factory=list)
+    id_column: str | None = None
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> DataSection:
@@ -39,6 +43,11 @@ class DataSection(Section):
                 f"val_fraction + test_fraction must be < 1 to leave training rows. "
                 f"Received: {self.val_fraction} + {self.test_fraction}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_role_per_column(self) -> DataSection:
+        DataConfig(**self.model_dump())  # the library's checks of `features`, `drop`, `id_column`, at parse time
         return self
 
 
@@ -147,18 +156,24 @@ class SnapshotSection(Section):
 
 
 class GrowthSection(Section):
-    """Plateau-triggered, function-preserving neuron splitting (see `ensemble.growth`)."""
+    """Plateau-triggered, function-preserving neuron splitting (see `ensemble.growth`, `ensemble.growth_rounds`).
+
+    With snapshots on (SGDR), rounds end at cycle ends: `patience` counts cycles and `epochs_per_round` is extended
+    to the next cycle end. The grown model replaces the trained one only when it is not worse on validation by
+    `monitor` (`tasks.growth`).
+    """
 
     enabled: bool = False
     epochs_per_round: int = Field(20, ge=1)  # cap; a plateau usually ends a round sooner
     monitor: Literal["val_accuracy", "val_ensemble_accuracy", "val_loss"] = "val_accuracy"
     min_delta: float = Field(0.005, ge=0)
-    patience: int = Field(2, ge=1)
+    patience: int = Field(2, ge=1)  # epochs, or cycles with SGDR
     max_width: int = Field(256, ge=1)
     max_rounds: int = Field(3, ge=1)
     strategy: Literal["all", "targeted"] = "all"
     units_per_split: int = Field(4, ge=1)
     noise: float = Field(1e-3, ge=0)
+    lr_width_scaling: bool = True  # learning rate x (hidden units before / after) at each split
 
 
 DEFAULT_METRICS = {"classification": "accuracy", "regression": "rmse"}

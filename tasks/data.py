@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
@@ -69,9 +69,14 @@ def prepare_data_task(data: DataSection, output_dir: str) -> str:
 
 @task(name="log-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def log_data_task(settings: TrackingSettings, run_id: str, data_dir: str, source: str) -> dict:
-    """Record the splits as MLflow dataset inputs and the data's shape as params of the run."""
+    """Record the splits as MLflow dataset inputs and the data's shape as params of the run; warn (in the log and
+    as the run's tag `data_warnings`, one message a line) about features that look like row IDs."""
     tracker = Tracker(settings)
     prepared = PreparedData.load(data_dir)
+    if prepared.warnings:
+        for message in prepared.warnings:
+            get_run_logger().warning(message)
+        tracker.set_tags(run_id, {"data_warnings": "\n".join(prepared.warnings)})
     for split, frame in prepared.raw.items():
         tracker.log_dataset(
             run_id,

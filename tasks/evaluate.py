@@ -22,10 +22,13 @@ from tasks.tracking import Tracker, TrackingSettings
 def score(
     member_preds: np.ndarray, y: np.ndarray, task: str, evaluation: EvaluationSection
 ) -> dict[str, float]:
-    """Ensemble metrics of member predictions `(K, B, C)` (or `(K, B)` for regression) against labels `(B,)`."""
+    """Ensemble metrics of member log-probabilities `(K, B, C)` (`predict_members(x, log_probs=True)`; or
+    predictions `(K, B)` for regression) against labels `(B,)`."""
     if task == "regression":
         return evaluate_regression(member_preds, y)
-    return evaluate_classification(member_preds, y, method=evaluation.combiner, bins=evaluation.bins)
+    return evaluate_classification(
+        member_preds, y, method=evaluation.combiner, bins=evaluation.bins, log_probs=True
+    )
 
 
 @task(name="evaluate", retries=1, cache_policy=NO_CACHE)
@@ -54,7 +57,7 @@ def evaluate_task(
     evaluation = evaluation.for_task(prepared.task)
     groups = [load_fused(path) for path in group_paths]
     predictor = EnsemblePredictor(prepared.preprocessor, groups, combiner=evaluation.combiner)
-    member_preds = np.concatenate([g.predict_members(prepared.x_test) for g in groups], axis=0)
+    member_preds = np.concatenate([g.predict_members(prepared.x_test, log_probs=True) for g in groups], axis=0)
     metrics = score(member_preds, prepared.y_test, prepared.task, evaluation)
     flops = sum(g.members * mlp_flops(g.input_dim, g.hidden_units, g.output_dim) for g in groups)
     metrics["flops_per_sample"] = float(flops)
@@ -94,25 +97,26 @@ def member_table(
 ) -> list[dict]:
     """Test scores of every member's snapshots and final weights: rows `{"member", "cycle", <metric>: ...}`,
     sorted by member, its cycles in order and then its final weights (`cycle` = `FINAL`)."""
-    final = load_fused(model_path).predict_members(prepared.x_test)  # (N, B, C) or (N, B)
+    final = load_fused(model_path).predict_members(prepared.x_test, log_probs=True)  # (N, B, C) or (N, B)
     rows = [
         {"member": n, "cycle": FINAL, **s}
         for n, s in enumerate(member_scores(final, prepared.y_test, prepared.task, evaluation.bins))
     ]
     if snapshot_dir is not None:
         snapshots = Snapshots.load(snapshot_dir)
-        preds = snapshots.predict_members(prepared.x_test)  # (K, B, C) or (K, B), in `keys()` order
+        preds = snapshots.predict_members(prepared.x_test, log_probs=True)  # (K, B, C) or (K, B), `keys()` order
         scores = member_scores(preds, prepared.y_test, prepared.task, evaluation.bins)
         rows += [{"member": m, "cycle": c, **s} for (m, c), s in zip(snapshots.keys(), scores, strict=True)]
     return sorted(rows, key=lambda row: (row["member"], (1, 0) if row["cycle"] == FINAL else (0, row["cycle"])))
 
 
 def member_scores(member_preds: np.ndarray, y: np.ndarray, task: str, bins: int) -> list[dict[str, float]]:
-    """Test metrics of each of K models, from predictions `(K, B, C)` (or `(K, B)` for regression): accuracy,
-    nll, brier and ece, or rmse, mae and r2."""
+    """Test metrics of each of K models, from log-probabilities `(K, B, C)` (or predictions `(K, B)` for
+    regression): accuracy, nll, brier and ece, or rmse, mae and r2."""
     if task == "regression":
         return [{"rmse": rmse(p, y), "mae": mae(p, y), "r2": r2(p, y)} for p in member_preds]
-    return [{k: v for k, v in row.items() if k != "member"} for row in member_metrics(member_preds, y, bins=bins)]
+    rows = member_metrics(member_preds, y, bins=bins, log_probs=True)
+    return [{k: v for k, v in row.items() if k != "member"} for row in rows]
 
 
 def log_member_scores(tracker: Tracker, member_run_ids: list[str], rows: list[dict]) -> None:

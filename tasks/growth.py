@@ -1,19 +1,70 @@
-"""Prefect task of the growth step: continue training from the trained checkpoint, splitting units at plateaus."""
+"""Prefect task of the growth step: continue training from the trained checkpoint, splitting units at plateaus.
+
+Growth can make a model worse. The task passes the grown model on (to evaluation and registration) only when it is
+not worse on validation than the model growth started from (`ensemble.growth_rounds.grown_is_not_worse`, by
+`growth.monitor`); otherwise it passes the pre-growth model on. Either way it says so: the parent run's tags
+`growth_outcome` (`grown` or `pre-growth`) and `growth_reason`, and the Prefect log.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import keras
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ensemble.checkpoint import load_checkpoint, save_checkpoint
 from ensemble.data import PreparedData
-from ensemble.growth_rounds import GrowthConfig, grow_rounds
-from ensemble.progress import EpochLogs, EpochProgress
+from ensemble.growth_rounds import GrowthConfig, GrowthRound, grow_rounds, grown_is_not_worse
+from ensemble.progress import EpochLogs, EpochProgress, format_epoch
+from ensemble.train import schedule_cycle_ends
 from tasks.config import GrowthSection, TrainSection
-from tasks.tracking import Tracker, TrackingSettings
+from tasks.tracking import Tracker, TrackingSettings, log_learning_rate_plot
 from tasks.train import log_member_epochs, train_config
+
+
+class LearningRates(keras.callbacks.Callback):
+    """The learning rate of every optimiser step (`fit`'s `on_steps_end`) and its global step, across rounds."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps: list[int] = []
+        self.learning_rates: list[float] = []
+
+    def on_steps_end(self, logs: dict) -> None:
+        self.steps.extend(logs["steps"])
+        self.learning_rates.extend(logs["learning_rates"])
+
+
+class RoundProgress(EpochProgress):
+    """`growth round 2/4 (width 64-64)  epoch 3/10  loss ...`: epochs counted within the round, against its cap.
+
+    Args:
+        rounds: the most rounds there can be (`max_rounds + 1`).
+        print_fn: where lines go (a logger's `info`).
+    """
+
+    def __init__(self, rounds: int, print_fn: Callable[[str], None] = print):
+        super().__init__(0, print_fn)
+        self.rounds, self.round, self._first_epoch = rounds, 0, None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:  # `grow_rounds` calls `fit` once per round
+        self.round, self._first_epoch = self.round + 1, None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_begin(epoch, logs)
+        self._first_epoch = epoch if self._first_epoch is None else self._first_epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        widths = "-".join(map(str, self.model.hidden_units))
+        prefix = f"growth round {self.round}/{self.rounds} (width {widths})  "
+        cap = self.params["epochs"] - self._first_epoch  # `fit`'s `epochs` is the round's last epoch
+        seconds = time.perf_counter() - self._started
+        self.print_fn(format_epoch(epoch - self._first_epoch, cap, logs or {}, seconds, prefix))
 
 
 @task(name="grow", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -27,52 +78,100 @@ def growth_task(
     train: TrainSection,
     run_dir: str,
 ) -> dict:
-    """Growth rounds on the trained ensemble; logs the round table and the members' curves (epochs continue).
+    """Growth rounds on the trained ensemble; logs the round table, the members' curves (epochs continue), the
+    learning rate of every growth step (`lr`, the global step continues) and the whole run's learning-rate plot.
 
-    Returns `trained` with `model_path`/`checkpoint` pointing at the grown model, plus `rounds` (the table).
+    Returns `trained` plus `rounds` (the table), `growth_outcome`, `growth_reason` and `hidden_units`; its
+    `model_path`/`checkpoint` point at the grown model only when growth is kept (`grown_is_not_worse`).
     """
     logger = get_run_logger()
     prepared = PreparedData.load(data_dir)
     model, optimizer, state = load_checkpoint(trained["checkpoint"])
     # GrowthSection's fields are GrowthConfig's arguments, minus the pipeline-only ones.
     config = GrowthConfig(**growth.model_dump(exclude={"enabled", "epochs_per_round"}), seed=train.seed)
-    collected = EpochLogs()
+    collected, learning_rates = EpochLogs(), LearningRates()
     model, optimizer, rounds = grow_rounds(
         model,
         optimizer,
         prepared,
         train_config(train, epochs=growth.epochs_per_round),
         config,
-        callbacks=[collected, EpochProgress(growth.epochs_per_round, logger.info, prefix="growth ")],
+        callbacks=[collected, learning_rates, RoundProgress(config.max_rounds + 1, logger.info)],
         initial_epoch=state["epoch"],
     )
     run_dir = Path(run_dir)
     model.save(run_dir / "grown.keras")
     checkpoint = save_checkpoint(run_dir / "grown-checkpoint", model, optimizer, collected.epochs[-1][0] + 1)
+    kept = grown_is_not_worse(rounds, config.mode)
+    outcome, reason = growth_outcome(rounds, config.monitor, kept)
+    widths = list(rounds[-1].widths if kept else rounds[0].widths)  # of the model passed on
     tracker = Tracker(settings)
-    table = [r.as_dict() for r in rounds]
-    tracker.log_table(run_id, table, "growth_rounds.json")
-    for r in rounds:
-        tracker.log_metrics(
-            run_id,
-            {
-                "growth_width": max(r.widths),
-                "growth_params": r.params,
-                "growth_val_before_split": r.val_before_split,
-                "growth_val_after_split": r.val_after_split,
-            },
-            step=r.round,
-        )
+    log_rounds(tracker, run_id, rounds)
     log_member_epochs(tracker, run_id, member_run_ids, collected.epochs)
+    tracker.log_series(run_id, "lr", learning_rates.learning_rates, learning_rates.steps)
+    history = json.loads(Path(trained["history_path"]).read_text())  # training's steps: the plot is the run's
+    steps, lrs = history["steps"] + learning_rates.steps, history["lr"] + learning_rates.learning_rates
+    cycle_ends = schedule_cycle_ends(optimizer, steps[-1])
+    log_learning_rate_plot(tracker, run_id, steps, lrs, cycle_ends, str(run_dir))
+    for member_run in member_run_ids:  # `hidden_units`/`width` are the widths training started with
+        tracker.log_params(member_run, {"final_hidden_units": widths, "final_width": max(widths, default=0)})
+    tracker.set_tags(run_id, {"growth_outcome": outcome, "growth_reason": reason})
     for r in rounds:
-        logger.info(
-            f"round {r.round}: widths {r.widths} -> {r.new_widths}, {r.epochs_trained} epochs, "
-            f"val {r.val_before_split:.4f} -> {r.val_after_split}"
-        )
+        logger.info(describe_round(r, config.monitor))
+    (logger.info if kept else logger.warning)(reason)
+    grown = {"model_path": str(run_dir / "grown.keras"), "checkpoint": str(checkpoint)} if kept else {}
     return {
         **trained,
-        "model_path": str(run_dir / "grown.keras"),
-        "checkpoint": str(checkpoint),
-        "rounds": table,
-        "hidden_units": list(model.hidden_units),
+        **grown,
+        "rounds": [r.as_dict() for r in rounds],
+        "growth_outcome": outcome,
+        "growth_reason": reason,
+        "hidden_units": widths,
     }
+
+
+def growth_outcome(rounds: list[GrowthRound], monitor: str, kept: bool) -> tuple[str, str]:
+    """`("grown" | "pre-growth", why)`: which model goes on to evaluation and registration, in one sentence."""
+    before, after = rounds[0].val_start, rounds[-1].val_before_split
+    widths = f"widths {'-'.join(map(str, rounds[0].widths))} -> {'-'.join(map(str, rounds[-1].widths))}"
+    if kept:
+        return "grown", (
+            f"growth kept: the grown model's {monitor} {after:.4f} is not worse than {before:.4f} "
+            f"before growth ({widths})"
+        )
+    return "pre-growth", (
+        f"growth discarded: the grown model's {monitor} {after:.4f} is worse than {before:.4f} before "
+        f"growth ({widths}); the pre-growth model is evaluated and registered instead"
+    )
+
+
+def describe_round(r: GrowthRound, monitor: str) -> str:
+    """One log line per round: widths, epochs, why it ended, the monitored value from start to end (and split)."""
+    widths = "-".join(map(str, r.widths))
+    ended = "plateau" if r.plateau else "epoch cap"
+    line = (
+        f"growth round {r.round}: width {widths}, {r.epochs_trained} epochs (ended by {ended}), "
+        f"{monitor} {r.val_start:.4f} -> {r.val_before_split:.4f}"
+    )
+    if r.new_widths is None:
+        return f"{line}; last round, no split"
+    return f"{line}; split to {'-'.join(map(str, r.new_widths))}, {monitor} {r.val_after_split:.4f} after the split"
+
+
+def log_rounds(tracker: Tracker, run_id: str, rounds: list[GrowthRound]) -> None:
+    """The round table (`growth_rounds.json`) and the `growth_*` metrics of each round (`step` = round)."""
+    tracker.log_table(run_id, [r.as_dict() for r in rounds], "growth_rounds.json")
+    tracker.log_metrics_at_steps(
+        run_id,
+        {
+            r.round: {
+                "growth_width": max(r.widths),
+                "growth_params": r.params,
+                "growth_epochs": r.epochs_trained,
+                "growth_val_start": r.val_start,
+                "growth_val_before_split": r.val_before_split,
+                "growth_val_after_split": r.val_after_split,
+            }
+            for r in rounds
+        },
+    )

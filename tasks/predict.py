@@ -34,16 +34,21 @@ def score_batch_task(
 ) -> dict:
     """Score every row of `input_path` with `models:/<name>@<alias>`; write the predictions as Parquet.
 
-    The output holds the model's columns (`proba_<class>`, `label` or `prediction`, `spread`), row for row.
+    The output holds the model's columns (`proba_<class>`, `label` or `prediction`, `spread`), row for row,
+    after the model's ID column (`data.id_column`) when the input has it.
     """
     frame = read_table(input_path)
     tracker = Tracker(settings)
     model_name = tracker.model_name(model_name)  # no default name: the error lists the registered models
     model = tracker.load_model(alias, model_name)
+    id_column = model.unwrap_python_model().predictor.preprocessor.id_column
+    ids = frame.pop(id_column) if id_column in frame.columns else None  # not an input of the model's schema
     try:
         predictions = model.predict(frame)
     except MlflowException as error:  # the schema check: keep the reason, not the dump of every input row
         raise DataError(f"{input_path}: {str(error).rsplit('Error: ', 1)[-1].strip()}") from error
+    if ids is not None:
+        predictions.insert(0, id_column, ids.to_numpy())
     output = Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_parquet(output, index=False)

@@ -32,7 +32,12 @@ from ensemble.data import DataError, file_sha256
 from tasks.config import PipelineConfig
 from tasks.tracking import Tracker
 
-HOST_TAG, PID_TAG, PID_START_TAG, KEY_TAG = "ensemble.host", "ensemble.pid", "ensemble.pid_start", "ensemble.resume_key"
+HOST_TAG, PID_TAG, PID_START_TAG, KEY_TAG = (
+    "ensemble.host",
+    "ensemble.pid",
+    "ensemble.pid_start",
+    "ensemble.resume_key",
+)
 FLOW_RUN_TAG = "prefect.flow_run_id"
 RESUME_CHOICES = ("auto", "fresh")
 
@@ -51,7 +56,11 @@ def resume_key(config: PipelineConfig) -> str | None:
 def owner_tags() -> dict[str, str]:
     """The tags naming this process as the owner of a run."""
     process = psutil.Process()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(process.pid), PID_START_TAG: f"{process.create_time():.3f}"}
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(process.pid),
+        PID_START_TAG: f"{process.create_time():.3f}",
+    }
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,9 @@ def resumable(tracker: Tracker, run_id: str, key: str | None, dead: list[Run]) -
     try:
         run = tracker.client.get_run(run_id)
     except Exception as error:
-        raise ValueError(f"--resume {run_id}: no such MLflow run in {tracker.settings.tracking_uri}") from error
+        raise ValueError(
+            f"--resume {run_id}: no such MLflow run in {tracker.settings.tracking_uri}"
+        ) from error
     status, tags = run.info.status, run.data.tags
     if status == "FINISHED":
         raise ValueError(f"--resume {run_id}: the run is FINISHED; there is nothing to resume")

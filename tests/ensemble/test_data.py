@@ -344,3 +344,59 @@ def test_bundled_sets_prepare(name):
     data = prepare_data(DataConfig(source=name))
     assert data.x_train.dtype == np.float32 and data.x_train.shape[1] == data.num_features
     assert len(data.y_train) + len(data.y_val) + len(data.y_test) == len(load_frame(name)[0])
+
+
+# --- column selection -----------------------------------------------------------------------------------------
+
+
+def sorted_by_class(n: int = 120) -> pd.DataFrame:
+    """`make_frame` sorted by label, with a row number `row` (an ID that leaks the label) and a string `name`."""
+    frame = make_frame(n).sort_values("label", kind="stable").reset_index(drop=True)
+    return frame.assign(row=np.arange(n), name=[f"r{i}" for i in range(n)])
+
+
+def test_a_numeric_row_id_used_as_a_feature_is_named_in_a_warning():
+    data = prepare(sorted_by_class().drop(columns="name"))
+    assert "row" in data.feature_names
+    assert len(data.warnings) == 1 and "'row'" in data.warnings[0] and "data.drop" in data.warnings[0]
+    monotone = prepare(sorted_by_class().drop(columns="name").assign(row=np.arange(120) // 2))
+    assert len(monotone.warnings) == 1 and "monotone in row order" in monotone.warnings[0]
+    assert prepare(make_frame(120)).warnings == []
+
+
+def test_drop_and_id_column_keep_columns_out_of_the_features():
+    data = prepare(sorted_by_class(), drop=("row",), id_column="name")  # a string ID needs no file edit
+    assert data.feature_names == ["f0", "f1", "f2"] and data.warnings == []
+    assert data.preprocessor.id_column == "name" and "name" in data.raw["test"].columns
+    assert "row" not in data.raw["test"].columns
+
+
+def test_features_selects_and_orders_the_feature_columns(tmp_path):
+    data = prepare(sorted_by_class(), features=("f2", "f0"), id_column="name")
+    assert data.feature_names == ["f2", "f0"] and data.x_train.shape[1] == 2
+    data.save(tmp_path)
+    loaded = PreparedData.load(tmp_path)
+    assert loaded.feature_names == ["f2", "f0"] and loaded.preprocessor.id_column == "name"
+    assert loaded.config == data.config and loaded.warnings == data.warnings
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"features": ("f0", "label")}, r"`target` and `features` both name the columns \['label'\]"),
+        ({"features": ("f0",), "drop": ("f0",)}, r"`features` and `drop` both name the columns \['f0'\]"),
+        ({"id_column": "f1", "drop": ("f1",)}, r"`id_column` and `drop` both name"),
+        ({"features": ()}, r"`features` must be a non-empty list of column names or None"),
+        ({"drop": ("f0", "f0")}, r"`drop` must not repeat a column"),
+    ],
+)
+def test_column_roles_are_validated_with_the_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DataConfig(target="label", **kwargs)
+
+
+def test_columns_that_are_not_in_the_data_are_named_with_the_available_ones():
+    with pytest.raises(DataError, match=r"`drop` names columns that are not in the data: \['rows'\]. Available"):
+        prepare(sorted_by_class(), drop=("rows",), id_column="name")
+    with pytest.raises(DataError, match=r"Feature columns must be numeric.*'name'"):
+        prepare(sorted_by_class())  # a string column is not a feature: name it in `id_column` or `drop`

@@ -1,5 +1,7 @@
 """The fused MLP against plain Keras layers: initialisation, forward pass, export, saving, validation."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -41,8 +43,8 @@ def test_member_slice_is_exactly_the_seeded_glorot_kernel():
     model = FusedMLP(3, 5, (7, 4), task="multiclass", num_classes=3, member_seeds=[10, 20, 30])
     for layer_index, layer in enumerate(model.dense_layers):
         fan_in = layer.kernel.shape[1]
-        for n, member_seed in enumerate(model.member_seeds):
-            initializer = keras.initializers.GlorotUniform(seed=derive_seed(member_seed, layer_index))
+        for n, seed in enumerate(model.member_seeds):
+            initializer = keras.initializers.GlorotUniform(seed=derive_seed(seed, layer_index))
             expected = initializer((fan_in, layer.units))
             np.testing.assert_array_equal(layer.kernel.numpy()[n], np.asarray(expected))
             np.testing.assert_array_equal(layer.bias.numpy()[n], np.zeros(layer.units))
@@ -122,6 +124,37 @@ def test_predict_members_shapes_and_chunking():
     np.testing.assert_allclose(model.predict_members(x, batch_size=3), probs, atol=1e-6)
     linear = FusedMLP(2, 4, (), task="regression")  # no hidden layer
     assert linear.predict_members(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("task", "logit"), [("binary", -1000.0), ("binary", 1000.0), ("multiclass", -1000.0)])
+def test_confident_members_give_exact_log_probabilities_without_overflow(task, logit):
+    model = FusedMLP(2, 3, (4,), task=task, num_classes=3, seed=0)
+    model.head.kernel.assign(np.zeros(model.head.kernel.shape))
+    bias = np.zeros(model.head.bias.shape, "float32")  # (N, out): member logits independent of x
+    bias[:, -1] = logit
+    model.head.bias.assign(bias)
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old `1 / (1 + exp(-z))` overflowed at z = -1000
+        log_probs = model.predict_members(x, log_probs=True)
+        probs = model.predict_members(x)
+    expected = [0.0, -1000.0] if logit < 0 else [-1000.0, 0.0]  # [log(1 - p), log p], exact
+    if task == "multiclass":
+        expected = [-np.log(2.0), -np.log(2.0), -1000.0 - np.log(2.0)]
+    np.testing.assert_allclose(log_probs, np.broadcast_to(expected, log_probs.shape), rtol=1e-12)
+    np.testing.assert_array_equal(probs, np.exp(log_probs))
+    assert np.isfinite(log_probs).all()
+
+
+def test_predict_members_log_probabilities_are_the_logs_of_the_member_models_probabilities():
+    model = FusedMLP(3, 4, (6,), task="multiclass", num_classes=4, seed=2)
+    perturb_weights(model)
+    x = np.random.default_rng(1).normal(size=(7, 4)).astype("float32")
+    log_probs = model.predict_members(x, log_probs=True)  # (N, B, C)
+    for n in range(3):
+        np.testing.assert_allclose(np.exp(log_probs[n]), model.member_model(n).predict(x, verbose=0), atol=1e-6)
+    regression = FusedMLP(2, 4, (5,), task="regression")
+    np.testing.assert_array_equal(regression.predict_members(x, log_probs=True), regression.predict_members(x))
 
 
 def test_predict_members_rejects_wrong_feature_count():

@@ -9,7 +9,14 @@ from ensemble import train
 from ensemble.data import DataConfig, prepare_data
 from ensemble.flops import ensemble_flops
 from ensemble.fused import FusedMLP
-from ensemble.growth import grow_model, split_slots, split_units, top_units
+from ensemble.growth import (
+    ScaledSchedule,
+    grow_model,
+    scale_learning_rate,
+    split_slots,
+    split_units,
+    top_units,
+)
 from ensemble.growth_rounds import (
     GrowthConfig,
     GrowthRound,
@@ -316,7 +323,7 @@ def sgdr_growth(epochs: int, **growth):
 @pytest.mark.parametrize(
     "epochs, growth, round_epochs, plateau",
     [
-        (10, dict(min_delta=1.0, patience=1), 3, True),  # nothing improves: the first cycle end ends the round
+        (10, dict(min_delta=1.0, patience=1), 3, True),  # nothing improves: the 1st cycle end ends the round
         (10, dict(min_delta=1.0, patience=2), 6, True),  # patience counts cycles, not epochs
         (4, dict(patience=100), 6, False),  # the 4-epoch cap runs on to the end of the second cycle
     ],
@@ -331,6 +338,9 @@ def test_growth_rounds_with_sgdr_end_every_round_at_a_cycle_end(epochs, growth, 
     assert int(optimizer.iterations) == round_ends[-1]
     for previous, r in zip(rounds, rounds[1:], strict=False):  # a round starts where the split left the model
         assert r.val_start == previous.val_after_split
+    # Widths 4 -> 8 -> 16: the learning rate is scaled by 4/16, on the same schedule (same cycle ends).
+    step = int(optimizer.iterations)
+    np.testing.assert_allclose(float(optimizer.learning_rate), float(schedule(step)) * 4 / 16, rtol=1e-6)
 
 
 def test_round_stop_epoch_rejects_cycles_that_end_inside_an_epoch():
@@ -342,7 +352,7 @@ def test_round_stop_epoch_rejects_cycles_that_end_inside_an_epoch():
 
 @pytest.mark.parametrize(
     "start, end, mode, expected",
-    [(0.90, 0.90, "max", True), (0.90, 0.89, "max", False), (0.30, 0.31, "min", False), (0.3, 0.2, "min", True)],
+    [(0.9, 0.9, "max", True), (0.9, 0.89, "max", False), (0.3, 0.31, "min", False), (0.3, 0.2, "min", True)],
 )
 def test_grown_is_not_worse_compares_the_grown_end_with_the_start_of_growth(start, end, mode, expected):
     def row(val_start, val_before_split):
@@ -350,3 +360,25 @@ def test_grown_is_not_worse_compares_the_grown_end_with_the_start_of_growth(star
 
     rounds = [row(start, 0.5), row(0.5, end)]  # the rounds in between do not matter
     assert grown_is_not_worse(rounds, mode) is expected
+
+
+def test_scale_learning_rate_scales_a_schedule_keeps_its_cycle_ends_and_survives_serialisation():
+    schedule = SGDRSchedule(cycle_length=10, lr_init=0.1, lr_min=0.01)
+    optimizer = keras.optimizers.Adam(schedule)
+    scale_learning_rate(optimizer, 0.5)
+    scale_learning_rate(optimizer, 0.5)  # folded into one ScaledSchedule of the original schedule
+    scaled = optimizer._learning_rate
+    assert isinstance(scaled, ScaledSchedule) and scaled.schedule is schedule and scaled.scale == 0.25
+    steps = np.arange(0, 35)
+    np.testing.assert_allclose(scaled(steps).numpy(), 0.25 * schedule(steps).numpy(), rtol=1e-6)
+    assert train.schedule_cycle_ends(optimizer, 35) == [10, 20, 30]
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))._learning_rate
+    np.testing.assert_allclose(restored(steps).numpy(), scaled(steps).numpy(), rtol=1e-6)
+
+    decay = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    assert not hasattr(ScaledSchedule(decay, 0.5), "cycle_ends")  # not taken for a cyclic schedule
+    constant = keras.optimizers.SGD(0.1)
+    scale_learning_rate(constant, 0.25)
+    assert float(constant.learning_rate) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="Argument `factor` must be > 0. Received: factor=0"):
+        scale_learning_rate(constant, 0)

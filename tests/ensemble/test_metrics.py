@@ -337,3 +337,12 @@ def test_evaluate_regression_hand_example():
     assert result["mean_spread"] == pytest.approx(spread.mean())
     assert result["num_members"] == 3
     assert all(type(value) is float for key, value in result.items() if key != "num_members")
+
+
+def test_r2_hand_example_and_constant_targets():
+    # residuals [0.5, -0.5, 0] -> 0.5; deviations from the mean 2: [-1, 0, 1] -> 2; r2 = 1 - 0.5 / 2
+    assert metrics.r2([1.5, 1.5, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(0.75)
+    assert metrics.r2([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(0.0)  # the mean predicts nothing
+    assert metrics.r2([3.0, 3.0], [3.0, 3.0]) == 1.0 and metrics.r2([2.0, 4.0], [3.0, 3.0]) == 0.0
+    result = metrics.evaluate_regression(np.array([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]]), np.array([2.5, 3.0]))
+    assert result["r2"] == pytest.approx(1 - 0.625 / 0.0625)  # ensemble mean [2, 4]: mse 0.625, var(y) 0.0625

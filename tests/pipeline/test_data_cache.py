@@ -11,7 +11,6 @@ import pytest
 from prefect import flow
 
 from ensemble.data import PreparedData
-
 from tasks.data import prepare_data_task
 from tests.pipeline.helpers import tiny_config
 

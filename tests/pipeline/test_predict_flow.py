@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
-from ensemble.data import PreparedData
+from ensemble.data import PreparedData, load_frame
 from ensemble.predictor import EnsemblePredictor
 from flows.predict import predict_flow
 from flows.train import train_flow
@@ -67,3 +68,29 @@ def test_predict_flow_with_an_unknown_alias_fails_naming_it(tmp_path, trained):
     rows.to_parquet(source, index=False)
     with pytest.raises(Exception, match="nightly-best"):
         predict_flow(str(source), str(tmp_path / "out.parquet"), "nightly-best", None, settings)
+
+
+def test_an_id_column_is_never_a_feature_and_is_kept_beside_the_batch_predictions(tmp_path, migrated_store):
+    frame, _ = load_frame("wine")
+    frame = frame.sort_values("target", kind="stable").reset_index(drop=True)
+    frame.insert(0, "row", np.arange(len(frame), dtype="float64"))  # on a file sorted by class: leaks the label
+    frame.insert(0, "name", [f"wine-{i}" for i in range(len(frame))])  # a string ID: no file edit needed
+    source = tmp_path / "wine.csv"
+    frame.to_csv(source, index=False)
+    settings = private_tracking(tmp_path, migrated_store)
+    config = tiny_config(tmp_path, **{"data.source": str(source), "data.target": "target", "data.id_column": "name"})
+
+    result = train_flow(config, settings)
+
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    assert "name" not in predictor.preprocessor.feature_names and "row" in predictor.preprocessor.feature_names
+    tags = MlflowClient(settings.tracking_uri).get_run(result["run_id"]).data.tags
+    assert "'row'" in tags["data_warnings"] and "data.drop" in tags["data_warnings"]
+    scored_rows = frame.drop(columns="target").sample(frac=1.0, random_state=0).head(20)
+    scored_rows.to_csv(tmp_path / "batch.csv", index=False)
+    predict_flow(str(tmp_path / "batch.csv"), str(tmp_path / "out.parquet"), "champion", None, settings)
+    scored = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(scored.columns) == ["name", "proba_0", "proba_1", "proba_2", "label"]
+    assert scored["name"].tolist() == scored_rows["name"].tolist()
+    expected = predictor.predict(scored_rows.reset_index(drop=True))
+    pd.testing.assert_frame_equal(scored, expected, check_dtype=False, atol=1e-6)

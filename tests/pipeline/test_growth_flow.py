@@ -1,0 +1,79 @@
+"""The train flow's growth step with snapshots (SGDR): rounds at cycle ends, the learning rate logged through
+growth, final widths on the member runs, and only a grown model that is not worse on validation registered."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ensemble.data import PreparedData
+from ensemble.predictor import EnsemblePredictor
+from flows.train import train_flow
+from tests.pipeline.helpers import MEMBERS, tiny_config
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+CYCLE_EPOCHS = 2  # training = one SGDR cycle of 2 epochs; each growth round asks for 1 epoch
+
+
+def growth_config(tmp_path, **overrides):
+    return tiny_config(
+        tmp_path,
+        **{
+            "train.epochs": CYCLE_EPOCHS,
+            "snapshots.cycle_length": CYCLE_EPOCHS,
+            "growth.enabled": True,
+            "growth.epochs_per_round": 1,
+            "growth.max_rounds": 1,
+            "growth.patience": 1,
+            **overrides,
+        },
+    )
+
+
+def steps_per_epoch(tmp_path) -> int:
+    prepared = PreparedData.load(next((tmp_path / "outputs" / "data").iterdir()))
+    return len(prepared.y_train) // 4  # tiny_config's batch size
+
+
+def test_growth_worse_on_validation_registers_the_pre_growth_ensemble_and_says_why(tmp_path, tracking):
+    # Each later SGDR cycle runs at 100x the learning rate of the one before: the growth cycles wreck the model.
+    result = train_flow(growth_config(tmp_path, **{"snapshots.lr_multiplier": 100.0}), tracking)
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    parent = client.get_run(result["run_id"])
+
+    assert parent.data.tags["growth_outcome"] == "pre-growth"
+    assert "worse than" in parent.data.tags["growth_reason"]
+    # Evaluated and registered: the training cycle's snapshots only (1 per member), at the starting widths.
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    assert [group.hidden_units for group in predictor.groups] == [[8, 8]]
+    assert parent.data.metrics["test_num_members"] == MEMBERS
+    assert client.get_model_version_by_alias("test-ensemble", "champion").run_id == result["run_id"]
+    for member_run in result["member_run_ids"]:  # the widths of the model passed on
+        params = client.get_run(member_run).data.params
+        assert (params["final_hidden_units"], params["final_width"]) == ("[8, 8]", "8")
+
+    # Each round ran on from the 1-epoch cap to the end of its cycle: the splits happen at cycle ends.
+    rounds = sorted(client.get_metric_history(parent.info.run_id, "growth_epochs"), key=lambda m: m.step)
+    epochs = [m.value for m in rounds]
+    assert epochs == [CYCLE_EPOCHS, CYCLE_EPOCHS]
+    # `lr` goes on through the growth steps, the global step continuing from training's.
+    total_epochs = CYCLE_EPOCHS + sum(epochs)
+    lr = client.get_metric_history(parent.info.run_id, "lr")
+    assert sorted(m.step for m in lr) == list(range(1, int(total_epochs) * steps_per_epoch(tmp_path) + 1))
+    assert max(m.value for m in lr) == pytest.approx(0.02 * 100**2)  # the second growth cycle's start
+
+
+def test_growth_not_worse_on_validation_registers_the_grown_ensemble(tmp_path, tracking):
+    config = growth_config(tmp_path, **{"model.hidden_units": [2], "growth.max_rounds": 2})
+    result = train_flow(config, tracking)
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    parent = client.get_run(result["run_id"])
+
+    assert parent.data.tags["growth_outcome"] == "grown", parent.data.tags["growth_reason"]
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    assert [group.hidden_units for group in predictor.groups] == [[8], [2]]  # grown 2 -> 4 -> 8, snapshots
+    for member_run in result["member_run_ids"]:
+        params = client.get_run(member_run).data.params
+        widths = (params["hidden_units"], params["final_hidden_units"], params["final_width"])
+        assert widths == ("[2]", "[8]", "8")  # started at 2, registered at 8

@@ -1,0 +1,318 @@
+"""Scheduled retraining and work-pool deployments against a REAL `prefect server` (not the test harness, which
+hides scheduler and API failures), started by this module on a free port with its own PREFECT_HOME, and driven
+the way the README tells a user: the `ensemble` and `prefect` commands in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+from sklearn.datasets import load_wine
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TINY = [  # 2 members, 2 one-epoch SGDR cycles: a scheduled run trains in about a second
+    *("--set", "model.members=2", "--set", "model.hidden_units=[8]", "--set", "train.epochs=2"),
+    *("--set", "train.batch_size=8", "--set", "snapshots.cycle_length=1"),
+]
+TINY_PARAMS = {
+    "data": {"source": "wine"},
+    "model": {"members": 2, "hidden_units": [8]},
+    "train": {"epochs": 2, "batch_size": 8},
+    "snapshots": {"cycle_length": 1},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> str:
+    """Signal the process group, wait, kill what is left; returns the process's output."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+    return output or ""
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A real Prefect server on 127.0.0.1 (its own PREFECT_HOME and SQLite database); yields the environment
+    a client needs (`PREFECT_API_URL`, ...). The scheduler loops every 2 s instead of 60 s."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if requests.get(f"{api}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"prefect server did not start:\n{stop(server)}")
+        yield {**env, "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    finally:
+        stop(server)
+
+
+def project_dir(root: Path, migrated_store: Path) -> Path:
+    """A working directory as a user has it: `mlflow.yaml` (here: a private SQLite store) and the data."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_store, root / "mlflow.db")
+    (root / "mlflow.yaml").write_text(
+        "tracking_uri: sqlite:///mlflow.db\nartifact_location: ./mlartifacts\nexperiment_name: scheduled\n"
+    )
+    return root
+
+
+def flow_runs(api: str, deployment: str) -> list[dict]:
+    flow_name, name = deployment.split("/")
+    deployment_id = requests.get(f"{api}/deployments/name/{flow_name}/{name}", timeout=10).json()["id"]
+    body = {"deployments": {"id": {"any_": [deployment_id]}}}
+    return requests.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+
+
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(1)
+    output = stop(process) if process is not None else ""
+    raise AssertionError(f"timed out waiting for {what}\n{output[-6000:]}")
+
+
+def states(runs: list[dict]) -> list[str]:
+    return [run["state_type"] for run in runs]
+
+
+def test_served_interval_schedule_fires_survives_a_failed_run_and_stops_on_ctrl_c(
+    prefect_server, tmp_path, migrated_store
+):
+    """`ensemble schedule --interval`: the first run finds no data file and fails (FAILED in Prefect and MLflow);
+    the file appears and the next runs complete and register versions; Ctrl-C stops serving with its message."""
+    work = project_dir(tmp_path / "project", migrated_store)
+    api = prefect_server["PREFECT_API_URL"]
+    command = [str(BIN / "ensemble"), "schedule", "--interval", "15", "--name", "every-15s"]
+    command += ["--data", "wine.csv", "--target", "label", *TINY]
+    served = subprocess.Popen(
+        command,
+        cwd=work,
+        env=prefect_server,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: "FAILED" in states(safe_runs(api, "train-ensemble/every-15s")),
+            240,
+            "the first scheduled run to fail",
+            served,
+        )
+        wine = load_wine(as_frame=True)
+        wine.frame.rename(columns={"target": "label"}).to_csv(work / "wine.csv", index=False)
+        wait_for(
+            lambda: states(safe_runs(api, "train-ensemble/every-15s")).count("COMPLETED") >= 2,
+            420,
+            "two completed scheduled runs",
+            served,
+        )
+    finally:
+        output = stop(served, signal.SIGINT, timeout=60)
+    assert served.returncode == 0, output[-6000:]
+    assert "Stopped serving 'train-ensemble/every-15s': its schedule is paused" in output
+    deployment = requests.get(f"{api}/deployments/name/train-ensemble/every-15s", timeout=10).json()
+    assert deployment["paused"] is True
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("scheduled")
+    parents = [
+        run
+        for run in client.search_runs([experiment.experiment_id])
+        if "mlflow.parentRunId" not in run.data.tags
+    ]
+    by_status = {s: [r for r in parents if r.info.status == s] for s in ("FAILED", "FINISHED")}
+    assert by_status["FAILED"], "the run without data is FAILED in MLflow"
+    assert len(by_status["FINISHED"]) >= 2
+    for run in by_status["FINISHED"]:
+        name, version = run.data.tags["registered_model"], run.data.tags["registered_version"]
+        assert client.get_model_version(name, version).run_id == run.info.run_id
+    flow_run_ids = {run["id"] for run in flow_runs(api, "train-ensemble/every-15s")}
+    assert {run.data.tags["prefect.flow_run_id"] for run in parents} <= flow_run_ids
+
+
+def safe_runs(api: str, deployment: str) -> list[dict]:
+    try:
+        return flow_runs(api, deployment)
+    except (requests.RequestException, KeyError):  # the deployment is not created yet
+        return []
+
+
+def run_worker_once(pool: str, env: dict, cwd: Path, timeout: float = 420) -> str:
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--run-once"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        return worker.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        return stop(worker)
+    finally:
+        if worker.poll() is None:
+            stop(worker)
+
+
+def test_prefect_deploy_all_creates_every_deployment_and_a_worker_runs_one(
+    prefect_server, tmp_path, migrated_store
+):
+    """The README's work-pool journey from a checkout: `prefect deploy --all`, then a worker runs a deployment."""
+    work = project_dir(tmp_path / "checkout", migrated_store)
+    shutil.copy(REPO / "prefect.yaml", work / "prefect.yaml")
+    shutil.copytree(REPO / "flows", work / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    prefect = str(BIN / "prefect")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [prefect, "--no-prompt", *args],
+            cwd=work,
+            env=prefect_server,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    created = cli("work-pool", "create", "default", "--type", "process", "--overwrite")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = cli("deploy", "--all")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    listed = cli("deployment", "ls")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    api = prefect_server["PREFECT_API_URL"]
+    names = [
+        f"{flow}/{name}"
+        for flow, name in (
+            ("train-ensemble", "nightly-retraining"),
+            ("compare-ensembles", "weekly-comparison"),
+        )
+    ]
+    for name in names:
+        flow_name, deployment = name.split("/")
+        assert requests.get(f"{api}/deployments/name/{flow_name}/{deployment}", timeout=10).ok, name
+
+    started = cli(
+        "deployment",
+        "run",
+        "train-ensemble/nightly-retraining",
+        "--params",
+        json.dumps({"config": TINY_PARAMS}),
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    output = run_worker_once("default", prefect_server, cwd=tmp_path)  # the worker runs elsewhere
+    (run,) = flow_runs(api, "train-ensemble/nightly-retraining")
+    assert run["state_type"] == "COMPLETED", output[-6000:]
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    (parent,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("scheduled").experiment_id])
+        if "mlflow.parentRunId" not in r.data.tags
+    ]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"] == run["id"]
+    assert parent.data.tags.get("registered_version")
+
+
+def test_schedule_without_serving_binds_a_work_pool_that_a_worker_runs(
+    prefect_server, tmp_path, migrated_store
+):
+    """`ensemble schedule --no-serve --pool P` prints the worker command; a worker started in another directory
+    runs the deployment in the directory the schedule was made in (its mlflow.yaml and store)."""
+    work = project_dir(tmp_path / "project", migrated_store)
+    made = subprocess.run(
+        [str(BIN / "ensemble"), "schedule", "--cron", "0 3 * * *", "--no-serve", "--pool", "nightly-pool"]
+        + ["--name", "pooled", "--data", "wine", *TINY],
+        cwd=work,
+        env=prefect_server,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "prefect worker start --pool nightly-pool" in made.stdout
+    api = prefect_server["PREFECT_API_URL"]
+    deployment = requests.get(f"{api}/deployments/name/train-ensemble/pooled", timeout=10).json()
+    assert deployment["work_pool_name"] == "nightly-pool"
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
+
+    created = requests.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10)
+    assert created.ok, created.text
+    output = run_worker_once("nightly-pool", prefect_server, cwd=tmp_path)
+    run = requests.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()  # not the cron's runs
+    assert run["state_type"] == "COMPLETED", output[-6000:]
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("scheduled").experiment_id])
+    assert any(
+        r.data.tags.get("prefect.flow_run_id") == run["id"] and r.info.status == "FINISHED" for r in runs
+    )
+
+
+def test_schedule_without_a_prefect_server_says_nothing_could_run_it(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("PREFECT_API_URL", None)
+    result = subprocess.run(
+        [str(BIN / "ensemble"), "schedule", "--interval", "60", "--no-serve", *TINY],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Schedules need a Prefect server" in result.stderr
