@@ -19,12 +19,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+
+# Prefect's log handlers bound to pytest's session-wide stderr (see test_cli.py), before `main` runs in a test.
+import prefect.main  # noqa: F401
 import pytest
 import requests
 import yaml
 from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
+from flows.cli import main
 from flows.train import train_flow
 from tasks.contract import STATUS_CODES
 from tasks.requirements import INFERENCE_PACKAGES, LOCK_FILE, inference_requirements, read_lock
@@ -212,3 +216,28 @@ def test_model_served_from_its_own_uv_environment_keeps_the_serving_contract(reg
 
     plain = requests.post(f"{uv_served_url}/invocations", data="1,2", headers={"Content-Type": "text/plain"})
     assert plain.status_code == 415 and "415" in STATUS_CODES
+
+
+def test_cli_deploy_writes_a_dockerfile_serving_the_champion_with_its_pinned_environment(
+    registered, tmp_path, monkeypatch, capsys
+):
+    settings, model_dir, *_ = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    monkeypatch.setenv("ENSEMBLE_REGISTERED_MODEL", settings.registered_model_name)
+    monkeypatch.delenv("ENSEMBLE_MLFLOW_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no repo mlflow.yaml
+
+    assert main(["deploy", "--dockerfile", "image"]) == 0
+    assert "docker build -t fused-ensemble image" in capsys.readouterr().out
+    dockerfile = (tmp_path / "image" / "Dockerfile").read_text()
+    assert f"FROM python:{platform.python_version()}-slim" in dockerfile
+    assert f"RUN pip install mlflow=={mlflow.__version__}" in dockerfile
+    assert "COPY model_dir/model /opt/ml/model" in dockerfile
+    assert "_install_pyfunc_deps('/opt/ml/model'" in dockerfile  # installs the model's requirements.txt
+    assert "C._serve('local')" in dockerfile
+    copied = tmp_path / "image" / "model_dir" / "model"
+    assert (copied / "requirements.txt").read_text() == (model_dir / "requirements.txt").read_text()
+    assert (copied / "code" / "ensemble" / "predictor.py").is_file()
+
+    assert main(["deploy", "--dockerfile", "image"]) == 2  # never writes over an existing context
+    assert "must name a new or empty directory" in capsys.readouterr().err
