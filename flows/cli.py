@@ -17,6 +17,9 @@ os.environ.setdefault(
     "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
 )  # else the temporary server logs a traceback
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Without a server Prefect starts a temporary one; its 20 s default start-up limit is too short on a busy 2-core
+# machine with a new PREFECT_HOME (database migrations), and the run then fails before it begins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # One intra-op thread: at small batch sizes TF's CPU kernels split even tiny updates over all threads and wait for
 # the slowest; measured here ~3x faster steps for small members (0.07 vs 0.21 ms). Large N x width prefers more
 # threads: TF_NUM_INTRAOP_THREADS=0 restores TensorFlow's default (all cores).

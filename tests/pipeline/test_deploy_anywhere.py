@@ -232,10 +232,10 @@ def test_cli_deploy_writes_a_dockerfile_serving_the_champion_with_its_pinned_env
     dockerfile = (tmp_path / "image" / "Dockerfile").read_text()
     assert f"FROM python:{platform.python_version()}-slim" in dockerfile
     assert f"RUN pip install mlflow=={mlflow.__version__}" in dockerfile
-    assert "COPY model_dir/model /opt/ml/model" in dockerfile
+    assert "COPY model_dir /opt/ml/model" in dockerfile
     assert "_install_pyfunc_deps('/opt/ml/model'" in dockerfile  # installs the model's requirements.txt
     assert "C._serve('local')" in dockerfile
-    copied = tmp_path / "image" / "model_dir" / "model"
+    copied = tmp_path / "image" / "model_dir"
     assert (copied / "requirements.txt").read_text() == (model_dir / "requirements.txt").read_text()
     assert (copied / "code" / "ensemble" / "predictor.py").is_file()
 

@@ -110,3 +110,15 @@ def test_reading_a_model_without_a_name_lists_the_registered_models(tracking):
     with pytest.raises(ValueError, match=r"--model-name NAME.*ENSEMBLE_REGISTERED_MODEL.*\['wine-ensemble'\]"):
         unnamed.load_model("champion")
     assert unnamed.model_name("wine-ensemble") == "wine-ensemble"
+
+
+def test_the_cli_summary_says_why_a_version_got_no_alias_and_how_to_serve_it():
+    from flows.cli import summary
+
+    reason = "the champion (version 1 of 'shared') is a multiclass model, this one a regression model: not compared"
+    registration = {"name": "shared", "version": "2", "alias": None, "reason": reason}
+    result = {"run_id": "r", "member_run_ids": [], "metrics": {"rmse": 0.5, "r2": 0.9}, "registration": registration}
+    text = summary(result)
+    assert f"registered shared version 2 without an alias: {reason}" in text
+    assert 'mlflow models serve -m "models:/shared/2"' in text
+    assert "rmse 0.5000  r2 0.9000" in text
