@@ -176,8 +176,9 @@ def is_better(value: float, reference: float, mode: str, min_delta: float = 0.0)
 
 def grown_is_not_worse(rounds: Sequence[GrowthRound], mode: str) -> bool:
     """Whether the grown model (the last round's end) is at least as good on the monitored metric as the model
-    growth started from (round 0's start). Growth that made the model worse should not replace it."""
-    return not is_better(rounds[0].val_start, rounds[-1].val_before_split, mode)
+    growth started from (round 0's start). A model that growth made worse (or NaN) should not replace it."""
+    end = rounds[-1].val_before_split
+    return bool(np.isfinite(end)) and not is_better(rounds[0].val_start, end, mode)
 
 
 class RoundEnd(keras.callbacks.Callback):

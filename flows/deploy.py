@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.tracking import TrackingSettings
+from tasks.tracking import Tracker, TrackingSettings
 
 MLFLOW_CLI = os.path.join(os.path.dirname(sys.executable), "mlflow")
 
@@ -26,7 +26,7 @@ def write_dockerfile(
         directory: a new or empty directory (the model is downloaded into it).
         settings: the store holding the registered model.
         alias: the registered model alias to serve.
-        model_name: the registered model (default: `settings.registered_model_name`).
+        model_name: the registered model (default: `settings.registered_model_name`; see `Tracker.model_name`).
     """
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
@@ -34,7 +34,7 @@ def write_dockerfile(
             f"Argument `--dockerfile` must name a new or empty directory; {directory} is not empty. "
             "Pass another directory or empty this one."
         )
-    uri = f"models:/{model_name or settings.registered_model_name}@{alias}"
+    uri = f"models:/{Tracker(settings).model_name(model_name)}@{alias}"  # no name: the error lists the models
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": settings.tracking_uri,

@@ -146,11 +146,12 @@ def growth_outcome(rounds: list[GrowthRound], monitor: str, kept: bool) -> tuple
 
 
 def describe_round(r: GrowthRound, monitor: str) -> str:
-    """One log line per round: widths, epochs, why it ended, the monitored value from start to end (and split)."""
+    """One log line per round (counted from 1, as `RoundProgress` does): widths, epochs, why it ended, the
+    monitored value from start to end, and the split."""
     widths = "-".join(map(str, r.widths))
     ended = "plateau" if r.plateau else "epoch cap"
     line = (
-        f"growth round {r.round}: width {widths}, {r.epochs_trained} epochs (ended by {ended}), "
+        f"growth round {r.round + 1}: width {widths}, {r.epochs_trained} epochs (ended by {ended}), "
         f"{monitor} {r.val_start:.4f} -> {r.val_before_split:.4f}"
     )
     if r.new_widths is None:

@@ -3,7 +3,8 @@
 Each member run already holds its snapshots' `snapshot_val_loss` / `snapshot_val_accuracy` at `step` = cycle,
 logged live as each cycle ended (`tasks.train.MlflowEpochLogger`; step-indexed metrics, so the UI plots a member's
 snapshots as a curve). This step logs the parent run's snapshot table and `snapshot_ensemble_val_accuracy` (or
-`_val_rmse`) of the ensemble of cycles `0..k` at `step` = k.
+`_val_rmse`) of the ensemble of cycles `0..k` at `step` = k. The snapshots' test scores (`snapshot_test_*` on the
+member runs, `step` = cycle) come later, from `tasks.evaluate`.
 """
 
 from __future__ import annotations

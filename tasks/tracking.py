@@ -49,7 +49,9 @@ class TrackingSettings:
 
     tracking_uri: str = "sqlite:///mlflow.db"
     registry_uri: str | None = None
-    artifact_location: str | None = "./mlartifacts"
+    # Where a NEW experiment stores artifacts; None: `./mlartifacts` beside a local store (sqlite://, a path), the
+    # server's own artifact store (proxied, `mlflow-artifacts:`) behind an http(s) tracking URI.
+    artifact_location: str | None = None
     experiment_name: str = "fused-ensembles"
     # None: each run registers as `<data set>-ensemble` (`tasks.registry.registered_model_name`).
     registered_model_name: str | None = None
@@ -109,6 +111,8 @@ class Tracker:
         if experiment is not None:
             return experiment.experiment_id
         location = self.settings.artifact_location
+        if location is None and not self.settings.tracking_uri.startswith(("http://", "https://")):
+            location = "./mlartifacts"
         if location and "://" not in location:
             location = Path(location).resolve().as_uri()
         try:

@@ -352,7 +352,13 @@ def test_round_stop_epoch_rejects_cycles_that_end_inside_an_epoch():
 
 @pytest.mark.parametrize(
     "start, end, mode, expected",
-    [(0.9, 0.9, "max", True), (0.9, 0.89, "max", False), (0.3, 0.31, "min", False), (0.3, 0.2, "min", True)],
+    [
+        (0.9, 0.9, "max", True),
+        (0.9, 0.89, "max", False),
+        (0.3, 0.31, "min", False),
+        (0.3, 0.2, "min", True),
+        (0.3, float("nan"), "min", False),  # a diverged loss is not "not worse"
+    ],
 )
 def test_grown_is_not_worse_compares_the_grown_end_with_the_start_of_growth(start, end, mode, expected):
     def row(val_start, val_before_split):

@@ -3,15 +3,22 @@ growth, final widths on the member runs, and only a grown model that is not wors
 
 from __future__ import annotations
 
+import re
+import types
+
+import keras
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
+from ensemble.fused import FusedMLP
+from ensemble.growth_rounds import GrowthConfig, grow_rounds
 from ensemble.predictor import EnsemblePredictor
+from ensemble.train import TrainConfig
 from flows.train import train_flow
+from tasks.growth import RoundProgress, describe_round
 from tests.pipeline.helpers import MEMBERS, tiny_config
-
-pytestmark = pytest.mark.usefixtures("prefect_api")
 
 CYCLE_EPOCHS = 2  # training = one SGDR cycle of 2 epochs; each growth round asks for 1 epoch
 
@@ -36,6 +43,7 @@ def steps_per_epoch(tmp_path) -> int:
     return len(prepared.y_train) // 4  # tiny_config's batch size
 
 
+@pytest.mark.usefixtures("prefect_api")
 def test_growth_worse_on_validation_registers_the_pre_growth_ensemble_and_says_why(tmp_path, tracking):
     # Each later SGDR cycle runs at 100x the learning rate of the one before: the growth cycles wreck the model.
     result = train_flow(growth_config(tmp_path, **{"snapshots.lr_multiplier": 100.0}), tracking)
@@ -65,6 +73,7 @@ def test_growth_worse_on_validation_registers_the_pre_growth_ensemble_and_says_w
     assert max(m.value for m in lr) == pytest.approx(0.02 * 100**2 / 2)
 
 
+@pytest.mark.usefixtures("prefect_api")
 def test_growth_not_worse_on_validation_registers_the_grown_ensemble(tmp_path, tracking):
     config = growth_config(tmp_path, **{"model.hidden_units": [2], "growth.max_rounds": 2})
     result = train_flow(config, tracking)
@@ -78,3 +87,39 @@ def test_growth_not_worse_on_validation_registers_the_grown_ensemble(tmp_path, t
         params = client.get_run(member_run).data.params
         widths = (params["hidden_units"], params["final_hidden_units"], params["final_width"])
         assert widths == ("[2]", "[8]", "8")  # started at 2, registered at 8
+
+
+def test_growth_log_lines_count_epochs_within_each_round_and_format_every_value():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x, y_val=y)
+    model = FusedMLP(2, 4, (3,), task="multiclass", num_classes=2, seed=0)
+    lines = []
+    _, _, rounds = grow_rounds(
+        model,
+        keras.optimizers.Adam(1e-2),
+        data,
+        TrainConfig(epochs=2, batch_size=16, train_metrics=False),
+        GrowthConfig(max_rounds=1, patience=5),  # no plateau within 2 epochs: each round runs to its cap
+        callbacks=[RoundProgress(2, lines.append)],
+        initial_epoch=10,  # as after training: the epoch count goes on, the display counts within the round
+    )
+    assert [line.split("  loss")[0] for line in lines] == [
+        "growth round 1/2 (width 3)  epoch 1/2",
+        "growth round 1/2 (width 3)  epoch 2/2",
+        "growth round 2/2 (width 6)  epoch 1/2",
+        "growth round 2/2 (width 6)  epoch 2/2",
+    ]
+    first, last = (describe_round(r, "val_accuracy") for r in rounds)
+    value = r"\d\.\d{4}"
+    assert re.fullmatch(
+        rf"growth round 1: width 3, 2 epochs \(ended by epoch cap\), val_accuracy {value} -> {value}; "
+        rf"split to 6, val_accuracy {value} after the split",
+        first,
+    )
+    assert re.fullmatch(
+        rf"growth round 2: width 6, 2 epochs \(ended by epoch cap\), val_accuracy {value} -> {value}; "
+        "last round, no split",
+        last,
+    )

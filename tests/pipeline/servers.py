@@ -1,0 +1,75 @@
+"""Real servers for tests: free loopback ports, start-and-wait, and a stop that always reaps the process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Signal the process's group (servers fork workers), wait, and kill whatever is left."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or too busy starting to answer
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer (exit code {process.poll()}):\n{log.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def running(command: list[str], health_url: str, log: Path, **popen) -> Iterator[subprocess.Popen]:
+    """Start `command` in its own process group, wait for `health_url`, and stop it on exit, even on failure."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        )
+    try:
+        wait_healthy(health_url, process, log)
+        yield process
+    finally:
+        stop(process)
+
+
+def mlflow_server(
+    backend_uri: str, artifacts: Path, log: Path
+) -> tuple[str, contextlib.AbstractContextManager]:
+    """`mlflow server` on a free loopback port, serving (proxying) artifacts from `artifacts`: `(url, context)`."""
+    port = free_port()
+    command = [
+        *(str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri),
+        *("--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port)),
+        *("--workers", "1"),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    return url, running(command, f"{url}/health", log)
