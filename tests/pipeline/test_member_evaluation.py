@@ -42,7 +42,7 @@ def reference_scores(model, prepared: PreparedData) -> dict[str, float]:
 
 def test_member_runs_hold_the_test_metrics_of_their_own_final_weights(trained):
     settings, result, run_dir, prepared = trained
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     final = load_fused(run_dir / "model.keras")
     for n, member_run in enumerate(result["member_run_ids"]):
         expected = reference_scores(final.member_model(n), prepared)
@@ -53,7 +53,7 @@ def test_member_runs_hold_the_test_metrics_of_their_own_final_weights(trained):
 
 def test_member_runs_hold_each_snapshots_test_metrics_at_its_cycle(trained):
     settings, result, run_dir, prepared = trained
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     snapshots = Snapshots.load(run_dir / "snapshots")
     for n, member_run in enumerate(result["member_run_ids"]):
         history = client.get_metric_history(member_run, "snapshot_test_nll")
@@ -66,7 +66,7 @@ def test_member_runs_hold_each_snapshots_test_metrics_at_its_cycle(trained):
 
 def test_prefect_table_lists_every_member_and_cycle_then_the_ensemble(trained):
     settings, result, _, _ = trained
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     flow_run_id = client.get_run(result["run_id"]).data.tags["prefect.flow_run_id"]
     with get_client(sync_client=True) as prefect:
         (artifact,) = prefect.read_artifacts(

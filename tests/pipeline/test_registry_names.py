@@ -29,7 +29,8 @@ def register(tracker: Tracker, identity: dict, metric: str, value: float, higher
 
 
 def champion_version(tracking, name="shared") -> str:
-    return str(MlflowClient(tracking.tracking_uri).get_model_version_by_alias(name, "champion").version)
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    return str(client.get_model_version_by_alias(name, "champion").version)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_a_version_of_another_task_leaves_the_champion_and_says_why(tracking):
     assert registered["alias"] is None
     assert "is a multiclass model, this one a regression model: not compared" in registered["reason"]
     assert champion_version(tracking) == "1"
-    client = MlflowClient(tracking.tracking_uri)
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
     version = client.get_model_version("shared", registered["version"])
     assert version.tags["not_compared"] == registered["reason"]
     assert (version.tags["task"], version.tags["input_schema"]) == (HOUSES["task"], HOUSES["input_schema"])

@@ -65,7 +65,7 @@ def two_data_sets(tmp_path_factory, migrated_store, prefect_api):
 
 def test_a_regression_with_the_default_config_gates_on_rmse_and_reports_r2_and_mae(two_data_sets):
     settings, _, houses, root = two_data_sets
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     parent = client.get_run(houses["run_id"])
     assert parent.info.status == "FINISHED"
     for key in ("test_rmse", "test_mae", "test_r2"):
@@ -81,7 +81,7 @@ def test_a_regression_with_the_default_config_gates_on_rmse_and_reports_r2_and_m
 
 def test_each_data_set_registers_under_its_own_name_and_keeps_its_champion(two_data_sets):
     settings, wine, houses, _ = two_data_sets
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     assert (wine["registration"]["name"], wine["registration"]["alias"]) == ("wine-ensemble", "champion")
     assert (houses["registration"]["name"], houses["registration"]["alias"]) == ("houses-ensemble", "champion")
     wine_champion = client.get_model_version_by_alias("wine-ensemble", "champion")

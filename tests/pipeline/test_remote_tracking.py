@@ -23,12 +23,12 @@ TINY = [
     *("--set", "model.hidden_units=[8]", "--set", "train.batch_size=8", "--set", "snapshots.cycle_length=1"),
 ]
 LOAD_AND_PREDICT = """
-import json, sys
+import io, json, sys
 import mlflow.pyfunc
 import mlflow
 import pandas as pd
 model = mlflow.pyfunc.load_model(sys.argv[1])
-rows = pd.read_json(sys.argv[2], orient="split")
+rows = pd.read_json(io.StringIO(sys.argv[2]), orient="split").astype("float64")  # JSON reads 127.0 as int
 print(json.dumps(model.predict(rows).to_dict(orient="list")))
 """
 
