@@ -45,6 +45,7 @@ def test_a_tracking_server_uri_alone_sends_artifacts_through_the_server_and_serv
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": url,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # an activated environment (uvicorn)
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "MLFLOW_DISABLE_TELEMETRY": "true",
