@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
+from ensemble.fused import member_seed
 from ensemble.shards import merge_epoch_logs, shard_ranges
 from ensemble.snapshots import Snapshots
 from flows.train import build_task_runner, train_flow
@@ -78,7 +79,8 @@ def test_shards_on_a_local_dask_cluster_merge_into_the_one_shard_ensemble(tmp_pa
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{many['run_id']}'"
     )
     assert sorted(int(run.data.params["member"]) for run in children) == list(range(MEMBERS))
-    assert sorted(run.data.params["seed"] for run in children) == [str(n) for n in range(MEMBERS)]
+    seeds = {int(run.data.params["member"]): run.data.params["seed"] for run in children}
+    assert seeds == {n: str(member_seed(0, n)) for n in range(MEMBERS)}  # as one shard would seed them
     for run in children:
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == EPOCHS
