@@ -3,10 +3,14 @@
 Workload (seed 000): 10,000 rows x 30 features, binary target, N in {5, 50} MLPs with two tanh hidden layers of
 H in {10, 100} units, batch size 1, Adam, one epoch. Compared:
 
-    (a) fused engine: `ensemble.train.fit` on a `FusedMLP` (tracing timed separately, on a warm-up call);
+    (a) fused engine: `ensemble.train.fit` on a `FusedMLP`, default `jit_compile="auto"` (XLA), and (a') the same
+        as a plain TensorFlow graph (`jit_compile=False`); tracing / XLA compilation timed separately, on a warm-up
+        call;
     (b) N separate `keras.Sequential.fit(batch_size=1)`, timed on a few members and rows, scaled;
     (c) the seed's multi-branch Keras model (N branches -> `Average`), `fit(batch_size=1)`, timed on a subset, scaled;
-    (d) `torch.func.vmap` over `functional_call` with Adam on the stacked parameters (skipped without torch).
+    (d) `torch.func.vmap` over `functional_call` with Adam on the stacked parameters (skipped without torch);
+    (e) JAX: `jax.vmap` over the members, optax Adam, `lax.scan` over the epoch's steps, one `jax.jit` call per
+        epoch (compilation timed separately; skipped without jax/optax: `pip install -e '.[bench]'`).
 
 Then the fused per-step cost for N in {1, 10, 50, 200, 1000} (H = 10 and 100, with the Adam update alone for
 comparison) and, with `--profile`, where a step's time goes. It prints; nothing is written. Other processes on the
@@ -15,6 +19,7 @@ on a busy machine: TF's Adam kernel always splits its work over all threads and 
 
     .venv/bin/python benchmarks/bench_fused.py                       # everything (~15 min on 2 cores)
     .venv/bin/python benchmarks/bench_fused.py --quick --threads 1   # smaller timing samples (~5 min)
+    .venv/bin/python benchmarks/bench_fused.py --engines --threads 1  # (a), (a'), (b), (e) at 3 sizes (~3 min)
 """
 
 from __future__ import annotations
@@ -66,18 +71,23 @@ def best_of(fn, repeats: int = 2) -> float:
 # --- (a) the fused engine ------------------------------------------------------------------------------------------
 
 
-def fused_epoch(members: int, hidden: int, x, y) -> tuple[float, float]:
-    """(seconds for one epoch of `fit`, tracing seconds). A warm-up call with the epoch's shapes traces first."""
+def fused_epoch(members: int, hidden: int, x, y, jit_compile: bool | str = "auto") -> tuple[float, float]:
+    """(seconds for one epoch of `fit`, tracing (+ XLA compile) seconds). A warm-up call with the epoch's shapes
+    traces (and compiles) first."""
     model = FusedMLP(members, FEATURES, (hidden, hidden), task="binary", activation="tanh", seed=0)
     optimizer = keras.optimizers.Adam(LR)
     optimizer.build(model.trainable_variables)
-    config = TrainConfig(epochs=1, steps_per_call=STEPS_PER_CALL, train_metrics=False)
+    config = TrainConfig(
+        epochs=1, steps_per_call=STEPS_PER_CALL, train_metrics=False, jit_compile=jit_compile
+    )
     run_steps = compiled_steps(model, optimizer, config)
     warm = epoch_indices(len(x), members, 1, epoch=99, seed=0, bagging=False)[:STEPS_PER_CALL]
     x_t, y_t = tf.constant(x), tf.constant(y.astype("int32"))
     first = timed(lambda: run_steps(x_t, y_t, tf.constant(warm))[0].numpy())  # tracing + 1000 steps
     second = timed(lambda: run_steps(x_t, y_t, tf.constant(warm))[0].numpy())  # 1000 steps
     epoch = best_of(lambda: fit(model, x, y, optimizer=optimizer, config=config))
+    if jit_compile == "auto" and not run_steps.uses_xla:
+        print(f"- (a) N={members} H={hidden}: XLA fell back to the plain graph: {run_steps.fallback_reason}")
     return epoch, max(first - second, 0.0)
 
 
@@ -189,6 +199,71 @@ def torch_epoch_estimate(members: int, hidden: int, x, y, steps: int) -> tuple[f
     return best[0] * len(x), f"torch {torch.__version__}, Adam {best[1]}, {torch.get_num_threads()} threads"
 
 
+# --- (e) JAX: vmap + optax Adam + lax.scan -------------------------------------------------------------------------
+
+
+def jax_epoch(members: int, hidden: int, x, y) -> tuple[float, float, str] | None:
+    """(seconds per epoch, compile seconds, versions) of vmapped members trained by one jitted `lax.scan` per epoch.
+
+    Same workload as (a): per-member shuffles (`epoch_indices`), batch 1, Adam (Keras' epsilon 1e-7) on the stacked
+    parameters (elementwise, so members stay independent), summed member losses. None without jax/optax.
+    """
+    try:
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError:
+        return None
+
+    def init_member(key):
+        """Glorot-uniform kernels and zero biases of one member: [(w (d, H), b (H,)), ..., (w (H, 1), b (1,))]."""
+        sizes, params = (FEATURES, hidden, hidden, 1), []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            key, sub = jax.random.split(key)
+            limit = float(np.sqrt(6.0 / (fan_in + fan_out)))
+            params.append(
+                (jax.random.uniform(sub, (fan_in, fan_out), minval=-limit, maxval=limit), jnp.zeros(fan_out))
+            )
+        return params
+
+    def member_loss(params, xb, yb):  # xb (B, d), yb (B,)
+        h = xb
+        for w, b in params[:-1]:
+            h = jnp.tanh(h @ w + b)  # (B, H)
+        w, b = params[-1]
+        return optax.sigmoid_binary_cross_entropy((h @ w + b)[:, 0], yb).mean()
+
+    def total_loss(params, xb, yb):  # (N, B, d), (N, B): sum, so each member gets exactly its own gradient
+        return jax.vmap(member_loss)(params, xb, yb).sum()
+
+    optimizer = optax.adam(LR, eps=1e-7)
+
+    @jax.jit
+    def run_epoch(params, opt_state, x_all, y_all, batch_indices):  # (rows, d), (rows,), (S, N, B)
+        def step(carry, rows):  # rows (N, B)
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(total_loss)(params, x_all[rows], y_all[rows])
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), batch_indices)
+        return params, opt_state, losses
+
+    params = jax.vmap(init_member)(jax.random.split(jax.random.PRNGKey(0), members))  # each leaf (N, ...)
+    opt_state = optimizer.init(params)
+    x_j, y_j = jnp.asarray(x), jnp.asarray(y.astype("float32"))
+    indices = [jnp.asarray(epoch_indices(len(x), members, 1, epoch, 0, False)) for epoch in range(3)]
+
+    def one_epoch(epoch: int) -> None:
+        nonlocal params, opt_state
+        params, opt_state, losses = run_epoch(params, opt_state, x_j, y_j, indices[epoch])
+        losses.block_until_ready()
+
+    first = timed(lambda: one_epoch(0))  # compile + 1 epoch
+    epoch = min(timed(lambda e=e: one_epoch(e)) for e in (1, 2))
+    return epoch, max(first - epoch, 0.0), f"jax {jax.__version__}, optax {optax.__version__}"
+
+
 # --- where a fused step's time goes ------------------------------------------------------------------------------
 
 
@@ -272,11 +347,53 @@ def adam_update_seconds(members: int, hidden: int, steps: int = 200) -> float:
 
 # --- report --------------------------------------------------------------------------------------------------------
 
+ENGINE_SIZES = ((5, 10), (50, 10), (50, 100))  # (N, H)
+
+
+def engines_table(x, y, seq_rows: int) -> None:
+    """Seconds per epoch of the fused engine with XLA (default "auto") and as a plain graph, JAX, N x Sequential."""
+    print(
+        "| N | H | (a) fused, XLA (auto) s/epoch | XLA compile s | (a') fused, plain graph s/epoch | tracing s "
+        "| (e) JAX s/epoch | JAX compile s | (b) N x Sequential s/epoch | (a')/(a) | (e)/(a) | (b)/(a) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    member_epochs: dict[int, float] = {}
+    versions = None
+    for members, hidden in ENGINE_SIZES:
+        xla, compile_s = fused_epoch(members, hidden, x, y, "auto")
+        plain, tracing = fused_epoch(members, hidden, x, y, False)
+        jax_result = jax_epoch(members, hidden, x, y)
+        if hidden not in member_epochs:
+            build = functools.partial(sequential_member, hidden)
+            member_epochs[hidden] = keras_epoch_estimate(build, x, y, seq_rows)[2]
+        seq = members * member_epochs[hidden]
+        if jax_result is None:
+            jax_cells = "skipped | - "
+        else:
+            jax_cells, versions = f"{jax_result[0]:.2f} | {jax_result[1]:.1f} ", jax_result[2]
+        jax_ratio = f"{jax_result[0] / xla:.2f}" if jax_result else "-"
+        print(
+            f"| {members} | {hidden} | {xla:.2f} | {compile_s:.1f} | {plain:.2f} | {tracing:.1f} | {jax_cells}"
+            f"| {seq:.0f} | {plain / xla:.2f} | {jax_ratio} | {seq / xla:.0f} |",
+            flush=True,
+        )
+    print(
+        f"\n- (b): 1 member timed on 2 fits of {seq_rows // 2} rows (best) per H, scaled to {ROWS} rows, x N"
+    )
+    print(
+        f"- (e): {versions}"
+        if versions
+        else "- (e) skipped: jax/optax not importable (pip install -e '.[bench]')"
+    )
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller timing samples")
     parser.add_argument("--profile", action="store_true", help="also break a step down (N=50 and 200, H=100)")
+    parser.add_argument(
+        "--engines", action="store_true", help="only (a) XLA, (a') plain graph, (e) JAX and (b) at 3 sizes"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -293,6 +410,10 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
+        if args.threads == 1:  # JAX's CPU backend (imported later): no Eigen thread pool either
+            os.environ["XLA_FLAGS"] = (
+                f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
+            )
     seq_rows, avg_rows, torch_steps, scale_steps = (
         (500, 200, 300, 1000) if args.quick else (2000, 1000, 2000, 2000)
     )
@@ -306,6 +427,10 @@ def main() -> None:
         args.threads or f"default ({tf.config.threading.get_intra_op_parallelism_threads()} = all cores)"
     )
     print(f"threads: {threads}; start: {load()}\n")
+    if args.engines:
+        engines_table(x, y, seq_rows)
+        print(f"\nend: {load()}")
+        return
     print(
         "| N | H | (a) fused s/epoch | tracing s | (b) N x Sequential s/epoch | (c) seed Average s/epoch "
         "| (d) torch vmap s/epoch | (b)/(a) | (c)/(a) | (d)/(a) |"

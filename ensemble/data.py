@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import sklearn
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
@@ -150,6 +151,43 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
     """
     if source in BUNDLED_DATASETS:
         return _bundled_frame(source), target or "target"
+    path = _data_file(source)
+    try:
+        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path, engine="pyarrow")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError) as error:
+        raise DataError(f"Could not read {path}: {error}") from error
+    return frame, _required_target(path, target, list(frame.columns))
+
+
+def check_source(
+    source: str,
+    target: str | None = None,
+    features: tuple[str, ...] | None = None,
+    drop: tuple[str, ...] = (),
+    id_column: str | None = None,
+) -> None:
+    """The checks of `load_frame` and `validate_frame` that need no rows, from a file's header only (fast, for a
+    command line to run before it starts anything): the file exists with a supported extension, and names the
+    target and every column that `features`, `drop` and `id_column` name. Same DataError messages."""
+    if source in BUNDLED_DATASETS:  # built in memory in a fraction of a second
+        columns, target = list(_bundled_frame(source).columns), target or "target"
+    else:
+        path = _data_file(source)
+        try:
+            columns = (
+                list(pd.read_csv(path, nrows=0).columns)
+                if path.suffix.lower() == ".csv"
+                else list(pq.read_schema(path).names)
+            )
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError):
+            return  # `load_frame` says what is wrong with the file
+        target = _required_target(path, target, columns)
+    _check_target_column(target, columns)
+    feature_columns(columns, target, features, drop, id_column)
+
+
+def _data_file(source: str) -> Path:
+    """The existing CSV/Parquet file `source` names; DataError naming the fix otherwise."""
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix not in _EXTENSIONS:
@@ -158,13 +196,18 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
         raise DataError(f"Unsupported file extension {path.suffix!r} ({path}); use one of {_EXTENSIONS}.")
     if not path.is_file():
         raise DataError(f"Data file not found: {path} (resolved to {path.resolve()}).")
-    try:
-        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path, engine="pyarrow")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError) as error:
-        raise DataError(f"Could not read {path}: {error}") from error
+    return path
+
+
+def _required_target(path: Path, target: str | None, columns: list[str]) -> str:
     if target is None:
-        raise DataError(f"Argument `target` is required for {path}. Available columns: {list(frame.columns)}")
-    return frame, target
+        raise DataError(f"Argument `target` is required for {path}. Available columns: {columns}")
+    return target
+
+
+def _check_target_column(target: str, columns: list[str]) -> None:
+    if target not in columns:
+        raise DataError(f"Target column {target!r} not found. Available columns: {list(columns)}")
 
 
 def _is_numeric(column: pd.Series) -> bool:
@@ -247,8 +290,7 @@ def validate_frame(
         raise DataError(f"Column names must be strings. Received: {bad_names}")
     if duplicated := sorted(set(frame.columns[frame.columns.duplicated()])):
         raise DataError(f"Duplicate column names: {duplicated}.")
-    if target not in frame.columns:
-        raise DataError(f"Target column {target!r} not found. Available columns: {list(frame.columns)}")
+    _check_target_column(target, list(frame.columns))
     features = feature_columns(list(frame.columns), target, features, drop, id_column)
     if not features:
         raise DataError(
@@ -573,9 +615,7 @@ def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's content; for a bundled name, of the name and the scikit-learn version."""
     if str(path) in BUNDLED_DATASETS:
         return hashlib.sha256(f"{path}:scikit-learn=={sklearn.__version__}".encode()).hexdigest()
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Data file not found: {path} (resolved to {path.resolve()}).")
+    path = _data_file(str(path))  # the same DataError as loading it would give
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

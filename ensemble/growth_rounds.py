@@ -162,9 +162,9 @@ class GrowthRound:
         return row
 
 
-def monitored_value(model: FusedMLP, x_val, y_val, monitor: str) -> float:
+def monitored_value(model: FusedMLP, x_val, y_val, monitor: str, jit_compile: bool | str = "auto") -> float:
     """The monitored validation metric of `model`, computed as `fit`'s epoch logs compute it."""
-    scores = evaluate_members(model, np.asarray(x_val, "float32"), np.asarray(y_val))
+    scores = evaluate_members(model, np.asarray(x_val, "float32"), np.asarray(y_val), jit_compile)
     key = monitor.removeprefix("val_")
     return float(scores[key]) if key == "ensemble_accuracy" else float(np.mean(scores[key]))
 
@@ -309,7 +309,7 @@ def grow_rounds(
     samples_per_epoch = steps_per_epoch * train_config.batch_size
     rng = np.random.default_rng(config.seed)
     rounds, epoch = [], int(initial_epoch)
-    start_value = monitored_value(model, *validation, config.monitor)
+    start_value = monitored_value(model, *validation, config.monitor, train_config.jit_compile)
     for index in range(config.max_rounds + 1):
         stop_epoch = round_stop_epoch(optimizer, epoch, train_config.epochs, steps_per_epoch)
         plateau = RoundEnd(config.monitor, config.mode, config.min_delta, config.patience, start_value)
@@ -327,7 +327,10 @@ def grow_rounds(
         train_seconds = time.perf_counter() - start
         epochs, stopped = len(history.epoch), plateau.plateau
         epoch += epochs
-        before = monitored_value(model, *validation, config.monitor)
+        if train_config.jit_compile == "auto" and not history.uses_xla:
+            # XLA failed on this model (one warning said why): the grown models retrace as plain graphs.
+            train_config = replace(train_config, jit_compile=False)
+        before = monitored_value(model, *validation, config.monitor, train_config.jit_compile)
         flops = ensemble_flops(model.input_dim, model.hidden_units, model.output_dim, model.members)
         record = dict(
             round=index,
@@ -359,7 +362,7 @@ def grow_rounds(
         if config.lr_width_scaling:
             scale_learning_rate(optimizer, sum(record["widths"]) / sum(model.hidden_units))
         split_seconds = time.perf_counter() - start
-        after = start_value = monitored_value(model, *validation, config.monitor)
+        after = start_value = monitored_value(model, *validation, config.monitor, train_config.jit_compile)
         rounds.append(
             GrowthRound(
                 **record,

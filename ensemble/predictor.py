@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ensemble.data import Preprocessor
+from ensemble.data import DataError, Preprocessor
 from ensemble.fused import FusedMLP, load_fused
 from ensemble.metrics import COMBINERS, combine, combine_regression
 
@@ -53,7 +53,11 @@ class EnsemblePredictor:
 
     def predict_members(self, frame: pd.DataFrame, log_probs: bool = False) -> np.ndarray:
         """Member predictions for raw rows: `(K, B, C)` probabilities (their logs, computed from the logits, with
-        `log_probs`), or `(K, B)` for regression."""
+        `log_probs`), or `(K, B)` for regression. DataError for a frame without rows (an empty request)."""
+        if isinstance(frame, pd.DataFrame) and len(frame) == 0:
+            raise DataError(
+                f"No rows to predict: send at least one row with the feature columns {self.preprocessor.feature_names}."
+            )
         x = self.preprocessor.transform(frame)  # (B, d), validated and standardised
         return np.concatenate([group.predict_members(x, log_probs=log_probs) for group in self.groups], axis=0)
 

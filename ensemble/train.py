@@ -14,6 +14,7 @@ loop stop a compiled call exactly there, so a snapshot taken in `on_cycle_end` h
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +25,10 @@ import tensorflow as tf
 
 from ensemble.fused import FusedMLP
 from ensemble.optimizers import apply_gradients, check_elementwise
+
+logger = logging.getLogger(__name__)
+
+JIT_COMPILE_CHOICES = (True, False, "auto")
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ class TrainConfig:
         bagging: each member trains on its own bootstrap resample of the rows (drawn once, reshuffled each epoch).
         seed: seed of the data order (and of bootstrap draws); weights are seeded by the model.
         steps_per_call: optimiser steps inside one compiled call (the Python loop runs once per call).
-        jit_compile: XLA-compile the step loop (helps on a GPU; fails on some CPUs).
+        jit_compile: XLA-compile the step loop and the member scores: True, False, or "auto" (XLA where it
+            compiles; a function XLA fails to compile logs one warning with the reason and runs as a plain graph).
         train_metrics: evaluate each member on the full training set at every epoch end.
         track_unit_gradients: accumulate |dL/dW| per hidden unit over each epoch (for targeted growth).
         member_offset: global index of the model's first member: member n draws the data order (and bootstrap) of
@@ -48,7 +54,7 @@ class TrainConfig:
     bagging: bool = False
     seed: int = 0
     steps_per_call: int = 1000
-    jit_compile: bool = False
+    jit_compile: bool | str = "auto"
     train_metrics: bool = True
     track_unit_gradients: bool = False
     member_offset: int = 0
@@ -61,6 +67,7 @@ class TrainConfig:
             raise ValueError(
                 f"Argument `member_offset` must be >= 0. Received: member_offset={self.member_offset}"
             )
+        check_jit_compile(self.jit_compile)
 
     def get_config(self) -> dict:
         return asdict(self)
@@ -105,18 +112,23 @@ def member_losses(task: str, y, outputs):
     return tf.reduce_mean(losses, axis=1)  # (N,)
 
 
-def evaluate_members(model: FusedMLP, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+def evaluate_members(
+    model: FusedMLP, x: np.ndarray, y: np.ndarray, jit_compile: bool | str = "auto"
+) -> dict[str, np.ndarray]:
     """Per-member loss and, for classification, accuracy on one shared set `(N,)`, plus the ensemble's accuracy
     (mean of the members' probabilities).
 
     One compiled call (`compiled_scores`): eager op-by-op dispatch would hold the GIL at every op and, with a
     logging thread beside training, wait for it each time.
     """
-    scores = compiled_scores(model)(tf.constant(np.asarray(x, "float32")), label_tensor(model.task, y))
+    scores = compiled_scores(model, jit_compile)(
+        tf.constant(np.asarray(x, "float32")), label_tensor(model.task, y)
+    )
     result = {"loss": scores["loss"].numpy().astype("float64")}
     if model.task != "regression":
-        result["accuracy"] = scores["accuracy"].numpy().astype("float64")
-        result["ensemble_accuracy"] = np.float64(scores["ensemble_accuracy"].numpy())
+        # Counts divided here, not in the graph: XLA turns `/ rows` into `* (1 / rows)`, one ulp off NumPy's mean.
+        result["accuracy"] = scores["correct"].numpy() / len(x)
+        result["ensemble_accuracy"] = np.float64(scores["ensemble_correct"].numpy() / len(x))
     return result
 
 
@@ -125,16 +137,79 @@ def label_tensor(task: str, y: np.ndarray) -> tf.Tensor:
     return tf.constant(np.asarray(y).astype("float32" if task == "regression" else "int32"))
 
 
+def check_jit_compile(jit_compile) -> None:
+    """Raises ValueError unless `jit_compile` is True, False or "auto"."""
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+        raise ValueError(
+            'Argument `jit_compile` must be True, False or "auto" (XLA where it compiles). '
+            f"Received: jit_compile={jit_compile!r}"
+        )
+
+
+def xla_failure_reason(error: tf.errors.OpError) -> str:
+    """The first line of XLA's error (e.g. `... on XLA_CPU_JIT: EagerPyFunc (No registered ...)`), shortened."""
+    lines = (error.message or type(error).__name__).strip().splitlines() or [type(error).__name__]
+    return lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
+
+
+class XlaFunction:
+    """`tf.function(fn)` compiled with XLA (`jit_compile=True`), as a plain graph (`False`), or with XLA where it
+    compiles (`"auto"`).
+
+    With "auto", a call that XLA fails to compile or run (an op without an XLA kernel, such as `tf.py_function`, or
+    an LLVM error) logs ONE warning on the `ensemble.train` logger naming `what` and the reason, and this and every
+    later call run the plain graph. XLA writes variables only when a compiled call completes, so a failed attempt
+    leaves them untouched. Both paths compute the same function; results agree to float rounding.
+
+    Attributes:
+        uses_xla: whether calls currently run XLA-compiled.
+        fallback_reason: XLA's error when "auto" fell back, else None.
+    """
+
+    def __init__(self, fn, input_signature: list, jit_compile: bool | str, what: str):
+        check_jit_compile(jit_compile)
+        self.what, self.fallback_reason = what, None
+        self._xla = self._graph = None
+        if jit_compile in (True, "auto"):
+            self._xla = tf.function(fn, jit_compile=True, input_signature=input_signature)
+        if jit_compile in (False, "auto"):
+            self._graph = tf.function(fn, jit_compile=False, input_signature=input_signature)
+
+    @property
+    def uses_xla(self) -> bool:
+        return self._xla is not None and self.fallback_reason is None
+
+    def __call__(self, *args):
+        if not self.uses_xla:
+            return self._graph(*args)
+        if self._graph is None:  # jit_compile=True: XLA's errors are the caller's
+            return self._xla(*args)
+        try:
+            return self._xla(*args)
+        except tf.errors.OpError as error:
+            self.fallback_reason = xla_failure_reason(error)
+            logger.warning(
+                "XLA could not compile %s; running it as a plain TensorFlow graph instead (jit_compile=False "
+                "skips the attempt). Reason: %s",
+                self.what,
+                self.fallback_reason,
+            )
+        return self._graph(*args)
+
+
 _SCORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compiled_scores(model: FusedMLP):
-    """The compiled `scores(x (B, d), y (B,)) -> {"loss" (N,)[, "accuracy" (N,), "ensemble_accuracy" ()]}`.
+def compiled_scores(model: FusedMLP, jit_compile: bool | str = "auto"):
+    """The compiled `scores(x (B, d), y (B,)) -> {"loss" (N,)[, "correct" (N,), "ensemble_correct" ()]}`: mean
+    losses, and float64 counts of rows each member (and the mean-probability ensemble) classifies right.
 
-    Every member scores the same rows; traced once per model for any B.
+    Every member scores the same rows; traced once per model (and `jit_compile`, see `XlaFunction`) for any B
+    (XLA compiles once per distinct B).
     """
-    if model in _SCORES:
-        return _SCORES[model]
+    cached = _SCORES.setdefault(model, {})
+    if jit_compile in cached:
+        return cached[jit_compile]
     model_ref = weakref.ref(model)  # the cache must not keep the model alive
     task, members = model.task, model.members
     signature = [
@@ -142,7 +217,6 @@ def compiled_scores(model: FusedMLP):
         tf.TensorSpec([None], tf.float32 if task == "regression" else tf.int32),
     ]
 
-    @tf.function(input_signature=signature)
     def scores(x, y):
         rows = tf.shape(x)[0]
         outputs = model_ref()(tf.broadcast_to(x[None], [members, rows, x.shape[-1]]), training=False)
@@ -156,13 +230,13 @@ def compiled_scores(model: FusedMLP):
                 log_probs = tf.nn.log_softmax(outputs, axis=-1)  # (N, B, C)
             probs = tf.exp(log_probs)  # (N, B, C)
             hits = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[None]), tf.float64)
-            result["accuracy"] = tf.reduce_mean(hits, axis=1)
+            result["correct"] = tf.reduce_sum(hits, axis=1)
             ensemble = tf.argmax(tf.reduce_mean(probs, 0), -1, output_type=tf.int32)
-            result["ensemble_accuracy"] = tf.reduce_mean(tf.cast(tf.equal(ensemble, y), tf.float64))
+            result["ensemble_correct"] = tf.reduce_sum(tf.cast(tf.equal(ensemble, y), tf.float64))
         return result
 
-    _SCORES[model] = scores
-    return scores
+    cached[jit_compile] = XlaFunction(scores, signature, jit_compile, f"the member scores of {model.name!r}")
+    return cached[jit_compile]
 
 
 def check_training_data(
@@ -217,6 +291,7 @@ def fit(
         `val_ensemble_accuracy`, `lr` (at the epoch's last step). Per-member `(N,)` arrays: `member_loss`,
         `member_accuracy`, `member_val_loss`, `member_val_accuracy`. `history.learning_rates` holds the learning
         rate of every step as the optimiser used it, `history.steps` the matching global step numbers.
+        `history.uses_xla` says whether the step loop ran XLA-compiled (False after an "auto" fallback).
     """
     x, y = np.asarray(x, "float32"), np.asarray(y)
     check_training_data(model, x, y, config.batch_size)
@@ -282,6 +357,7 @@ def fit(
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
+    history.uses_xla = run_steps.uses_xla
     callback_list.on_train_end()
     return history
 
@@ -316,7 +392,6 @@ def compiled_steps(model: FusedMLP, optimizer: keras.optimizers.Optimizer, confi
         model.members,
     )  # the cache must not keep the model alive
 
-    @tf.function(jit_compile=config.jit_compile, input_signature=signature)  # traced once, any S, rows, B
     def run_steps(x_train, y_train, batch_indices):  # (rows, d), (rows,), (S, N, B)
         steps = tf.shape(batch_indices)[0]
         loss_sum = tf.zeros([members])
@@ -335,9 +410,11 @@ def compiled_steps(model: FusedMLP, optimizer: keras.optimizers.Optimizer, confi
                     acc.assign_add(tf.reduce_sum(tf.abs(grads[index]), axis=1))  # (N, H)
         return loss_sum, lrs.stack()
 
-    run_steps.unit_gradients = unit_gradients
-    cached[key] = run_steps
-    return run_steps
+    # Traced once for any S, rows, B; XLA compiles once per distinct shape (see `XlaFunction`).
+    compiled = XlaFunction(run_steps, signature, config.jit_compile, f"the step loop of {model.name!r}")
+    compiled.unit_gradients = unit_gradients
+    cached[key] = compiled
+    return compiled
 
 
 def schedule_cycle_ends(optimizer: keras.optimizers.Optimizer, total_steps: int) -> list[int]:
@@ -350,10 +427,10 @@ def epoch_logs(model, x, y, validation_data, mean_step_loss: np.ndarray, config:
     """Epoch-end logs: scalar means over members plus per-member `(N,)` arrays (see `fit`)."""
     logs: dict = {"member_loss": mean_step_loss, "loss": float(mean_step_loss.mean())}
     if config.train_metrics and model.task != "regression":
-        logs["member_accuracy"] = evaluate_members(model, x, y)["accuracy"]
+        logs["member_accuracy"] = evaluate_members(model, x, y, config.jit_compile)["accuracy"]
         logs["accuracy"] = float(logs["member_accuracy"].mean())
     if validation_data is not None:
-        scores = evaluate_members(model, *validation_data)
+        scores = evaluate_members(model, *validation_data, config.jit_compile)
         logs["member_val_loss"], logs["val_loss"] = scores["loss"], float(scores["loss"].mean())
         if "accuracy" in scores:
             logs["member_val_accuracy"], logs["val_accuracy"] = (

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
+import shlex
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.tracking import TrackingSettings
 
 os.environ.setdefault(
     "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
@@ -31,14 +36,30 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 UI_HINT = "Open the MLflow UI with `ensemble ui` (http://127.0.0.1:5000)."
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` appends `(default: X)` to each option that has a default, unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def config_arguments(parser: argparse.ArgumentParser) -> None:
+    from tasks.config import PipelineConfig
+
+    def default(section: str, key: str) -> str:  # the config's default: `PipelineConfig` is its one home
+        return f"(default: {getattr(PipelineConfig(), section).model_dump()[key]}, or {section}.{key} of --config)"
+
     parser.add_argument("--config", help="YAML file with pipeline config sections (data, model, train, ...)")
     parser.add_argument(
-        "--data", help="CSV/Parquet path or a bundled data set (digits, breast_cancer, wine, blobs)"
+        "--data",
+        help="CSV/Parquet path or a bundled data set (digits, breast_cancer, wine, blobs) "
+        + default("data", "source"),
     )
-    parser.add_argument("--target", help="target column of a CSV/Parquet file")
-    parser.add_argument("--members", type=int, help="ensemble members N")
-    parser.add_argument("--epochs", type=int, help="training epochs")
+    parser.add_argument("--target", help="target column of a CSV/Parquet file (default: 'target' of a bundled set)")
+    parser.add_argument("--members", type=int, help="ensemble members N " + default("model", "members"))
+    parser.add_argument("--epochs", type=int, help="training epochs " + default("train", "epochs"))
     parser.add_argument(
         "--set",
         action="append",
@@ -51,8 +72,13 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ensemble", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    # Every subcommand takes `--debug` too (`ensemble train ... --debug`); SUPPRESS: absent there, the value
+    # before the subcommand stays.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train, evaluate and register an ensemble")
+    add_command = functools.partial(commands.add_parser, parents=[common], formatter_class=DefaultsHelpFormatter)
+    train = add_command("train", help="train, evaluate and register an ensemble")
     config_arguments(train)
     resume = train.add_mutually_exclusive_group()
     resume.add_argument(
@@ -62,21 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
         "config and data whose process died, if any)",
     )
     resume.add_argument("--fresh", action="store_true", help="start a new run even if one could be resumed")
-    compare = commands.add_parser(
+    compare = add_command(
         "compare", help="ensemble vs single models (incl. equal FLOPs), one run each"
     )
     config_arguments(compare)
     compare.add_argument("--grid", action="store_true", help="also run the widths x members grid")
-    predict = commands.add_parser("predict", help="score a CSV/Parquet file with a registered model alias")
+    predict = add_command("predict", help="score a CSV/Parquet file with a registered model alias")
     predict.add_argument("--input", required=True)
     predict.add_argument("--output", required=True, help="Parquet file to write")
-    predict.add_argument("--alias", default="champion")
+    predict.add_argument("--alias", default="champion", help="model alias to score with")
     predict.add_argument(
         "--model-name",
         help="registered model, e.g. wine-ensemble (default: registered_model_name of mlflow.yaml or "
         "$ENSEMBLE_REGISTERED_MODEL; required when neither is set)",
     )
-    schedule = commands.add_parser(
+    schedule = add_command(
         "schedule", help="run the train flow on a schedule (needs a Prefect server: PREFECT_API_URL)"
     )
     config_arguments(schedule)
@@ -89,15 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bind the deployment to a work pool and return; a `prefect worker start --pool POOL` runs it",
     )
-    schedule.add_argument("--pool", default="default", help="work pool of --no-serve (default: default)")
-    deploy = commands.add_parser(
+    schedule.add_argument("--pool", default="default", help="work pool of --no-serve")
+    deploy = add_command(
         "deploy", help="write a Docker build context (Dockerfile + model) serving a registered model alias"
     )
     deploy.add_argument("--dockerfile", required=True, metavar="DIR", help="new or empty directory to write")
-    deploy.add_argument("--alias", default="champion")
+    deploy.add_argument("--alias", default="champion", help="model alias to serve")
     deploy.add_argument("--model-name", help="registered model (default: mlflow.yaml)")
-    ui = commands.add_parser("ui", help="open the MLflow UI on the configured store")
-    ui.add_argument("--port", type=int, default=5000)
+    ui = add_command("ui", help="open the MLflow UI on the configured store")
+    ui.add_argument("--port", type=int, default=5000, help="port of the UI on 127.0.0.1")
     return parser
 
 
@@ -116,7 +142,24 @@ def load_pipeline_config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def check_data_source(config) -> None:
+    """What the data's header alone shows wrong (missing file, unknown target or column), as the flow would."""
+    from ensemble.data import check_source
+
+    data = config.data
+    check_source(data.source, data.target, data.features, tuple(data.drop), data.id_column)
+
+
 def run(args: argparse.Namespace) -> int:
+    config = None
+    if args.command in ("train", "compare", "schedule"):
+        # A bad value or a data file that cannot be used fails here, in about a second: before TensorFlow,
+        # Prefect or MLflow load, before Prefect starts a server and before an MLflow run opens.
+        config = load_pipeline_config(args)
+        if args.command != "schedule":  # a scheduled run reads its data when it runs
+            check_data_source(config)
+    if not args.debug:
+        quiet_runtime()
     from tasks.tracking import TrackingSettings
 
     settings = TrackingSettings.load()
@@ -147,7 +190,6 @@ def run(args: argparse.Namespace) -> int:
         result = predict_flow(args.input, args.output, args.alias, args.model_name, settings)
         print(f"Wrote {result['rows']} predictions to {result['output']} ({result['model_uri']}).")
         return 0
-    config = load_pipeline_config(args)  # a bad value fails here, before any task runs
     if args.command == "schedule":
         from flows.schedule import schedule_training
 
@@ -180,11 +222,13 @@ def run(args: argparse.Namespace) -> int:
     from flows.train import train_flow
 
     result = train_flow(config, settings, resume="fresh" if args.fresh else args.resume or "auto")
-    print(summary(result))
+    print(summary(result, settings))
     return 0
 
 
-def summary(result: dict) -> str:
+def summary(result: dict, settings: TrackingSettings | None = None) -> str:
+    """What a finished train flow printed: the run, its test metrics, and how to serve what it registered (with
+    the store of `settings` when it is not the default)."""
     metrics = result["metrics"]
     keys = [
         k
@@ -205,9 +249,22 @@ def summary(result: dict) -> str:
             lines.append(f"registered {reg['name']} version {reg['version']} without an alias: {reg['reason']}")
             lines.append("serve this version with:")
             uri = f"models:/{reg['name']}/{reg['version']}"
-        lines.append(f'  mlflow models serve -m "{uri}" --env-manager local -p 5001')
+        lines.append(f'  {store_environment(settings)}mlflow models serve -m "{uri}" --env-manager local -p 5001')
     lines.append(UI_HINT)
     return "\n".join(lines)
+
+
+def store_environment(settings: TrackingSettings | None) -> str:
+    """`MLFLOW_TRACKING_URI=... ` (and `MLFLOW_REGISTRY_URI=... `) to put before an `mlflow` command so that it
+    finds the models of `settings`; empty for the default store (`TrackingSettings`' default, MLflow's too)."""
+    from tasks.tracking import TrackingSettings
+
+    if settings is None:
+        return ""
+    default = TrackingSettings.tracking_uri  # the dataclass field's default
+    names = {"MLFLOW_TRACKING_URI": settings.tracking_uri if settings.tracking_uri != default else None}
+    names["MLFLOW_REGISTRY_URI"] = settings.registry_uri if settings.registry_uri != settings.tracking_uri else None
+    return "".join(f"{name}={shlex.quote(uri)} " for name, uri in names.items() if uri)
 
 
 class DropTracebacks(logging.Filter):
@@ -234,19 +291,23 @@ def import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+def quiet_runtime() -> None:
+    """TensorFlow loaded without its native start-up notes, and Prefect's terminal log handlers without
+    tracebacks (the CLI prints the cause once itself). `--debug` skips this."""
+    import_tensorflow_quietly()
+    # `import prefect` is lazy and configures no logging; `prefect.main` creates Prefect's log handlers, which
+    # must exist now to get the filter. Only the terminal's (stream) handlers get it: Prefect's API handler keeps
+    # the tracebacks for the Prefect UI.
+    import prefect.main  # noqa: F401
+
+    for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.addFilter(DropTracebacks())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.debug:
-        import_tensorflow_quietly()
-        # `import prefect` is lazy and configures no logging; `prefect.main` creates Prefect's log handlers,
-        # which must exist now to get the filter. Only the terminal's (stream) handlers get it: Prefect's API
-        # handler keeps the tracebacks for the Prefect UI.
-        import prefect.main  # noqa: F401
-
-        for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
-            for handler in logger.handlers:
-                if isinstance(handler, logging.StreamHandler):
-                    handler.addFilter(DropTracebacks())
     try:
         return run(args)
     except KeyboardInterrupt:

@@ -104,7 +104,7 @@ class TrainSection(Section):
     bagging: bool = False
     seed: int = 0
     steps_per_call: int = Field(1000, ge=1)
-    jit_compile: bool = False
+    jit_compile: bool | Literal["auto"] = "auto"  # XLA where it compiles (see `ensemble.train.XlaFunction`)
     # Pipeline-only (not `TrainConfig` arguments): members per shard, each shard trained by its own task on the
     # `runner` (None: one task trains all members); the Keras dtype policy the members are built with.
     members_per_shard: int | None = Field(None, ge=1)
@@ -135,10 +135,15 @@ class RunnerSection(Section):
 
 
 class SnapshotSection(Section):
-    """SGDR + one snapshot per cycle (seed 002 parameter names); `cycle_length` is in epochs."""
+    """SGDR + one snapshot per cycle (seed 002 parameter names); `cycle_length` is in epochs.
+
+    `cycle_length: null` (the default) fits `cycles` whole cycles into the run's epochs (`cycle_length_for`), so any
+    `train.epochs` works; an explicit `cycle_length` wins over `cycles` and must end a cycle at the last epoch.
+    """
 
     enabled: bool = True
-    cycle_length: int = Field(5, ge=1)
+    cycles: int = Field(2, ge=1)
+    cycle_length: int | None = Field(None, ge=1)
     cycle_length_multiplier: float = Field(1.0, ge=1)
     lr_init: float = Field(0.01, gt=0)
     lr_min: float = Field(1e-4, ge=0)
@@ -153,6 +158,44 @@ class SnapshotSection(Section):
                 f"lr_min must be < lr_init. Received: lr_min={self.lr_min}, lr_init={self.lr_init}"
             )
         return self
+
+    def _cycle_epochs(self, first: float, count: int) -> list[float]:
+        """Lengths in epochs of the first `count` cycles when the first lasts `first` epochs."""
+        return [first * self.cycle_length_multiplier**k for k in range(count)]
+
+    def cycle_length_for(self, epochs: int) -> int:
+        """The first cycle's length in epochs for a run of `epochs` epochs (the one home of this rule).
+
+        `cycle_length` when set; else the largest number of cycles n <= `cycles` that fill `epochs` exactly with a
+        whole-epoch first cycle: `epochs / (1 + m + ... + m**(n-1))` for `cycle_length_multiplier` m; with m = 1,
+        `epochs / n` for the largest n <= `cycles` that divides `epochs` (epochs 10, cycles 2: 2 cycles of 5;
+        epochs 9, cycles 2: 1 cycle of 9; epochs 9, cycles 3: 3 of 3). One cycle of `epochs` always fits.
+        """
+        if self.cycle_length is not None:
+            return self.cycle_length
+        for count in range(min(self.cycles, epochs), 1, -1):
+            first = epochs / sum(self._cycle_epochs(1.0, count))
+            if abs(first - round(first)) < 1e-9:
+                return round(first)
+        return epochs
+
+    def check_fits(self, epochs: int) -> None:
+        """Reject an explicit `cycle_length` whose cycles do not end at epoch `epochs` (the last cycle would yield
+        no snapshot); the message names both fields and the run lengths that fit."""
+        if self.cycle_length is None:
+            return
+        ends: list[float] = [0.0]
+        while ends[-1] < epochs - 1e-9:
+            ends.append(ends[-1] + self._cycle_epochs(self.cycle_length, len(ends))[-1])
+        if abs(ends[-1] - epochs) < 1e-9:
+            return
+        fits = " or ".join(f"{end:g}" for end in ends[-2:] if end > 0)
+        raise ValueError(
+            f"snapshots.cycle_length={self.cycle_length} (x{self.cycle_length_multiplier:g} per cycle) does not fit "
+            f"train.epochs={epochs}: the run would end inside SGDR cycle {len(ends) - 2} (0-based), which would "
+            f"yield no snapshot. Set train.epochs to {fits}, or remove snapshots.cycle_length to fit "
+            f"snapshots.cycles={self.cycles} cycles into the epochs"
+        )
 
 
 class GrowthSection(Section):
@@ -254,6 +297,12 @@ class PipelineConfig(Section):
     runner: RunnerSection = RunnerSection()
     output_dir: str = "outputs"
     run_name: str | None = None
+
+    @model_validator(mode="after")
+    def _cycles_fit_epochs(self) -> PipelineConfig:
+        if self.snapshots.enabled:
+            self.snapshots.check_fits(self.train.epochs)
+        return self
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> PipelineConfig:

@@ -198,12 +198,15 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
 
 def build_optimizer(
-    section: OptimizerSection, snapshots: SnapshotSection | None, steps_per_epoch: int
+    section: OptimizerSection, snapshots: SnapshotSection | None, steps_per_epoch: int, epochs: int | None = None
 ) -> keras.optimizers.Optimizer:
-    """The Keras optimiser; with snapshots on, its learning rate is the SGDR schedule (cycle_length in epochs)."""
+    """The Keras optimiser; with snapshots on, its learning rate is the SGDR schedule of a run of `epochs` epochs
+    (`sgdr_schedule`)."""
     learning_rate = section.learning_rate
     if snapshots is not None and snapshots.enabled:
-        learning_rate = sgdr_schedule(snapshots, steps_per_epoch)
+        if epochs is None or epochs < 1:
+            raise ValueError(f"Argument `epochs` must be >= 1 with snapshots on (SGDR). Received: epochs={epochs}")
+        learning_rate = sgdr_schedule(snapshots, steps_per_epoch, epochs)
     if section.name == "adam":
         return keras.optimizers.Adam(learning_rate)
     return keras.optimizers.SGD(learning_rate, momentum=section.momentum, nesterov=section.nesterov)
@@ -213,11 +216,12 @@ def build_optimizer(
 SGDR_FIELDS = {"cycle_length", "cycle_length_multiplier", "lr_init", "lr_min", "lr_multiplier"}
 
 
-def sgdr_schedule(snapshots: SnapshotSection, steps_per_epoch: int) -> SGDRSchedule:
-    """The SGDR schedule of the snapshot section (`cycle_length` in epochs)."""
-    return SGDRSchedule.from_epochs(
-        steps_per_epoch=steps_per_epoch, **snapshots.model_dump(include=SGDR_FIELDS)
-    )
+def sgdr_schedule(snapshots: SnapshotSection, steps_per_epoch: int, epochs: int) -> SGDRSchedule:
+    """The SGDR schedule of the snapshot section for a run of `epochs` epochs: its first cycle lasts
+    `snapshots.cycle_length_for(epochs)` epochs. Growth rounds continue the same schedule (the optimiser's), so
+    they end at the same cycle ends."""
+    arguments = snapshots.model_dump(include=SGDR_FIELDS) | {"cycle_length": snapshots.cycle_length_for(epochs)}
+    return SGDRSchedule.from_epochs(steps_per_epoch=steps_per_epoch, **arguments)
 
 
 PIPELINE_ONLY = ("members_per_shard", "mixed_precision")  # TrainSection fields that are not TrainConfig's
@@ -309,8 +313,13 @@ def train_task(
     steps_per_epoch = len(prepared.y_train) // train.batch_size
     checkpoint, order = run_dir / "checkpoint", data_order(train, member_offset, model.members)
     if snapshots.enabled:  # a run that stops mid-cycle would lose its last snapshot: reject it up front
-        sgdr_schedule(snapshots, steps_per_epoch).check_whole_cycles(
+        cycles = sgdr_schedule(snapshots, steps_per_epoch, train.epochs).check_whole_cycles(
             train.epochs * steps_per_epoch, steps_per_epoch
+        )
+        logger.info(
+            f"SGDR: {cycles} cycle(s) in {train.epochs} epochs, the first of "
+            f"{snapshots.cycle_length_for(train.epochs)} epochs (snapshots.cycles={snapshots.cycles}, "
+            f"cycle_length={snapshots.cycle_length})"
         )
     resuming = has_checkpoint(checkpoint)
     with dtype_policy(train.mixed_precision):  # layers keep the policy they were built (or loaded) with
@@ -319,7 +328,7 @@ def train_task(
             check_same_data_order(checkpoint, state, order)
         else:
             fused, state = build_model(prepared, model, member_offset), {"epoch": 0}
-            opt = build_optimizer(optimizer, snapshots, steps_per_epoch)
+            opt = build_optimizer(optimizer, snapshots, steps_per_epoch, train.epochs)
     collector = None
     if snapshots.enabled:
         collector = SnapshotCollector(

@@ -11,6 +11,7 @@ from ensemble.data import (
     DataError,
     PreparedData,
     Preprocessor,
+    check_source,
     file_sha256,
     infer_task,
     load_frame,
@@ -115,6 +116,47 @@ def test_load_frame_file_without_target_lists_columns(tmp_path):
     make_frame(20).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"Argument `target` is required .* Available columns: \['f0', 'f1'"):
         load_frame(str(path))
+
+
+def header_only_file(tmp_path, suffix: str) -> str:
+    """A file whose header is fine and whose rows `load_frame`/`validate_frame` would reject (strings, NaN)."""
+    frame = make_frame(20).assign(f0="not a number", f2=np.nan)
+    path = tmp_path / f"data{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_check_source_reads_only_the_header(tmp_path, suffix):
+    check_source(header_only_file(tmp_path, suffix), "label", features=("f0", "f1"), drop=("f2",))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize(
+    ("target", "columns", "match"),
+    [
+        ("nope", {}, r"Target column 'nope' not found. Available columns: \['f0', 'f1', 'f2', 'label'\]"),
+        (None, {}, r"Argument `target` is required"),
+        ("label", {"features": ("f0", "zz")}, r"Argument `features` names columns .* \['zz'\]"),
+        ("label", {"drop": ("yy",)}, r"Argument `drop` names columns .* \['yy'\]"),
+        ("label", {"id_column": "id"}, r"Argument `id_column` names columns .* \['id'\]"),
+    ],
+)
+def test_check_source_rejects_what_the_header_shows_with_the_loaders_message(
+    tmp_path, suffix, target, columns, match
+):
+    with pytest.raises(DataError, match=match):
+        check_source(header_only_file(tmp_path, suffix), target, **columns)
+
+
+def test_check_source_rejects_a_missing_file_an_unknown_name_and_a_bundled_set_without_the_target(tmp_path):
+    with pytest.raises(DataError, match=r"Data file not found: .*nope\.csv"):
+        check_source(str(tmp_path / "nope.csv"), "label")
+    with pytest.raises(DataError, match=r"Unknown bundled data set 'digitz'"):
+        check_source("digitz")
+    with pytest.raises(DataError, match=r"Target column 'label' not found"):
+        check_source("wine", "label")
+    check_source("wine")  # the bundled sets' target is "target"
 
 
 def test_file_sha256_tracks_content(tmp_path):

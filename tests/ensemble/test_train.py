@@ -1,11 +1,14 @@
 """The fused training loop against N separately trained `keras.Sequential` models (the slow obvious reference)."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from ensemble.fused import FusedMLP
+from ensemble.growth_rounds import GrowthConfig, grow_rounds
 from ensemble.train import (
     TrainConfig,
     check_training_data,
@@ -370,3 +373,92 @@ def test_compiled_member_scores_equal_a_numpy_computation_from_the_member_output
     assert scores["ensemble_accuracy"] == (probs.mean(0).argmax(-1) == y).mean()
     other = evaluate_members(model, x[:7], y[:7])  # another row count reuses the one compiled function
     np.testing.assert_array_equal(other["accuracy"], (probs[:, :7].argmax(-1) == y[:7]).mean(axis=1))
+
+
+# --- XLA (jit_compile) -------------------------------------------------------------------------------------------
+
+
+def py_function_tanh(t):
+    """tanh through `tf.py_function`: a differentiable op that XLA has no kernel for, so compiling fails."""
+    out = tf.py_function(tf.tanh, [t], t.dtype)
+    out.set_shape(t.shape)
+    return out
+
+
+def xla_warnings(caplog, what: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ensemble.train" and what in r.getMessage()]
+
+
+def test_auto_jit_compile_trains_with_xla_and_matches_the_plain_graph(caplog):
+    x, y = make_data(60, "multiclass")
+    trained, histories = [], []
+    for jit_compile in ("auto", False):
+        model = FusedMLP(MEMBERS, FEATURES, HIDDEN, task="multiclass", num_classes=3, seed=2)
+        config = TrainConfig(epochs=2, batch_size=2, steps_per_call=7, jit_compile=jit_compile)
+        histories.append(
+            fit(model, x, y, optimizer=keras.optimizers.Adam(0.01), config=config, validation_data=(x, y))
+        )
+        trained.append([model.member_weights(n) for n in range(MEMBERS)])
+
+    assert TrainConfig().jit_compile == "auto"
+    assert histories[0].uses_xla and not histories[1].uses_xla
+    assert not xla_warnings(caplog, "XLA could not compile")
+    for n in range(MEMBERS):
+        assert max_weight_difference(trained[0][n], trained[1][n]) <= 1e-5, f"member {n}"
+    for key in ("member_loss", "member_val_loss", "member_val_accuracy"):
+        np.testing.assert_allclose(histories[0].history[key], histories[1].history[key], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(histories[0].learning_rates, histories[1].learning_rates, rtol=1e-7)
+
+
+def test_auto_jit_compile_falls_back_to_the_plain_graph_with_one_warning_giving_the_reason(caplog):
+    x, y = make_data(40, "binary")
+    trained, histories = [], []
+    for jit_compile in ("auto", False):
+        model = FusedMLP(MEMBERS, FEATURES, (4,), task="binary", activation=py_function_tanh, seed=3)
+        config = TrainConfig(epochs=2, steps_per_call=15, jit_compile=jit_compile)  # 3 calls per epoch
+        with caplog.at_level("WARNING", logger="ensemble.train"):
+            histories.append(
+                fit(model, x, y, optimizer=keras.optimizers.Adam(0.01), config=config, validation_data=(x, y))
+            )
+        trained.append([model.member_weights(n) for n in range(MEMBERS)])
+
+    assert not histories[0].uses_xla
+    # Each compiled function says it once (first call), then runs the plain graph.
+    for what in ("the step loop", "the member scores"):
+        (message,) = xla_warnings(caplog, f"XLA could not compile {what} of ")
+        assert "EagerPyFunc" in message and "jit_compile=False" in message
+    for n in range(MEMBERS):  # the failed XLA attempt changed nothing: same weights as the plain graph run
+        np.testing.assert_array_equal(
+            np.concatenate([w.ravel() for w in trained[0][n]]),
+            np.concatenate([w.ravel() for w in trained[1][n]]),
+        )
+    assert histories[0].steps == histories[1].steps == list(range(1, 81))
+
+
+def test_jit_compile_true_raises_xlas_error_instead_of_falling_back():
+    x, y = make_data(20, "binary")
+    model = FusedMLP(2, FEATURES, (4,), task="binary", activation=py_function_tanh)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="EagerPyFunc"):
+        fit(model, x, y, optimizer=keras.optimizers.Adam(), config=TrainConfig(epochs=1, jit_compile=True))
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_jit_compile_accepts_only_true_false_or_auto(value):
+    with pytest.raises(ValueError, match=r'`jit_compile` must be True, False or "auto"'):
+        TrainConfig(jit_compile=value)
+
+
+def test_growth_rounds_fall_back_once_and_retrace_grown_models_as_plain_graphs(caplog):
+    x, y = make_data(48, "multiclass")
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:24], y_val=y[:24])
+    model = FusedMLP(2, FEATURES, (4,), task="multiclass", num_classes=3, activation=py_function_tanh)
+    # Nothing improves by 1.0: every round ends after one epoch.
+    growth = GrowthConfig(min_delta=1.0, patience=1, max_rounds=2)
+    config = TrainConfig(epochs=5, batch_size=8, train_metrics=False)
+    with caplog.at_level("WARNING", logger="ensemble.train"):
+        grown, _, rounds = grow_rounds(model, keras.optimizers.Adam(0.01), data, config, growth)
+
+    assert [r.widths for r in rounds] == [(4,), (8,), (16,)] and grown.hidden_units == [16]
+    # Round 0 said it; the grown models of rounds 1 and 2 were traced as plain graphs without a new attempt.
+    assert len(xla_warnings(caplog, "XLA could not compile the step loop")) == 1
+    assert len(xla_warnings(caplog, "XLA could not compile the member scores")) == 1

@@ -23,6 +23,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def spawn(command: list[str], log: Path, **popen) -> subprocess.Popen:
+    """Start `command` in its own process group (so `stop` reaps its children), its output going to `log` (a
+    pipe that nobody reads while it runs would fill up and block it)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        )
+
+
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
     """Signal the process's group (servers fork workers), wait, and kill whatever is left."""
     if process.poll() is None:
@@ -50,10 +59,7 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
 @contextlib.contextmanager
 def running(command: list[str], health_url: str, log: Path, **popen) -> Iterator[subprocess.Popen]:
     """Start `command` in its own process group, wait for `health_url`, and stop it on exit, even on failure."""
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
-        )
+    process = spawn(command, log, **popen)
     try:
         wait_healthy(health_url, process, log)
         yield process

@@ -104,10 +104,6 @@ TRAIN_ERRORS = {
         lambda tmp: {"train.batch_size": 1000, "snapshots.enabled": False},
         r"`x_train` has 124 rows, fewer than batch_size=1000",
     ),
-    "epochs_end_inside_an_sgdr_cycle": (
-        lambda tmp: {"train.epochs": 3, "snapshots.cycle_length": 2},
-        r"ends inside SGDR cycle 1 \(0-based\), so that cycle would yield no snapshot\. Train for a whole number",
-    ),
 }
 if importlib.util.find_spec("prefect_ray") is None:
     TRAIN_ERRORS["ray_runner_not_installed"] = (
@@ -164,6 +160,12 @@ CONFIG_ERRORS = {  # rejected while parsing: no run is started
     "unknown_mixed_precision_policy": (
         {"train.mixed_precision": "float8"},
         r"train\.mixed_precision\n  Input should be 'mixed_float16' or 'mixed_bfloat16'",
+    ),
+    "epochs_end_inside_an_sgdr_cycle": (
+        {"train.epochs": 3, "snapshots.cycle_length": 2},
+        r"snapshots\.cycle_length=2 \(x1 per cycle\) does not fit train\.epochs=3: the run would end inside SGDR "
+        r"cycle 1 \(0-based\), which would yield no snapshot\. Set train\.epochs to 2 or 4, or remove "
+        r"snapshots\.cycle_length",
     ),
     "fractions_leave_no_training_rows": (
         {"data.val_fraction": 0.5, "data.test_fraction": 0.5},

@@ -3,6 +3,7 @@ traceback, and a data error leaves a FAILED MLflow run and no registered model."
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import subprocess
@@ -20,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect.settings import get_current_settings
 
-from flows.cli import main
+from flows.cli import build_parser, main
+from tasks.config import PipelineConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -97,7 +99,7 @@ def frame(x1, x2, y) -> pd.DataFrame:
 
 
 GOOD_X = [float(i) for i in range(20)]
-DATA_ERRORS = {
+HEADER_ERRORS = {  # found from the file's header, before Prefect or MLflow start
     "missing_file": (lambda tmp: ["--data", "/nonexistent.csv", "--target", "y"], ["/nonexistent.csv"]),
     "unknown_target_column": (
         lambda tmp: [
@@ -108,6 +110,19 @@ DATA_ERRORS = {
         ],
         ["'label'", "not found"],
     ),
+    "unknown_feature_column": (
+        lambda tmp: [
+            "--data",
+            write_csv(tmp / "d.csv", frame(GOOD_X, GOOD_X, [0, 1] * 10)),
+            "--target",
+            "y",
+            "--set",
+            "data.features=[x1,x3]",
+        ],
+        ["features", "'x3'"],
+    ),
+}
+DATA_ERRORS = {  # found once the rows are read, by the flow
     "single_class": (
         lambda tmp: ["--data", write_csv(tmp / "d.csv", frame(GOOD_X, GOOD_X, [1] * 20)), "--target", "y"],
         ["single class"],
@@ -135,6 +150,16 @@ def test_cli_train_with_bad_data_exits_2_leaves_a_failed_run_and_registers_nothi
     assert [run.info.status for run in runs_of(tracking)] == ["FAILED"]
     with pytest.raises(MlflowException):
         client_of(tracking).get_registered_model(tracking.registered_model_name)
+
+
+@pytest.mark.parametrize("case", list(HEADER_ERRORS))
+def test_cli_train_with_a_data_error_the_header_shows_exits_2_before_any_run(
+    case, tmp_path, tracking, cli_env, capsys
+):
+    data_args, named = HEADER_ERRORS[case]
+    assert main(["train", *data_args(tmp_path), "--members", "2", "--epochs", "1", *TINY]) == 2
+    assert_one_error_line(capsys.readouterr().err, *named)
+    assert runs_of(tracking) == []
 
 
 CONFIG_ERRORS = {
@@ -171,6 +196,32 @@ def test_cli_debug_flag_raises_the_error_with_its_traceback(cli_env):
         main(["--debug", "train", "--data", "wine", "--members", "0"])
 
 
+def test_cli_debug_flag_after_the_subcommand_works_like_before_it(cli_env):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="members"):
+        main(["train", "--data", "wine", "--members", "0", "--debug"])
+    assert build_parser().parse_args(["ui"]).debug is False
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(commands.choices)
+
+
+@pytest.mark.parametrize("command", list(subcommand_parsers()))
+def test_every_subcommand_help_shows_the_default_of_every_option_that_has_one(command):
+    parser = subcommand_parsers()[command]
+    text = " ".join(parser.format_help().split())  # unwrapped
+    for action in parser._actions:
+        if action.default not in (None, False, [], argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text, action.option_strings
+    if "--members" in text:  # the config's options show the config's defaults
+        defaults = PipelineConfig()
+        assert f"(default: {defaults.model.members}, or model.members of --config)" in text
+        assert f"(default: {defaults.train.epochs}, or train.epochs of --config)" in text
+
+
 def test_cli_predict_with_a_missing_input_file_exits_2_naming_it(tmp_path, cli_env, capsys):
     missing = tmp_path / "rows.csv"
     assert main(["predict", "--input", str(missing), "--output", str(tmp_path / "out.parquet")]) == 2
@@ -188,8 +239,9 @@ def test_console_script_with_bad_data_prints_one_error_line_and_no_traceback(tmp
             filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])
         ),
     }
+    data = write_csv(tmp_path / "d.csv", frame(GOOD_X, GOOD_X, [1] * 20))  # found by the flow: single class
     completed = subprocess.run(
-        [script, "train", "--data", "/nonexistent.csv", "--target", "y", "--members", "2", *TINY],
+        [script, "train", "--data", data, "--target", "y", "--members", "2", *TINY],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -197,9 +249,39 @@ def test_console_script_with_bad_data_prints_one_error_line_and_no_traceback(tmp
         timeout=180,
     )
     assert completed.returncode == 2, completed.stderr
-    assert_one_error_line(completed.stderr, "/nonexistent.csv")
+    assert_one_error_line(completed.stderr, "single class")
     assert completed.stderr.rstrip().splitlines()[-1].startswith("error: ")
     assert [run.info.status for run in runs_of(tracking)] == ["FAILED"]
+
+
+CHEAP_MISTAKES = {
+    "config": (["--data", "wine", "--members", "0"], "model.members"),
+    "missing_data_file": (["--data", "/nonexistent.csv", "--target", "y"], "/nonexistent.csv"),
+    "unknown_target": (["--data", "wine", "--target", "label"], "'label'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHEAP_MISTAKES))
+def test_cli_mistakes_in_config_or_data_header_load_neither_tensorflow_nor_prefect_nor_mlflow(case, tmp_path):
+    """In a fresh process: one stderr line, status 2, and none of the slow imports (nor a store written)."""
+    args, named = CHEAP_MISTAKES[case]
+    code = (
+        "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
+        "print([m for m in ('tensorflow', 'prefect', 'mlflow') if m in sys.modules]); sys.exit(code)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code, "train", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert completed.returncode == 2, completed.stderr
+    [line] = completed.stderr.splitlines()
+    assert line.startswith("error: ") and named in line
+    assert completed.stdout.split() == ["[]"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_cli_keeps_runs_offline_and_quiet_unless_told_otherwise():
@@ -212,3 +294,18 @@ def test_the_cli_keeps_runs_offline_and_quiet_unless_told_otherwise():
     )
     assert run(env=clean).stdout.split() == ["true", "1"]
     assert run(env={**clean, "TF_NUM_INTRAOP_THREADS": "0"}).stdout.split() == ["true", "0"]
+
+
+def test_the_printed_serve_command_names_the_store_unless_it_is_the_default():
+    from flows.cli import summary
+    from tasks.tracking import TrackingSettings
+
+    registration = {"name": "wine-ensemble", "version": "1", "alias": "champion", "reason": ""}
+    result = {"run_id": "r", "member_run_ids": [], "metrics": {"accuracy": 1.0}, "registration": registration}
+    serve = 'mlflow models serve -m "models:/wine-ensemble@champion"'
+    assert f"\n  {serve}" in summary(result, TrackingSettings())
+    remote = TrackingSettings(tracking_uri="http://10.0.0.5:5000")
+    assert f"\n  MLFLOW_TRACKING_URI=http://10.0.0.5:5000 {serve}" in summary(result, remote)
+    apart = TrackingSettings(tracking_uri="sqlite:////tmp/my runs.db", registry_uri="sqlite:////tmp/models.db")
+    expected = f"\n  MLFLOW_TRACKING_URI='sqlite:////tmp/my runs.db' MLFLOW_REGISTRY_URI=sqlite:////tmp/models.db {serve}"
+    assert expected in summary(result, apart)

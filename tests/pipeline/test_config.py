@@ -152,6 +152,43 @@ def test_out_of_range_values_are_rejected_naming_the_field(key, value, named):
         load_config(overrides={key: value})
 
 
+@pytest.mark.parametrize(
+    ("epochs", "cycles", "multiplier", "first"),
+    [
+        (10, 2, 1.0, 5),  # the defaults: 2 cycles of 5 epochs
+        (7, 2, 1.0, 7),  # 2 does not divide 7: 1 cycle of 7
+        (9, 3, 1.0, 3),
+        (12, 5, 1.0, 3),  # 4 is the largest count <= 5 that divides 12
+        (1, 2, 1.0, 1),
+        (10, 2, 1.5, 4),  # 4 + 6
+        (19, 3, 1.5, 4),  # 4 + 6 + 9
+        (10, 2, 2.0, 10),  # 10 / 3 is not whole: 1 cycle
+    ],
+)
+def test_sgdr_cycle_length_is_derived_from_the_epochs_so_every_epoch_count_fits(epochs, cycles, multiplier, first):
+    config = load_config(
+        overrides={
+            "train.epochs": epochs,
+            "snapshots.cycles": cycles,
+            "snapshots.cycle_length_multiplier": multiplier,
+        }
+    )
+    assert config.snapshots.cycle_length_for(epochs) == first
+    lengths, count = [first * multiplier**k for k in range(cycles)], 0
+    while sum(lengths[:count]) < epochs:  # the reference: whole cycles add up to exactly the epochs, none left
+        count += 1
+    assert sum(lengths[:count]) == epochs and 1 <= count <= cycles
+
+
+def test_explicit_cycle_length_wins_over_cycles_and_must_fit_the_epochs():
+    config = load_config(overrides={"train.epochs": 6, "snapshots.cycle_length": 3, "snapshots.cycles": 6})
+    assert config.snapshots.cycle_length_for(6) == 3
+    load_config(overrides={"train.epochs": 6, "snapshots.cycle_length": 2, "snapshots.cycle_length_multiplier": 2})
+    with pytest.raises(ValidationError, match=r"cycle_length=2 \(x2 per cycle\) does not fit train\.epochs=5.*2 or 6"):
+        load_config(overrides={"train.epochs": 5, "snapshots.cycle_length": 2, "snapshots.cycle_length_multiplier": 2})
+    load_config(overrides={"train.epochs": 5, "snapshots.cycle_length": 2, "snapshots.enabled": False})
+
+
 def test_config_round_trips_through_model_dump():
     """A deployment stores `config.model_dump()` as its parameters; it must validate back to the same config."""
     config = load_config(overrides={"model.members": 4, "snapshots.keep_best": 2, "data.source": "wine"})

@@ -13,11 +13,13 @@ from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
 from ensemble.fused import FusedMLP
-from ensemble.growth_rounds import GrowthConfig, grow_rounds
+from ensemble.growth_rounds import GrowthConfig, grow_rounds, round_stop_epoch
 from ensemble.predictor import EnsemblePredictor
-from ensemble.train import TrainConfig
+from ensemble.train import TrainConfig, schedule_cycle_ends
 from flows.train import train_flow
+from tasks.config import OptimizerSection, SnapshotSection
 from tasks.growth import RoundProgress, describe_round
+from tasks.train import build_optimizer
 from tests.pipeline.helpers import MEMBERS, tiny_config
 
 CYCLE_EPOCHS = 2  # training = one SGDR cycle of 2 epochs; each growth round asks for 1 epoch
@@ -36,6 +38,18 @@ def growth_config(tmp_path, **overrides):
             **overrides,
         },
     )
+
+
+@pytest.mark.parametrize(("epochs", "cycle_epochs"), [(10, 5), (7, 7), (9, 9)])
+def test_training_and_growth_rounds_end_at_the_cycle_ends_derived_from_the_epochs(epochs, cycle_epochs):
+    """`snapshots.cycles: 2` without `cycle_length`: the optimiser that training builds (and growth continues)
+    ends its cycles where `SnapshotSection.cycle_length_for` says, so a growth round stops at one of them."""
+    steps = 3  # per epoch
+    optimizer = build_optimizer(OptimizerSection(), SnapshotSection(), steps, epochs)
+    ends = list(range(cycle_epochs * steps, epochs * steps + 1, cycle_epochs * steps))
+    assert schedule_cycle_ends(optimizer, epochs * steps) == ends and ends[-1] == epochs * steps
+    optimizer.iterations.assign(epochs * steps)
+    assert round_stop_epoch(optimizer, epochs, 1, steps) == epochs + cycle_epochs
 
 
 def steps_per_epoch(tmp_path) -> int:

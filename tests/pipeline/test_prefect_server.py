@@ -8,9 +8,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +18,9 @@ import requests
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_wine
 
+from tests.pipeline.servers import BIN, free_port, running, spawn, stop
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 TINY = [  # 2 members, 2 one-epoch SGDR cycles: a scheduled run trains in about a second
     *("--set", "model.members=2", "--set", "model.hidden_units=[8]", "--set", "train.epochs=2"),
     *("--set", "train.batch_size=8", "--set", "snapshots.cycle_length=1"),
@@ -32,24 +31,6 @@ TINY_PARAMS = {
     "train": {"epochs": 2, "batch_size": 8},
     "snapshots": {"cycle_length": 1},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> str:
-    """Signal the process group, wait, kill what is left; returns the process's output."""
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-    return output or ""
 
 
 @pytest.fixture(scope="module")
@@ -67,29 +48,10 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
     api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if requests.get(f"{api}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"prefect server did not start:\n{stop(server)}")
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with running(command, f"{api}/health", home / "server.log", env=env):  # a log file: a pipe would fill up
         yield {**env, "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    finally:
-        stop(server)
 
 
 def project_dir(root: Path, migrated_store: Path) -> Path:
@@ -109,17 +71,14 @@ def flow_runs(api: str, deployment: str) -> list[dict]:
     return requests.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
 
 
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen, log: Path):
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            break
+    while time.monotonic() < deadline and process.poll() is None:
+        if condition():
+            return
         time.sleep(1)
-    output = stop(process) if process is not None else ""
-    raise AssertionError(f"timed out waiting for {what}\n{output[-6000:]}")
+    stop(process)
+    raise AssertionError(f"timed out waiting for {what}\n{log.read_text()[-6000:]}")
 
 
 def states(runs: list[dict]) -> list[str]:
@@ -135,21 +94,15 @@ def test_served_interval_schedule_fires_survives_a_failed_run_and_stops_on_ctrl_
     api = prefect_server["PREFECT_API_URL"]
     command = [str(BIN / "ensemble"), "schedule", "--interval", "15", "--name", "every-15s"]
     command += ["--data", "wine.csv", "--target", "label", *TINY]
-    served = subprocess.Popen(
-        command,
-        cwd=work,
-        env=prefect_server,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    log = tmp_path / "schedule.log"
+    served = spawn(command, log, cwd=work, env=prefect_server)
     try:
         wait_for(
             lambda: "FAILED" in states(safe_runs(api, "train-ensemble/every-15s")),
             240,
             "the first scheduled run to fail",
             served,
+            log,
         )
         wine = load_wine(as_frame=True)
         wine.frame.rename(columns={"target": "label"}).to_csv(work / "wine.csv", index=False)
@@ -158,9 +111,11 @@ def test_served_interval_schedule_fires_survives_a_failed_run_and_stops_on_ctrl_
             420,
             "two completed scheduled runs",
             served,
+            log,
         )
     finally:
-        output = stop(served, signal.SIGINT, timeout=60)
+        stop(served, signal.SIGINT, timeout=60)
+    output = log.read_text()
     assert served.returncode == 0, output[-6000:]
     assert "Stopped serving 'train-ensemble/every-15s': its schedule is paused" in output
     deployment = requests.get(f"{api}/deployments/name/train-ensemble/every-15s", timeout=10).json()
@@ -191,22 +146,18 @@ def safe_runs(api: str, deployment: str) -> list[dict]:
 
 
 def run_worker_once(pool: str, env: dict, cwd: Path, timeout: float = 420) -> str:
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--run-once"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    """`prefect worker start --pool POOL --run-once` in `cwd`; returns its output."""
+    log = cwd / f"worker-{pool}.log"
+    worker = spawn(
+        [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--run-once"], log, cwd=cwd, env=env
     )
     try:
-        return worker.communicate(timeout=timeout)[0]
+        worker.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return stop(worker)
+        pass
     finally:
-        if worker.poll() is None:
-            stop(worker)
+        stop(worker)
+    return log.read_text()
 
 
 def test_prefect_deploy_all_creates_every_deployment_and_a_worker_runs_one(

@@ -3,6 +3,7 @@ and bad requests get a 4xx with a readable message (never a 500)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -145,3 +146,33 @@ def test_request_with_a_non_numeric_value_gets_4xx_not_500(trained, server_url):
     message = response.json()["message"]
     assert column in message
     assert "not-a-number" in message
+
+
+EMPTY_REQUESTS = {  # name -> (body, content type)
+    "no_rows": (lambda columns: json.dumps({"dataframe_split": {"columns": columns, "data": []}}), "json"),
+    "empty_json_object": (lambda columns: "{}", "json"),
+    "empty_body": (lambda columns: "", "json"),
+    "csv_header_only": (lambda columns: ",".join(columns) + "\n", "csv"),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY_REQUESTS))
+def test_empty_request_gets_4xx_with_a_message_and_no_stack_trace(case, trained, server_url):
+    _, _, prepared, _ = trained
+    body, kind = EMPTY_REQUESTS[case]
+    response = requests.post(
+        f"{server_url}/invocations",
+        data=body(prepared.feature_names),
+        headers={"Content-Type": f"application/{kind}"},
+        timeout=60,
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["message"], response.text
+    assert "stack_trace" not in response.json() and "Traceback" not in response.text, response.text
+
+
+def test_the_predictor_refuses_a_frame_without_rows_naming_the_columns(trained):
+    result, _, prepared, _ = trained
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    with pytest.raises(DataError, match=r"No rows to predict: send at least one row with the feature columns \['"):
+        predictor.predict(prepared.raw["test"][prepared.feature_names].head(0))
