@@ -91,13 +91,15 @@ def fused_epoch(members: int, hidden: int, x, y, jit_compile: bool | str = "auto
     return epoch, max(first - second, 0.0)
 
 
-def fused_step_seconds(members: int, hidden: int, x, y, steps: int) -> float:
+def fused_step_seconds(
+    members: int, hidden: int, x, y, steps: int, jit_compile: bool | str = "auto", chunk: int = STEPS_PER_CALL
+) -> float:
     """Seconds per optimiser step of the compiled loop (Adam, batch 1), after a warm-up call of the same shape."""
     model = FusedMLP(members, FEATURES, (hidden, hidden), task="binary", activation="tanh", seed=0)
     optimizer = keras.optimizers.Adam(LR)
     optimizer.build(model.trainable_variables)
-    chunk = min(steps, STEPS_PER_CALL)
-    run_steps = compiled_steps(model, optimizer, TrainConfig(steps_per_call=chunk))
+    chunk = min(steps, chunk)
+    run_steps = compiled_steps(model, optimizer, TrainConfig(steps_per_call=chunk, jit_compile=jit_compile))
     indices = epoch_indices(len(x), members, 1, epoch=0, seed=0, bagging=False)[:chunk]
     x_t, y_t, i_t = tf.constant(x), tf.constant(y.astype("int32")), tf.constant(indices)
     run_steps(x_t, y_t, i_t)[0].numpy()
@@ -267,8 +269,9 @@ def jax_epoch(members: int, hidden: int, x, y) -> tuple[float, float, str] | Non
 # --- where a fused step's time goes ------------------------------------------------------------------------------
 
 
-def profile_step(members: int, hidden: int, x, y, steps: int) -> dict[str, float]:
-    """Seconds per step of stripped-down variants of the compiled loop (same model, batch 1)."""
+def profile_step(members: int, hidden: int, x, y, steps: int, jit_compile: bool = False) -> dict[str, float]:
+    """Seconds per step of stripped-down variants of the compiled loop (same model, batch 1), as plain graphs or
+    XLA-compiled."""
     model = FusedMLP(members, FEATURES, (hidden, hidden), task="binary", activation="tanh", seed=0)
     variables = model.trainable_variables
     x_t, y_t = tf.constant(x), tf.constant(y.astype("int32"))
@@ -277,7 +280,7 @@ def profile_step(members: int, hidden: int, x, y, steps: int) -> dict[str, float
     def loop(body):
         """A compiled loop of `body(xb, yb) -> scalar`; the scalars are summed so no work is pruned."""
 
-        @tf.function
+        @tf.function(jit_compile=jit_compile)
         def run(batch_indices):
             sink = tf.constant(0.0)
             for s in tf.range(tf.shape(batch_indices)[0]):
@@ -350,6 +353,23 @@ def adam_update_seconds(members: int, hidden: int, steps: int = 200) -> float:
 ENGINE_SIZES = ((5, 10), (50, 10), (50, 100))  # (N, H)
 
 
+def profile_xla(x, y, steps: int, members: int = 50, hidden: int = 10) -> None:
+    """Where a step goes as a plain graph and under XLA, and the engine's own loop at several `steps_per_call`."""
+    print(f"## Where a step goes: N={members}, H={hidden} (ms/step)\n")
+    print("| variant | plain graph | XLA |")
+    print("|---|---|---|")
+    plain, xla = (profile_step(members, hidden, x, y, steps, jit) for jit in (False, True))
+    for name in plain:
+        print(f"| {name} | {1e3 * plain[name]:.3f} | {1e3 * xla[name]:.3f} |", flush=True)
+    for chunk in (100, 1000, 10_000):
+        cells = [fused_step_seconds(members, hidden, x, y, chunk, jit, chunk) for jit in (False, True)]
+        print(
+            f"| engine `compiled_steps` (+ LR record, loss sum), steps_per_call={chunk} "
+            f"| {1e3 * cells[0]:.3f} | {1e3 * cells[1]:.3f} |",
+            flush=True,
+        )
+
+
 def engines_table(x, y, seq_rows: int) -> None:
     """Seconds per epoch of the fused engine with XLA (default "auto") and as a plain graph, JAX, N x Sequential."""
     print(
@@ -392,6 +412,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller timing samples")
     parser.add_argument("--profile", action="store_true", help="also break a step down (N=50 and 200, H=100)")
     parser.add_argument(
+        "--profile-xla", action="store_true", help="only break a step down, plain graph vs XLA (N=50, H=10)"
+    )
+    parser.add_argument(
         "--engines", action="store_true", help="only (a) XLA, (a') plain graph, (e) JAX and (b) at 3 sizes"
     )
     parser.add_argument(
@@ -427,6 +450,10 @@ def main() -> None:
         args.threads or f"default ({tf.config.threading.get_intra_op_parallelism_threads()} = all cores)"
     )
     print(f"threads: {threads}; start: {load()}\n")
+    if args.profile_xla:
+        profile_xla(x, y, scale_steps)
+        print(f"\nend: {load()}")
+        return
     if args.engines:
         engines_table(x, y, seq_rows)
         print(f"\nend: {load()}")

@@ -276,19 +276,9 @@ class DropTracebacks(logging.Filter):
 
 
 def import_tensorflow_quietly() -> None:
-    """TensorFlow's native start-up notes (CUDA probing on a CPU machine) bypass Python logging: mute fd 2
-    while TensorFlow loads and probes its devices. `--debug` skips this."""
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        import tensorflow
-
-        # Device probing ("failed call to cuInit" on a machine without a GPU) happens here.
-        tensorflow.config.list_physical_devices("GPU")
-    finally:
-        os.dup2(saved, 2)
-        os.close(null)
-        os.close(saved)
+    """TensorFlow's native start-up notes (CUDA probing on a CPU machine) bypass Python logging: see
+    `ensemble.tensorflow_quietly`."""
+    import ensemble.tensorflow_quietly  # noqa: F401
 
 
 def quiet_runtime() -> None:

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+import ensemble.tensorflow_quietly  # noqa: F401  (first: a worker's flow run prints none of TF's native notes)
 from ensemble.shards import shard_ranges
 from tasks.config import PipelineConfig, RunnerSection
 from tasks.data import log_data_task, prepare_data_task

@@ -14,6 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+import ensemble.tensorflow_quietly  # noqa: F401  (first: the server's log gets none of TF's native notes)
 from ensemble.data import DataError
 from ensemble.predictor import EnsemblePredictor
 

@@ -462,3 +462,24 @@ def test_growth_rounds_fall_back_once_and_retrace_grown_models_as_plain_graphs(c
     # Round 0 said it; the grown models of rounds 1 and 2 were traced as plain graphs without a new attempt.
     assert len(xla_warnings(caplog, "XLA could not compile the step loop")) == 1
     assert len(xla_warnings(caplog, "XLA could not compile the member scores")) == 1
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_auto_jit_compile_compiles_mixed_precision_members(policy, caplog):
+    x, y = make_data(40, "binary")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        histories = []
+        for jit_compile in ("auto", False):
+            model = FusedMLP(2, FEATURES, (4,), task="binary", seed=1)
+            config = TrainConfig(epochs=2, steps_per_call=16, jit_compile=jit_compile)
+            history = fit(model, x, y, optimizer=keras.optimizers.Adam(0.01), config=config)
+            histories.append(history)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+    assert histories[0].uses_xla and not xla_warnings(caplog, "XLA could not compile")
+    # Half-precision matmuls: XLA may fuse and round differently, so agreement is to half precision.
+    for key in ("member_loss", "member_accuracy"):
+        np.testing.assert_allclose(histories[0].history[key], histories[1].history[key], rtol=0.05, atol=0.05)
