@@ -49,7 +49,7 @@ def trace_seconds(model: FusedMLP, optimizer, data, config: train.TrainConfig) -
     indices = tf.zeros((steps, model.members, config.batch_size), tf.int32)
     start = time.perf_counter()
     run_steps.get_concrete_function(
-        tf.constant(data.x_train), tf.constant(data.y_train.astype("int32")), indices
+        tf.constant(data.x_train), tf.constant(data.y_train.astype("int32")), indices, tf.constant(steps)
     )
     return time.perf_counter() - start
 

@@ -19,9 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import sklearn
-from sklearn import datasets as sk_datasets
-from sklearn.model_selection import train_test_split
 
 
 class DataError(ValueError):
@@ -130,6 +127,9 @@ class DataConfig:
 
 def _bundled_frame(name: str) -> pd.DataFrame:
     """Bundled data set as a frame `[B, d + 1]` with feature columns and an integer `"target"` column."""
+    # Imported here: scikit-learn takes seconds to import, and a config check (tasks.config) needs none of it.
+    from sklearn import datasets as sk_datasets
+
     if name == "blobs":
         x, y = sk_datasets.make_blobs(n_samples=1100, centers=3, n_features=2, cluster_std=2, random_state=2)
         names = [f"x{i}" for i in range(x.shape[1])]
@@ -563,6 +563,8 @@ def _split_indices(n: int, codes: np.ndarray | None, classes: list | None, confi
 
     def split(rows: np.ndarray, size: float) -> list[np.ndarray]:
         strata = None if codes is None else codes[rows]
+        from sklearn.model_selection import train_test_split
+
         return train_test_split(rows, test_size=size, random_state=config.seed, stratify=strata)
 
     index = np.arange(n)
@@ -614,6 +616,8 @@ def prepare_data(config: DataConfig, frame: pd.DataFrame | None = None) -> Prepa
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's content; for a bundled name, of the name and the scikit-learn version."""
     if str(path) in BUNDLED_DATASETS:
+        import sklearn
+
         return hashlib.sha256(f"{path}:scikit-learn=={sklearn.__version__}".encode()).hexdigest()
     path = _data_file(str(path))  # the same DataError as loading it would give
     digest = hashlib.sha256()

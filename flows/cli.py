@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from tasks.config import PipelineConfig
     from tasks.tracking import TrackingSettings
 
 os.environ.setdefault(
@@ -142,7 +143,7 @@ def load_pipeline_config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def check_data_source(config) -> None:
+def check_data_source(config: PipelineConfig) -> None:
     """What the data's header alone shows wrong (missing file, unknown target or column), as the flow would."""
     from ensemble.data import check_source
 
@@ -275,20 +276,15 @@ class DropTracebacks(logging.Filter):
         return True
 
 
-def import_tensorflow_quietly() -> None:
-    """TensorFlow's native start-up notes (CUDA probing on a CPU machine) bypass Python logging: see
-    `ensemble.tensorflow_quietly`."""
-    import ensemble.tensorflow_quietly  # noqa: F401
-
-
 def quiet_runtime() -> None:
     """TensorFlow loaded without its native start-up notes, and Prefect's terminal log handlers without
     tracebacks (the CLI prints the cause once itself). `--debug` skips this."""
-    import_tensorflow_quietly()
     # `import prefect` is lazy and configures no logging; `prefect.main` creates Prefect's log handlers, which
     # must exist now to get the filter. Only the terminal's (stream) handlers get it: Prefect's API handler keeps
     # the tracebacks for the Prefect UI.
     import prefect.main  # noqa: F401
+
+    import ensemble.tensorflow_quietly  # noqa: F401  (CUDA probing notes bypass Python logging)
 
     for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
         for handler in logger.handlers:

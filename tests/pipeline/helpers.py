@@ -3,6 +3,7 @@ for module-scoped fixtures (the per-test `tracking` fixture of conftest.py canno
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,9 @@ from tasks.config import PipelineConfig, load_config
 from tasks.tracking import TrackingSettings
 
 MEMBERS, EPOCHS = 3, 2
+
+# A line of TensorFlow's C++ logging (`I0000 00:00:1795997942.793525    3061 cudart_stub.cc:31] ...`) or absl's note.
+TF_NATIVE_NOTE = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S+\.cc:\d+\]|absl::InitializeLog", re.MULTILINE)
 
 
 def tiny_config(tmp_path, **overrides) -> PipelineConfig:

@@ -254,20 +254,20 @@ def test_console_script_with_bad_data_prints_one_error_line_and_no_traceback(tmp
     assert [run.info.status for run in runs_of(tracking)] == ["FAILED"]
 
 
-CHEAP_MISTAKES = {
-    "config": (["--data", "wine", "--members", "0"], "model.members"),
-    "missing_data_file": (["--data", "/nonexistent.csv", "--target", "y"], "/nonexistent.csv"),
-    "unknown_target": (["--data", "wine", "--target", "label"], "'label'"),
+CHEAP_MISTAKES = {  # case -> (arguments, named in the error, slow modules loaded: a bundled set needs sklearn)
+    "config": (["--data", "wine", "--members", "0"], "model.members", []),
+    "missing_data_file": (["--data", "/nonexistent.csv", "--target", "y"], "/nonexistent.csv", []),
+    "unknown_target": (["--data", "wine", "--target", "label"], "'label'", ["sklearn"]),
 }
 
 
 @pytest.mark.parametrize("case", list(CHEAP_MISTAKES))
 def test_cli_mistakes_in_config_or_data_header_load_neither_tensorflow_nor_prefect_nor_mlflow(case, tmp_path):
     """In a fresh process: one stderr line, status 2, and none of the slow imports (nor a store written)."""
-    args, named = CHEAP_MISTAKES[case]
+    args, named, loaded = CHEAP_MISTAKES[case]
     code = (
         "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
-        "print([m for m in ('tensorflow', 'prefect', 'mlflow') if m in sys.modules]); sys.exit(code)"
+        "print(*[m for m in ('tensorflow', 'prefect', 'mlflow', 'sklearn') if m in sys.modules]); sys.exit(code)"
     )
     completed = subprocess.run(
         [sys.executable, "-c", code, "train", *args],
@@ -280,7 +280,7 @@ def test_cli_mistakes_in_config_or_data_header_load_neither_tensorflow_nor_prefe
     assert completed.returncode == 2, completed.stderr
     [line] = completed.stderr.splitlines()
     assert line.startswith("error: ") and named in line
-    assert completed.stdout.split() == ["[]"]
+    assert completed.stdout.split() == loaded
     assert list(tmp_path.iterdir()) == []
 
 
@@ -309,3 +309,21 @@ def test_the_printed_serve_command_names_the_store_unless_it_is_the_default():
     apart = TrackingSettings(tracking_uri="sqlite:////tmp/my runs.db", registry_uri="sqlite:////tmp/models.db")
     expected = f"\n  MLFLOW_TRACKING_URI='sqlite:////tmp/my runs.db' MLFLOW_REGISTRY_URI=sqlite:////tmp/models.db {serve}"
     assert expected in summary(result, apart)
+
+
+def test_a_worker_loading_the_train_flow_prints_none_of_tensorflows_native_notes(tmp_path):
+    """A Prefect worker's flow run imports `flows.train` (no CLI): TensorFlow loads without its C++ start-up notes."""
+    from tests.pipeline.helpers import TF_NATIVE_NOTE
+
+    clean = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    completed = subprocess.run(
+        [sys.executable, "-c", "import flows.train, tensorflow; print(tensorflow.constant(2).numpy())"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**clean, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["2"]
+    assert not TF_NATIVE_NOTE.search(completed.stderr), completed.stderr

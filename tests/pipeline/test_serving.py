@@ -20,7 +20,7 @@ import requests
 from ensemble.data import DataError, PreparedData
 from ensemble.predictor import EnsemblePredictor
 from flows.train import train_flow
-from tests.pipeline.helpers import private_tracking, tiny_config
+from tests.pipeline.helpers import TF_NATIVE_NOTE, private_tracking, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -178,3 +178,10 @@ def test_the_predictor_refuses_a_frame_without_rows_naming_the_columns(trained):
     predictor = EnsemblePredictor.load(result["predictor_dir"])
     with pytest.raises(DataError, match=r"No rows to predict: send at least one row with the feature columns \['"):
         predictor.predict(prepared.raw["test"][prepared.feature_names].head(0))
+
+
+def test_the_served_models_log_has_none_of_tensorflows_native_notes(trained, server_url):
+    """`mlflow models serve` loads `tasks/pyfunc.py`, which loads TensorFlow through `ensemble.tensorflow_quietly`."""
+    log = (trained[3] / "serve.log").read_text()
+    assert "Listening at" in log or "Uvicorn running" in log or "Started server" in log, log
+    assert not TF_NATIVE_NOTE.search(log), log
