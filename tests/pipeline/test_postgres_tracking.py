@@ -44,7 +44,8 @@ def postgres_database():
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield urlsplit(uri)._replace(path=f"/{name}").geturl()
+        # psycopg 3 named explicitly: SQLAlchemy 2.0 (pinned for Prefect) defaults `postgresql://` to psycopg2.
+        yield urlsplit(uri)._replace(scheme="postgresql+psycopg", path=f"/{name}").geturl()
     finally:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
