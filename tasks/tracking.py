@@ -390,9 +390,20 @@ class Tracker:
         return mlflow.pyfunc.load_model(f"models:/{self.model_name(name)}@{alias}")
 
     def _use_fluent_uris(self) -> None:
-        """Point MLflow's module-level API (needed by `log_model`/`load_model`) at this tracker's store."""
+        """Point MLflow's module-level API (needed by `log_model`/`load_model`) at this tracker's store.
+
+        `mlflow.set_tracking_uri`/`set_registry_uri` also export `MLFLOW_TRACKING_URI`/`MLFLOW_REGISTRY_URI` into the
+        process environment, where `TrackingSettings.load()` (environment beats `mlflow.yaml`) and every child
+        process would then find this store instead of their own settings: the environment is left as it was.
+        """
+        saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
     def champion_metric(self, name: str, metric: str) -> float | None:
         """The champion version's test metric, or None if there is no champion yet (or it lacks the metric)."""

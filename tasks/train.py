@@ -226,6 +226,7 @@ def sgdr_schedule(snapshots: SnapshotSection, steps_per_epoch: int, epochs: int)
 
 PIPELINE_ONLY = ("members_per_shard", "mixed_precision")  # TrainSection fields that are not TrainConfig's
 FAULT_AFTER_EPOCH_ENV = "ENSEMBLE_FAULT_AFTER_EPOCH"
+PAUSE_AFTER_EPOCH_ENV = "ENSEMBLE_PAUSE_AFTER_EPOCH"
 
 
 def train_config(section: TrainSection, **changes) -> TrainConfig:
@@ -253,6 +254,22 @@ class FaultAfterEpoch(keras.callbacks.Callback):
             raise InjectedFault(
                 f"{FAULT_AFTER_EPOCH_ENV}={self.after}: simulated crash after epoch {self.after}"
             )
+
+
+class PauseAfterEpoch(keras.callbacks.Callback):
+    """Testing hook: right after the checkpoint of epoch `after` (count of completed epochs), the training process
+    waits (up to `seconds`), so a test can kill it with SIGKILL at a known point however fast training is.
+
+    `train_task` adds it when `$ENSEMBLE_PAUSE_AFTER_EPOCH` holds a number. Never set it outside tests.
+    """
+
+    def __init__(self, after: int, seconds: float = 600):
+        super().__init__()
+        self.after, self.seconds = int(after), float(seconds)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch + 1 == self.after:
+            time.sleep(self.seconds)
 
 
 @contextlib.contextmanager
@@ -341,10 +358,11 @@ def train_task(
     if resuming:
         saver.resume()
         logger.info(f"Resuming from {checkpoint} after epoch {state['epoch']} (step {int(opt.iterations)})")
-    fault = os.environ.get(FAULT_AFTER_EPOCH_ENV)
+    fault, pause = os.environ.get(FAULT_AFTER_EPOCH_ENV), os.environ.get(PAUSE_AFTER_EPOCH_ENV)
     callbacks = [
         saver,
         *([FaultAfterEpoch(int(fault))] if fault else []),  # right after the checkpoint
+        *([PauseAfterEpoch(int(pause))] if pause else []),
         EpochProgress(train.epochs, logger.info),
         *([collector] if collector else []),
     ]

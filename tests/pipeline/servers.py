@@ -17,6 +17,21 @@ import requests
 BIN = Path(sys.executable).parent
 
 
+# What would point a child process at another store or Prefect API than the one its test sets up: a developer's
+# shell, or an earlier test in this process (MLflow's `set_tracking_uri` exports MLFLOW_TRACKING_URI).
+FOREIGN_SETTINGS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL", "ENSEMBLE_MLFLOW_CONFIG")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process run as a user runs it: this one's, less `FOREIGN_SETTINGS`, plus
+    `extra`; TensorFlow's native notes muted and MLflow's telemetry off."""
+    env = {key: value for key, value in os.environ.items() if key not in FOREIGN_SETTINGS}
+    env.update(
+        TF_CPP_MIN_LOG_LEVEL="3", MLFLOW_DISABLE_TELEMETRY="true", PREFECT_SERVER_ANALYTICS_ENABLED="false"
+    )
+    return {**env, **extra}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

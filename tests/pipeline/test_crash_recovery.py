@@ -18,10 +18,12 @@ from mlflow.tracking import MlflowClient
 
 from tasks.recovery import FLOW_RUN_TAG, KEY_TAG, PID_TAG, open_parent_run, owner_tags, resume_key
 from tasks.tracking import Tracker
+from tasks.train import PAUSE_AFTER_EPOCH_ENV
 from tests.pipeline.helpers import tiny_config
+from tests.pipeline.servers import child_env
 
 ENSEMBLE = str(Path(sys.executable).parent / "ensemble")
-# digits at batch size 1 (~1250 steps an epoch): long enough to kill the process between two checkpoints.
+# digits at batch size 1, 4 epochs; the first attempt is killed while it waits after epoch 2's checkpoint.
 ARGS = ["train", "--data", "digits", "--members", "3", "--epochs", "4"]
 ARGS += [
     "--set",
@@ -38,8 +40,9 @@ def workdir(root: Path, migrated_store: Path) -> tuple[Path, dict]:
     root.mkdir(parents=True)
     (root / "mlflow.db").write_bytes(migrated_store.read_bytes())
     (root / "mlflow.yaml").write_text("tracking_uri: sqlite:///mlflow.db\nexperiment_name: recovery\n")
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("PREFECT_API_URL", None)  # Prefect without a server, as `make run` uses it
+    env = child_env(
+        PREFECT_HOME=str(root / "prefect-home")
+    )  # Prefect without a server, as `make run` uses it
     return root, env
 
 
@@ -101,14 +104,16 @@ def test_killed_train_command_resumes_the_same_runs_and_ends_as_an_uninterrupted
     finish(train(reference_dir, env))
 
     killed_dir, env = workdir(tmp_path / "killed", migrated_store)
-    first = train(killed_dir, env)
+    first = train(killed_dir, {**env, PAUSE_AFTER_EPOCH_ENV: "2"})  # waits after epoch 2's checkpoint
     deadline = time.monotonic() + 300
-    while checkpoint_epoch(killed_dir) < 1 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while checkpoint_epoch(killed_dir) < 2 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # whatever the live logger sends by itself, it has sent: only SIGKILL stops it now
+    assert first.poll() is None, first.communicate()[0][-6000:]
     os.killpg(first.pid, signal.SIGKILL)
     first.communicate(timeout=60)
     killed_at = checkpoint_epoch(killed_dir)
-    assert 1 <= killed_at < 4, f"the kill must land mid-run; the checkpoint says {killed_at} epochs done"
+    assert killed_at == 2, f"the kill must land after epoch 2; the checkpoint says {killed_at} epochs done"
 
     client = MlflowClient(f"sqlite:///{killed_dir / 'mlflow.db'}")
     killed = the_parent(client)

@@ -4,7 +4,6 @@ the way the README tells a user: the `ensemble` and `prefect` commands in subpro
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import requests
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_wine
 
-from tests.pipeline.servers import BIN, free_port, running, spawn, stop
+from tests.pipeline.servers import BIN, child_env, free_port, running, spawn, stop
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [  # 2 members, 2 one-epoch SGDR cycles: a scheduled run trains in about a second
@@ -38,15 +37,7 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     a client needs (`PREFECT_API_URL`, ...). The scheduler loops every 2 s instead of 60 s."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    env.pop("PREFECT_API_URL", None)
+    env = child_env(PREFECT_HOME=str(home), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
     api = f"http://127.0.0.1:{port}/api"
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with running(command, f"{api}/health", home / "server.log", env=env):  # a log file: a pipe would fill up
@@ -256,8 +247,7 @@ def test_schedule_without_serving_binds_a_work_pool_that_a_worker_runs(
 
 
 def test_schedule_without_a_prefect_server_says_nothing_could_run_it(tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("PREFECT_API_URL", None)
+    env = child_env(PREFECT_HOME=str(tmp_path / "home"))
     result = subprocess.run(
         [str(BIN / "ensemble"), "schedule", "--interval", "60", "--no-serve", *TINY],
         cwd=tmp_path,

@@ -16,7 +16,7 @@ import requests
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_wine
 
-from tests.pipeline.servers import BIN, free_port, mlflow_server, running
+from tests.pipeline.servers import BIN, child_env, free_port, mlflow_server, running
 
 TINY = [
     *("--data", "wine", "--members", "2", "--epochs", "2"),
@@ -42,15 +42,11 @@ def test_a_tracking_server_uri_alone_sends_artifacts_through_the_server_and_serv
     )
     trainer, elsewhere = tmp_path / "trainer", tmp_path / "elsewhere"
     trainer.mkdir(), elsewhere.mkdir()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": url,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # an activated environment (uvicorn)
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    env.pop("PREFECT_API_URL", None)
+    env = child_env(
+        MLFLOW_TRACKING_URI=url,
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # an activated environment (uvicorn)
+    )
     with server:
         trained = subprocess.run(
             [str(BIN / "ensemble"), "train", *TINY],

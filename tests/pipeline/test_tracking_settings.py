@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from tasks.tracking import TrackingSettings
+from tasks.tracking import Tracker, TrackingSettings
 
 PROJECT_FILE = Path(__file__).resolve().parents[2] / "mlflow.yaml"
 
@@ -39,3 +40,14 @@ def test_a_bad_log_writer_from_the_environment_is_rejected_when_loaded(tmp_path)
 def test_a_missing_settings_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         TrackingSettings.load(tmp_path / "nope.yaml", environ={})
+
+
+def test_a_tracker_leaves_the_process_environments_mlflow_uris_as_they_were(tracking, monkeypatch, tmp_path):
+    """MLflow's `set_tracking_uri` exports the URI; a tracker must not leave it for `TrackingSettings.load()` (the
+    environment beats mlflow.yaml) or for child processes to find."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no mlflow.yaml: the defaults
+    Tracker(tracking)._use_fluent_uris()  # what log_model and load_model do first
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert TrackingSettings.load().tracking_uri == "sqlite:///mlflow.db"
