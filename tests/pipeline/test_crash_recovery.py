@@ -115,7 +115,7 @@ def test_killed_train_command_resumes_the_same_runs_and_ends_as_an_uninterrupted
     killed_at = checkpoint_epoch(killed_dir)
     assert killed_at == 2, f"the kill must land after epoch 2; the checkpoint says {killed_at} epochs done"
 
-    client = MlflowClient(f"sqlite:///{killed_dir / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{killed_dir / 'mlflow.db'}", f"sqlite:///{killed_dir / 'mlflow.db'}")
     killed = the_parent(client)
     assert killed.info.status == "RUNNING"  # what SIGKILL leaves behind
     killed_flow_run = killed.data.tags[FLOW_RUN_TAG]
@@ -126,7 +126,9 @@ def test_killed_train_command_resumes_the_same_runs_and_ends_as_an_uninterrupted
 
     parent = the_parent(client)  # still one parent run: the same one, now FINISHED
     assert parent.info.run_id == killed.info.run_id and parent.info.status == "FINISHED"
-    reference_client = MlflowClient(f"sqlite:///{reference_dir / 'mlflow.db'}")
+    reference_client = MlflowClient(
+        f"sqlite:///{reference_dir / 'mlflow.db'}", f"sqlite:///{reference_dir / 'mlflow.db'}"
+    )
     reference = the_parent(reference_client)
     lr, expected_lr = (
         curves(client, parent.info.run_id, "lr"),

@@ -111,7 +111,7 @@ def test_served_interval_schedule_fires_survives_a_failed_run_and_stops_on_ctrl_
     deployment = requests.get(f"{api}/deployments/name/train-ensemble/every-15s", timeout=10).json()
     assert deployment["paused"] is True
 
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}", f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("scheduled")
     parents = [
         run
@@ -201,7 +201,7 @@ def test_prefect_deploy_all_creates_every_deployment_and_a_worker_runs_one(
     run = requests.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()
     assert run["state_type"] == "COMPLETED", output[-6000:]
 
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}", f"sqlite:///{work / 'mlflow.db'}")
     (parent,) = [
         r
         for r in client.search_runs([client.get_experiment_by_name("scheduled").experiment_id])
@@ -239,7 +239,7 @@ def test_schedule_without_serving_binds_a_work_pool_that_a_worker_runs(
     output = run_worker_once("nightly-pool", prefect_server, cwd=tmp_path)
     run = requests.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()  # not the cron's runs
     assert run["state_type"] == "COMPLETED", output[-6000:]
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}", f"sqlite:///{work / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("scheduled").experiment_id])
     assert any(
         r.data.tags.get("prefect.flow_run_id") == run["id"] and r.info.status == "FINISHED" for r in runs

@@ -60,7 +60,7 @@ def test_a_tracking_server_uri_alone_sends_artifacts_through_the_server_and_serv
         assert not (trainer / "mlartifacts").exists()  # nothing of the run is kept on the client
         assert any((tmp_path / "artifacts").rglob("MLmodel"))  # the model went to the server's store
 
-        (registered,) = MlflowClient(url).search_registered_models()
+        (registered,) = MlflowClient(url, url).search_registered_models()  # registry named too
         model_uri = f"models:/{registered.name}@champion"
         rows = load_wine(as_frame=True).data.head(5).astype("float64")
         previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
