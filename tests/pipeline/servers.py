@@ -32,6 +32,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def store_client(uri: str):
+    """An `MlflowClient` of `uri` for both tracking and registry (else the registry is MLflow's process-wide
+    default, which an earlier test may have pointed at its own store)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri, uri)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

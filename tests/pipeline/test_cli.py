@@ -306,7 +306,9 @@ def test_the_printed_serve_command_names_the_store_unless_it_is_the_default():
     assert f"\n  {serve}" in summary(result, TrackingSettings())
     remote = TrackingSettings(tracking_uri="http://10.0.0.5:5000")
     assert f"\n  MLFLOW_TRACKING_URI=http://10.0.0.5:5000 {serve}" in summary(result, remote)
-    apart = TrackingSettings(tracking_uri="sqlite:////tmp/my runs.db", registry_uri="sqlite:////tmp/models.db")
+    apart = TrackingSettings(
+        tracking_uri="sqlite:////tmp/my runs.db", registry_uri="sqlite:////tmp/models.db"
+    )
     expected = f"\n  MLFLOW_TRACKING_URI='sqlite:////tmp/my runs.db' MLFLOW_REGISTRY_URI=sqlite:////tmp/models.db {serve}"
     assert expected in summary(result, apart)
 

@@ -165,7 +165,9 @@ def test_out_of_range_values_are_rejected_naming_the_field(key, value, named):
         (10, 2, 2.0, 10),  # 10 / 3 is not whole: 1 cycle
     ],
 )
-def test_sgdr_cycle_length_is_derived_from_the_epochs_so_every_epoch_count_fits(epochs, cycles, multiplier, first):
+def test_sgdr_cycle_length_is_derived_from_the_epochs_so_every_epoch_count_fits(
+    epochs, cycles, multiplier, first
+):
     config = load_config(
         overrides={
             "train.epochs": epochs,
@@ -175,7 +177,9 @@ def test_sgdr_cycle_length_is_derived_from_the_epochs_so_every_epoch_count_fits(
     )
     assert config.snapshots.cycle_length_for(epochs) == first
     lengths, count = [first * multiplier**k for k in range(cycles)], 0
-    while sum(lengths[:count]) < epochs:  # the reference: whole cycles add up to exactly the epochs, none left
+    while (
+        sum(lengths[:count]) < epochs
+    ):  # the reference: whole cycles add up to exactly the epochs, none left
         count += 1
     assert sum(lengths[:count]) == epochs and 1 <= count <= cycles
 
@@ -183,9 +187,15 @@ def test_sgdr_cycle_length_is_derived_from_the_epochs_so_every_epoch_count_fits(
 def test_explicit_cycle_length_wins_over_cycles_and_must_fit_the_epochs():
     config = load_config(overrides={"train.epochs": 6, "snapshots.cycle_length": 3, "snapshots.cycles": 6})
     assert config.snapshots.cycle_length_for(6) == 3
-    load_config(overrides={"train.epochs": 6, "snapshots.cycle_length": 2, "snapshots.cycle_length_multiplier": 2})
-    with pytest.raises(ValidationError, match=r"cycle_length=2 \(x2 per cycle\) does not fit train\.epochs=5.*2 or 6"):
-        load_config(overrides={"train.epochs": 5, "snapshots.cycle_length": 2, "snapshots.cycle_length_multiplier": 2})
+    load_config(
+        overrides={"train.epochs": 6, "snapshots.cycle_length": 2, "snapshots.cycle_length_multiplier": 2}
+    )
+    with pytest.raises(
+        ValidationError, match=r"cycle_length=2 \(x2 per cycle\) does not fit train\.epochs=5.*2 or 6"
+    ):
+        load_config(
+            overrides={"train.epochs": 5, "snapshots.cycle_length": 2, "snapshots.cycle_length_multiplier": 2}
+        )
     load_config(overrides={"train.epochs": 5, "snapshots.cycle_length": 2, "snapshots.enabled": False})
 
 

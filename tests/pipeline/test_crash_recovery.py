@@ -20,7 +20,7 @@ from tasks.recovery import FLOW_RUN_TAG, KEY_TAG, PID_TAG, open_parent_run, owne
 from tasks.tracking import Tracker
 from tasks.train import PAUSE_AFTER_EPOCH_ENV
 from tests.pipeline.helpers import tiny_config
-from tests.pipeline.servers import child_env
+from tests.pipeline.servers import child_env, store_client
 
 ENSEMBLE = str(Path(sys.executable).parent / "ensemble")
 # digits at batch size 1, 4 epochs; the first attempt is killed while it waits after epoch 2's checkpoint.
@@ -115,7 +115,7 @@ def test_killed_train_command_resumes_the_same_runs_and_ends_as_an_uninterrupted
     killed_at = checkpoint_epoch(killed_dir)
     assert killed_at == 2, f"the kill must land after epoch 2; the checkpoint says {killed_at} epochs done"
 
-    client = MlflowClient(f"sqlite:///{killed_dir / 'mlflow.db'}", f"sqlite:///{killed_dir / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{killed_dir / 'mlflow.db'}")
     killed = the_parent(client)
     assert killed.info.status == "RUNNING"  # what SIGKILL leaves behind
     killed_flow_run = killed.data.tags[FLOW_RUN_TAG]

@@ -73,7 +73,9 @@ def run(command: list[str], cwd: Path, timeout: float = 600, **extra: str) -> st
     done = subprocess.run(
         command, cwd=cwd, env=outside_env(**extra), capture_output=True, text=True, timeout=timeout
     )
-    assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert done.returncode == 0, (
+        f"{command} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    )
     return done.stdout
 
 
@@ -131,7 +133,9 @@ def test_model_carries_its_code_locked_requirements_and_python_version(registere
     lock = read_lock(LOCK_FILE)
     assert all(lock[name] == version for name, version in pins.items())  # every pin is the lock's
     assert set(INFERENCE_PACKAGES) <= set(pins)
-    assert not {"prefect", "mlflow"} & set(pins)  # the loader is mlflow-skinny; no tracking server, no Prefect
+    assert not {"prefect", "mlflow"} & set(
+        pins
+    )  # the loader is mlflow-skinny; no tracking server, no Prefect
     assert yaml.safe_load((model_dir / "python_env.yaml").read_text())["python"] == platform.python_version()
 
     contract = mlflow.models.get_model_info(MODEL).metadata["serving_contract"]
@@ -151,7 +155,9 @@ def test_model_loads_in_a_fresh_environment_outside_the_project_and_predicts_exa
         run(
             [str(fresh_python), "-I", "-c", LOAD_AND_PREDICT, str(model_dir), "rows.parquet", "out.parquet"],
             cwd=tmp_path,
-        ).strip().splitlines()[-1]
+        )
+        .strip()
+        .splitlines()[-1]
     )
     assert_same_predictions(pd.read_parquet(tmp_path / "out.parquet"), expected)
     assert Path(report["ensemble"]).is_relative_to(model_dir / "code")  # the model's own copy of the library

@@ -73,17 +73,23 @@ def test_predict_flow_with_an_unknown_alias_fails_naming_it(tmp_path, trained):
 def test_an_id_column_is_never_a_feature_and_is_kept_beside_the_batch_predictions(tmp_path, migrated_store):
     frame, _ = load_frame("wine")
     frame = frame.sort_values("target", kind="stable").reset_index(drop=True)
-    frame.insert(0, "row", np.arange(len(frame), dtype="float64"))  # on a file sorted by class: leaks the label
+    frame.insert(
+        0, "row", np.arange(len(frame), dtype="float64")
+    )  # on a file sorted by class: leaks the label
     frame.insert(0, "name", [f"wine-{i}" for i in range(len(frame))])  # a string ID: no file edit needed
     source = tmp_path / "wine.csv"
     frame.to_csv(source, index=False)
     settings = private_tracking(tmp_path, migrated_store)
-    config = tiny_config(tmp_path, **{"data.source": str(source), "data.target": "target", "data.id_column": "name"})
+    config = tiny_config(
+        tmp_path, **{"data.source": str(source), "data.target": "target", "data.id_column": "name"}
+    )
 
     result = train_flow(config, settings)
 
     predictor = EnsemblePredictor.load(result["predictor_dir"])
-    assert "name" not in predictor.preprocessor.feature_names and "row" in predictor.preprocessor.feature_names
+    assert (
+        "name" not in predictor.preprocessor.feature_names and "row" in predictor.preprocessor.feature_names
+    )
     tags = MlflowClient(settings.tracking_uri).get_run(result["run_id"]).data.tags
     assert "'row'" in tags["data_warnings"] and "data.drop" in tags["data_warnings"]
     scored_rows = frame.drop(columns="target").sample(frac=1.0, random_state=0).head(20)

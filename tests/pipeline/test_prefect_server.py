@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_wine
 
-from tests.pipeline.servers import BIN, child_env, free_port, running, spawn, stop
+from tests.pipeline.servers import BIN, child_env, free_port, running, spawn, stop, store_client
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [  # 2 members, 2 one-epoch SGDR cycles: a scheduled run trains in about a second
@@ -111,7 +110,7 @@ def test_served_interval_schedule_fires_survives_a_failed_run_and_stops_on_ctrl_
     deployment = requests.get(f"{api}/deployments/name/train-ensemble/every-15s", timeout=10).json()
     assert deployment["paused"] is True
 
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}", f"sqlite:///{work / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("scheduled")
     parents = [
         run
@@ -201,7 +200,7 @@ def test_prefect_deploy_all_creates_every_deployment_and_a_worker_runs_one(
     run = requests.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()
     assert run["state_type"] == "COMPLETED", output[-6000:]
 
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}", f"sqlite:///{work / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{work / 'mlflow.db'}")
     (parent,) = [
         r
         for r in client.search_runs([client.get_experiment_by_name("scheduled").experiment_id])
@@ -239,7 +238,7 @@ def test_schedule_without_serving_binds_a_work_pool_that_a_worker_runs(
     output = run_worker_once("nightly-pool", prefect_server, cwd=tmp_path)
     run = requests.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()  # not the cron's runs
     assert run["state_type"] == "COMPLETED", output[-6000:]
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}", f"sqlite:///{work / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{work / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("scheduled").experiment_id])
     assert any(
         r.data.tags.get("prefect.flow_run_id") == run["id"] and r.info.status == "FINISHED" for r in runs

@@ -22,7 +22,9 @@ WINE = {"task": "multiclass", "input_schema": json.dumps([["alcohol", "float64"]
 HOUSES = {"task": "regression", "input_schema": json.dumps([["rooms", "float64"], ["age", "float64"]])}
 
 
-def register(tracker: Tracker, identity: dict, metric: str, value: float, higher: bool, name="shared") -> dict:
+def register(
+    tracker: Tracker, identity: dict, metric: str, value: float, higher: bool, name="shared"
+) -> dict:
     """A run, then its (sourceless) version registered under `name`."""
     run_id = tracker.start_run("candidate")
     return tracker.register(f"runs:/{run_id}/model", run_id, metric, value, higher, name, identity)
@@ -108,7 +110,9 @@ def test_a_lower_rmse_of_the_same_task_and_schema_takes_the_champion_alias(track
 def test_reading_a_model_without_a_name_lists_the_registered_models(tracking):
     unnamed = Tracker(dataclasses.replace(tracking, registered_model_name=None))
     register(unnamed, WINE, "accuracy", 0.9, True, name="wine-ensemble")
-    with pytest.raises(ValueError, match=r"--model-name NAME.*ENSEMBLE_REGISTERED_MODEL.*\['wine-ensemble'\]"):
+    with pytest.raises(
+        ValueError, match=r"--model-name NAME.*ENSEMBLE_REGISTERED_MODEL.*\['wine-ensemble'\]"
+    ):
         unnamed.load_model("champion")
     assert unnamed.model_name("wine-ensemble") == "wine-ensemble"
 
@@ -118,7 +122,12 @@ def test_the_cli_summary_says_why_a_version_got_no_alias_and_how_to_serve_it():
 
     reason = "the champion (version 1 of 'shared') is a multiclass model, this one a regression model: not compared"
     registration = {"name": "shared", "version": "2", "alias": None, "reason": reason}
-    result = {"run_id": "r", "member_run_ids": [], "metrics": {"rmse": 0.5, "r2": 0.9}, "registration": registration}
+    result = {
+        "run_id": "r",
+        "member_run_ids": [],
+        "metrics": {"rmse": 0.5, "r2": 0.9},
+        "registration": registration,
+    }
     text = summary(result)
     assert f"registered shared version 2 without an alias: {reason}" in text
     assert 'mlflow models serve -m "models:/shared/2"' in text

@@ -33,7 +33,9 @@ def test_a_set_metric_is_kept_with_its_direction():
     assert EvaluationSection(metric="r2").for_task("regression").metric == "r2"
     assert EvaluationSection(metric="r2").higher_is_better("regression") is True
     assert EvaluationSection(metric="mae").higher_is_better("regression") is False
-    with pytest.raises(ValueError, match=r"'r2' is a regression metric but the data is a binary task; use accuracy"):
+    with pytest.raises(
+        ValueError, match=r"'r2' is a regression metric but the data is a binary task; use accuracy"
+    ):
         EvaluationSection(metric="r2").for_task("binary")
 
 
@@ -59,7 +61,9 @@ def two_data_sets(tmp_path_factory, migrated_store, prefect_api):
     settings = dataclasses.replace(private_tracking(root, migrated_store), registered_model_name=None)
     wine = train_flow(tiny_config(root / "wine", **{"train.epochs": 1}), settings)
     source = houses_csv(root / "houses.csv")
-    houses = train_flow(tiny_config(root / "houses", **{"data.source": source, "data.target": "price"}), settings)
+    houses = train_flow(
+        tiny_config(root / "houses", **{"data.source": source, "data.target": "price"}), settings
+    )
     return settings, wine, houses, root / "houses"
 
 
@@ -83,10 +87,17 @@ def test_each_data_set_registers_under_its_own_name_and_keeps_its_champion(two_d
     settings, wine, houses, _ = two_data_sets
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     assert (wine["registration"]["name"], wine["registration"]["alias"]) == ("wine-ensemble", "champion")
-    assert (houses["registration"]["name"], houses["registration"]["alias"]) == ("houses-ensemble", "champion")
+    assert (houses["registration"]["name"], houses["registration"]["alias"]) == (
+        "houses-ensemble",
+        "champion",
+    )
     wine_champion = client.get_model_version_by_alias("wine-ensemble", "champion")
     assert wine_champion.run_id == wine["run_id"]
     assert wine_champion.tags["task"] == "multiclass"
     houses_champion = client.get_model_version_by_alias("houses-ensemble", "champion")
     assert houses_champion.tags["task"] == "regression"
-    assert [column for column, _ in json.loads(houses_champion.tags["input_schema"])] == ["rooms", "age", "noise"]
+    assert [column for column, _ in json.loads(houses_champion.tags["input_schema"])] == [
+        "rooms",
+        "age",
+        "noise",
+    ]

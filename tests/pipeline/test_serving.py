@@ -176,7 +176,9 @@ def test_empty_request_gets_4xx_with_a_message_and_no_stack_trace(case, trained,
 def test_the_predictor_refuses_a_frame_without_rows_naming_the_columns(trained):
     result, _, prepared, _ = trained
     predictor = EnsemblePredictor.load(result["predictor_dir"])
-    with pytest.raises(DataError, match=r"No rows to predict: send at least one row with the feature columns \['"):
+    with pytest.raises(
+        DataError, match=r"No rows to predict: send at least one row with the feature columns \['"
+    ):
         predictor.predict(prepared.raw["test"][prepared.feature_names].head(0))
 
 
