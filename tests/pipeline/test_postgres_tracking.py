@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from flows.train import train_flow
 from tasks.tracking import TrackingSettings
 from tests.pipeline.helpers import EPOCHS, MEMBERS, tiny_config
+from tests.pipeline.servers import free_port
 
 POSTGRES_URI_ENV = "ENSEMBLE_TEST_POSTGRES_URI"
 DEFAULT_POSTGRES_URI = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -50,12 +50,6 @@ def postgres_database():
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

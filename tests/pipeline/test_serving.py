@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from ensemble.data import DataError, PreparedData
 from ensemble.predictor import EnsemblePredictor
 from flows.train import train_flow
 from tests.pipeline.helpers import TF_NATIVE_NOTE, private_tracking, tiny_config
+from tests.pipeline.servers import free_port, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -28,12 +27,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_CLI = str(Path(sys.executable).with_name("mlflow"))
 START_TIMEOUT_S = 120
 ROWS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
@@ -49,17 +42,6 @@ def wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
                 pass
         time.sleep(0.5)
     pytest.fail(f"mlflow models serve not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """Stops the server's whole process group (it forks workers) and waits for it."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
