@@ -3,8 +3,9 @@
 TensorFlow's C++ start-up notes go straight to file descriptor 2, some of them ("Could not find cuda drivers on your
 machine", "WARNING: All log messages before absl::InitializeLog() ...") even with `TF_CPP_MIN_LOG_LEVEL=3`, and
 device probing adds "failed call to cuInit" on a machine without a GPU. Importing this module sets
-`TF_CPP_MIN_LOG_LEVEL=3` unless the environment sets it, then, at level 3, loads TensorFlow and probes its devices
-with fd 2 muted. Import it before anything that imports TensorFlow (the served model `tasks/pyfunc.py`, the flow
+`TF_CPP_MIN_LOG_LEVEL=3` unless the environment sets it, then, at any level but 0 (1 and 2 are what users commonly
+export to quieten TensorFlow, and they let these notes through), loads TensorFlow and probes its devices with fd 2
+muted. Import it before anything that imports TensorFlow (the served model `tasks/pyfunc.py`, the flow
 module a Prefect worker runs `flows/train.py`, the CLI). `TF_CPP_MIN_LOG_LEVEL=0` shows every note.
 """
 
@@ -30,5 +31,5 @@ def _import_with_fd2_muted() -> None:
         os.close(saved)
 
 
-if "tensorflow" not in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3":
+if "tensorflow" not in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
     _import_with_fd2_muted()

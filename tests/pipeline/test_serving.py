@@ -67,6 +67,8 @@ def server_url(trained):
         # The server execs `uvicorn` by name: the venv's bin must be on PATH even if the venv is not activated.
         "PATH": os.pathsep.join([str(Path(MLFLOW_CLI).parent), os.environ.get("PATH", "")]),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        # What users commonly export to quieten TensorFlow; at 2 its start-up notes still reach stderr unless muted.
+        "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     log = root / "serve.log"
     with log.open("w") as out:
