@@ -1,208 +1,331 @@
-"""Growth vs from-scratch: a grown ensemble vs the same members trained at the final width from the start.
+"""Growth vs the real alternative: a from-scratch width sweep (2, 4, ..., cap), the best width chosen on validation.
 
-Both runs use the same members (seeds), optimiser, batch size and plateau rule (`EarlyStopping` on the monitored
-validation metric with the same `min_delta` / `patience`, at most `--epochs` epochs per round / run). Prints, per
-seed and on average: test accuracy (ensemble = mean of member probabilities; and the mean member), total
-training FLOPs (`3 * forward FLOPs * samples`), and the cost of a split as % of a round's training time, plus the
-one-off re-trace of the compiled step loop that a new width costs.
+A user who does not know the width trains one ensemble per width and keeps the best on validation; that sweep's
+cost is the sum of its runs' training FLOPs. Growth starts at `--start-width` and splits at plateaus until it
+stops (width cap, a round without validation gain, or, for `splitting`, no unit with a negative splitting index).
+Every run, grown or swept, is `grow_rounds` under the same rule: train until the plateau (`min_delta`,
+`patience` epochs on the mean member `val_accuracy`, at most `--epochs` per round), then `--anneal-epochs` epochs
+of cosine annealing to 1 % of the learning rate, so every round (and every sweep run) ends converged. A sweep run is
+one round without a split. Same members (seeds), optimiser, batch size and data order everywhere.
 
-    .venv/bin/python benchmarks/bench_growth.py                          # digits, 8 members, 2 -> 32 units
-    .venv/bin/python benchmarks/bench_growth.py --batch-size 32 --seeds 0 1 2
+Data sets: digits and breast_cancer (bundled), and `teacher`: labels of a random 1-hidden-layer ReLU teacher with
+`--teacher-width` units (3 classes, 16 Gaussian features), so the width the task needs is known.
+
+Writes `--out` (a list of rows per data set and strategy: `dataset`, `strategy`, `grown_test_accuracy`,
+`sweep_best_test_accuracy`, `grown_train_flops`, `sweep_train_flops`, `grown_final_widths`, `sweep_best_width`,
+ratios and `per_seed` values, the sweep's runs and growth's rounds included) and `--plot` (test accuracy against
+cumulative training FLOPs: growth's path vs every width of the sweep). Test accuracy is the ensemble's (mean of
+member probabilities); FLOPs are `3 * forward FLOPs * samples` (`ensemble.flops.training_flops`).
+
+    .venv/bin/python benchmarks/bench_growth.py                      # the README's figures (about 20 min here)
+    .venv/bin/python benchmarks/bench_growth.py --datasets digits --seeds 0 --strategies splitting
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-from ensemble import metrics, train  # noqa: E402
+from ensemble import train  # noqa: E402
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
 from ensemble.flops import ensemble_flops, training_flops  # noqa: E402
 from ensemble.fused import FusedMLP  # noqa: E402
-from ensemble.growth import grow_model  # noqa: E402
 from ensemble.growth_rounds import GrowthConfig, grow_rounds  # noqa: E402
 
 tf.get_logger().setLevel(
     "ERROR"
 )  # each new width re-traces the step loop once: expected, not worth a warning
 
-
-def scores_on_test(model: FusedMLP, data) -> tuple[float, float]:
-    """(ensemble accuracy, mean member accuracy) on the test split."""
-    probs = model.predict_members(data.x_test)  # (N, B, C)
-    members = float(np.mean([metrics.accuracy(p, data.y_test) for p in probs]))
-    return metrics.accuracy(metrics.combine(probs), data.y_test), members
+RESULTS = Path(__file__).parent / "results"
 
 
-def trace_seconds(model: FusedMLP, optimizer, data, config: train.TrainConfig) -> float:
-    """Wall time to trace the compiled step loop of a model (what every new width costs once)."""
-    run_steps = train.compiled_steps(model, optimizer, config)
-    steps = min(len(data.x_train) // config.batch_size, config.steps_per_call)
-    indices = tf.zeros((steps, model.members, config.batch_size), tf.int32)
-    start = time.perf_counter()
-    run_steps.get_concrete_function(
-        tf.constant(data.x_train), tf.constant(data.y_train.astype("int32")), indices, tf.constant(steps)
-    )
-    return time.perf_counter() - start
+def teacher_frame(
+    width: int, rows: int = 4000, features: int = 16, classes: int = 3, seed: int = 0
+) -> pd.DataFrame:
+    """Rows labelled by a random ReLU teacher `x -> argmax(relu(x W1 + b1) W2)` with `width` hidden units."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features))
+    w1, b1 = rng.normal(size=(features, width)) / np.sqrt(features), 0.5 * rng.normal(size=width)
+    w2 = rng.normal(size=(width, classes))
+    y = np.argmax(np.maximum(x @ w1 + b1, 0) @ w2, axis=1)
+    return pd.DataFrame(x, columns=[f"x{i}" for i in range(features)]).assign(target=y)
 
 
-def run_seed(data, args, seed: int) -> dict:
-    def new_model(widths) -> FusedMLP:
-        return FusedMLP(
-            args.members,
-            data.num_features,
-            widths,
-            task=data.task,
-            num_classes=data.num_classes,
-            seed=1000 * seed,
+def load(name: str, args) -> object:
+    if name == "teacher":
+        return prepare_data(DataConfig(source="teacher", seed=0), teacher_frame(args.teacher_width))
+    return prepare_data(DataConfig(source=name, seed=0))
+
+
+class TestCurve(keras.callbacks.Callback):
+    """Per epoch: the model's width, the training FLOPs of that epoch and the test ensemble accuracy."""
+
+    def __init__(self, data, samples_per_epoch: int):
+        super().__init__()
+        self.data, self.samples, self.points = data, samples_per_epoch, []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        model = self.model
+        forward = ensemble_flops(model.input_dim, model.hidden_units, model.output_dim, model.members)
+        accuracy = float(
+            train.evaluate_members(model, self.data.x_test, self.data.y_test)["ensemble_accuracy"]
         )
+        self.points.append((max(model.hidden_units), training_flops(forward, self.samples), accuracy))
 
+
+def run(data, args, seed: int, width: int, growth: GrowthConfig) -> dict:
+    """One `grow_rounds` run from `width` (a sweep run when `growth.max_rounds == 0`)."""
+    model = FusedMLP(
+        args.members,
+        data.num_features,
+        [width],
+        task=data.task,
+        num_classes=data.num_classes,
+        seed=1000 * seed,
+    )
     config = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, train_metrics=False)
-    growth = GrowthConfig(
-        monitor=args.monitor,
+    samples = (len(data.x_train) // args.batch_size) * args.batch_size
+    curve = TestCurve(data, samples)
+    start = time.perf_counter()
+    model, _, rounds = grow_rounds(
+        model, keras.optimizers.Adam(args.lr), data, config, growth, callbacks=[curve]
+    )
+    seconds = time.perf_counter() - start
+    val = train.evaluate_members(model, data.x_val, data.y_val)["ensemble_accuracy"]
+    flops = np.cumsum([f for _, f, _ in curve.points])
+    ends = [
+        i
+        for i, (w, _, _) in enumerate(curve.points)
+        if i + 1 == len(curve.points) or curve.points[i + 1][0] != w
+    ]
+    return {
+        "width": max(model.hidden_units),
+        "val_accuracy": float(val),
+        "test_accuracy": curve.points[-1][2],
+        "train_flops": int(sum(r.train_flops for r in rounds)),
+        "epochs": int(sum(r.epochs_trained for r in rounds)),
+        "seconds": round(seconds, 1),
+        "path": [
+            {"width": curve.points[i][0], "train_flops": int(flops[i]), "test_accuracy": curve.points[i][2]}
+            for i in ends
+        ],
+        "rounds": [
+            {k: v for k, v in r.as_dict().items() if k not in ("split_units", "split_index")} for r in rounds
+        ],
+        "units_split": [
+            {layer: [len(u) for u in units][0] for layer, units in (r.split_units or {}).items()}
+            for r in rounds
+        ],
+        "stop_reason": rounds[-1].stop_reason,
+    }
+
+
+def growth_config(args, strategy: str, seed: int, max_rounds: int) -> GrowthConfig:
+    return GrowthConfig(
+        monitor="val_accuracy",
         min_delta=args.min_delta,
         patience=args.patience,
-        max_rounds=args.rounds,
-        max_width=args.start_width * 2**args.rounds,
-        strategy="all",
+        max_width=args.cap,
+        max_rounds=max_rounds,
+        strategy=strategy,
+        units_per_split=4 if strategy == "targeted" else None,
+        anneal_epochs=args.anneal_epochs,
+        stop_without_gain=True,
+        lr_width_scaling=args.lr_width_scaling,
+        delta=args.delta,
+        noise=args.noise,
         seed=seed,
     )
-    start = time.perf_counter()
-    grown, optimizer, rounds = grow_rounds(
-        new_model([args.start_width]), keras.optimizers.Adam(args.lr), data, config, growth
-    )
-    grow_seconds = time.perf_counter() - start
-    probe_model, probe_opt = grow_model(
-        grown, optimizer, {0: "all"}, rng=0
-    )  # a fresh width, to time one re-trace
-    retrace = trace_seconds(probe_model, probe_opt, data, config)
 
-    scratch = new_model(grown.hidden_units)
-    plateau = keras.callbacks.EarlyStopping(
-        monitor=growth.monitor, min_delta=growth.min_delta, patience=growth.patience, mode=growth.mode
+
+def bench_dataset(name: str, args) -> list[dict]:
+    data = load(name, args)
+    print(
+        f"\n{name}: {len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test rows, "
+        f"{data.num_features} features, {data.num_classes} classes",
+        flush=True,
     )
-    curve = []  # (epoch, test ensemble accuracy) of the scratch run, to find when it passes the grown model
-    on_epoch = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: curve.append(scores_on_test(scratch, data)[0])
-    )
-    start = time.perf_counter()
-    history = train.fit(
-        scratch,
-        data.x_train,
-        data.y_train,
-        optimizer=keras.optimizers.Adam(args.lr),
-        config=config,
-        validation_data=(data.x_val, data.y_val),
-        callbacks=[plateau, on_epoch],
-    )
-    scratch_seconds = time.perf_counter() - start
-    samples = (len(data.x_train) // args.batch_size) * args.batch_size
-    flops = ensemble_flops(data.num_features, scratch.hidden_units, scratch.output_dim, args.members)
-    grown_acc = scores_on_test(grown, data)[0]
-    match = next((e + 1 for e, acc in enumerate(curve) if acc >= grown_acc), None)
-    split_pct = [100 * r.split_seconds / r.train_seconds for r in rounds if r.new_widths]
-    return {
-        "seed": seed,
-        "rounds": rounds,
-        "grown": scores_on_test(grown, data),
-        "grown_flops": sum(r.train_flops for r in rounds),
-        "grown_epochs": sum(r.epochs_trained for r in rounds),
-        "grown_seconds": grow_seconds,
-        "scratch": scores_on_test(scratch, data),
-        "scratch_flops": training_flops(flops, len(history.epoch) * samples),
-        "scratch_epochs": len(history.epoch),
-        "scratch_seconds": scratch_seconds,
-        "scratch_match_flops": None if match is None else training_flops(flops, match * samples),
-        "split_ms": 1000 * np.mean([r.split_seconds for r in rounds if r.new_widths]),
-        "round_s": np.mean([r.train_seconds for r in rounds]),
-        "split_pct": float(np.mean(split_pct)),
-        "split_pct_max": float(np.max(split_pct)),
-        "retrace_ms": 1000 * retrace,
-    }
+    widths = [args.start_width * 2**i for i in range(20) if args.start_width * 2**i <= args.cap]
+    per_strategy = {s: [] for s in args.strategies}
+    for seed in args.seeds:
+        sweep = [run(data, args, seed, w, growth_config(args, "all", seed, 0)) for w in widths]
+        best = max(sweep, key=lambda r: (r["val_accuracy"], -r["width"]))  # ties: the narrower
+        sweep_flops = sum(r["train_flops"] for r in sweep)
+        print(
+            f"  seed {seed} sweep: "
+            + ", ".join(
+                f"w{r['width']} val {r['val_accuracy']:.3f} test {r['test_accuracy']:.3f}" for r in sweep
+            )
+            + f"; best on val w{best['width']}, {sweep_flops / 1e9:.3f} GFLOPs in all",
+            flush=True,
+        )
+        for strategy in args.strategies:
+            grown = run(
+                data, args, seed, args.start_width, growth_config(args, strategy, seed, args.max_rounds)
+            )
+            print(
+                f"  seed {seed} {strategy:>9}: widths {' -> '.join(str(p['width']) for p in grown['path'])} "
+                f"(stop: {grown['stop_reason']}), test {grown['test_accuracy']:.3f} vs sweep {best['test_accuracy']:.3f}, "
+                f"{grown['train_flops'] / 1e9:.3f} GFLOPs = {grown['train_flops'] / sweep_flops:.2f}x the sweep, "
+                f"{grown['seconds']:.0f} s",
+                flush=True,
+            )
+            per_strategy[strategy].append(
+                {
+                    "seed": seed,
+                    "grown_test_accuracy": grown["test_accuracy"],
+                    "sweep_best_test_accuracy": best["test_accuracy"],
+                    "grown_train_flops": grown["train_flops"],
+                    "sweep_train_flops": sweep_flops,
+                    "sweep_best_width_train_flops": best["train_flops"],
+                    "grown_final_width": grown["width"],
+                    "sweep_best_width": best["width"],
+                    "grown": grown,
+                    "sweep": [{k: v for k, v in r.items() if k not in ("rounds",)} for r in sweep],
+                }
+            )
+    rows = []
+    for strategy, seeds in per_strategy.items():
+
+        def mean(key, seeds=seeds):
+            return float(np.mean([s[key] for s in seeds]))
+
+        gap = 100 * (mean("grown_test_accuracy") - mean("sweep_best_test_accuracy"))
+        ratio = mean("grown_train_flops") / mean("sweep_train_flops")
+        rows.append(
+            {
+                "dataset": name,
+                "strategy": strategy,
+                "grown_test_accuracy": mean("grown_test_accuracy"),
+                "sweep_best_test_accuracy": mean("sweep_best_test_accuracy"),
+                "grown_train_flops": mean("grown_train_flops"),
+                "sweep_train_flops": mean("sweep_train_flops"),
+                "sweep_best_width_train_flops": mean("sweep_best_width_train_flops"),
+                "grown_final_widths": [s["grown_final_width"] for s in seeds],
+                "sweep_best_width": [s["sweep_best_width"] for s in seeds],
+                "accuracy_gap_pp": gap,
+                "flops_ratio": ratio,
+                "target_met": bool(gap >= -0.5 and ratio <= 0.8),
+                "test_rows": len(data.x_test),
+                "per_seed": seeds,
+            }
+        )
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Per data set: test accuracy vs cumulative training FLOPs; growth's paths (seed 0, one line per strategy) and
+    each width of the sweep (its own run's FLOPs, seed 0), plus the whole sweep's cost as a vertical line."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig = Figure(figsize=(5 * len(datasets), 4.2))
+    for i, name in enumerate(datasets):
+        ax = fig.add_subplot(1, len(datasets), i + 1)
+        first = [r for r in rows if r["dataset"] == name]
+        seed0 = first[0]["per_seed"][0]
+        sweep = seed0["sweep"]
+        ax.plot(
+            [s["train_flops"] for s in sweep],
+            [s["test_accuracy"] for s in sweep],
+            "ks--",
+            label="sweep (each width)",
+        )
+        for s in sweep:
+            ax.annotate(
+                str(s["width"]),
+                (s["train_flops"], s["test_accuracy"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+            )
+        ax.axvline(seed0["sweep_train_flops"], color="grey", lw=0.8, ls=":", label="whole sweep's cost")
+        for row in first:
+            path_points = row["per_seed"][0]["grown"]["path"]
+            ax.plot(
+                [p["train_flops"] for p in path_points],
+                [p["test_accuracy"] for p in path_points],
+                "o-",
+                label=f"growth: {row['strategy']}",
+            )
+            last = path_points[-1]
+            ax.annotate(
+                str(last["width"]),
+                (last["train_flops"], last["test_accuracy"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs (cumulative)")
+        ax.set_ylabel("test ensemble accuracy")
+        ax.set_title(f"{name} (seed 0)")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--datasets", nargs="+", default=["digits", "breast_cancer", "teacher"])
+    parser.add_argument("--strategies", nargs="+", default=["all", "splitting"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--start-width", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4, help="splits (each doubles the layer)")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--epochs", type=int, default=30, help="cap per round / for the scratch run")
-    parser.add_argument("--monitor", default="val_accuracy")
+    parser.add_argument("--cap", type=int, default=64, help="width cap of growth and the sweep's widest run")
+    parser.add_argument("--max-rounds", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--epochs", type=int, default=40, help="cap per round (before the anneal)")
+    parser.add_argument("--anneal-epochs", type=int, default=3)
     parser.add_argument("--min-delta", type=float, default=0.002)
-    parser.add_argument("--patience", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--delta", type=float, default=0.1, help="splitting: step along the eigenvector")
+    parser.add_argument("--noise", type=float, default=1.0, help="outgoing-weight offsets of the copies")
+    parser.add_argument("--lr-width-scaling", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--teacher-width", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=RESULTS / "growth.json")
+    parser.add_argument("--plot", type=Path, default=RESULTS / "growth.png")
     args = parser.parse_args()
-
-    data = prepare_data(DataConfig(source=args.dataset, seed=0))
     print(
-        f"{args.dataset}: {len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test rows; "
-        f"{args.members} members, Adam lr={args.lr}, batch {args.batch_size}, plateau {args.monitor} "
-        f"min_delta={args.min_delta} patience={args.patience}, <= {args.epochs} epochs per round; "
-        f"{os.cpu_count()} CPU cores ({platform.machine()})\n"
+        f"{args.members} members, Adam lr={args.lr}, batch {args.batch_size}, widths {args.start_width}..{args.cap}, "
+        f"plateau val_accuracy min_delta={args.min_delta} patience={args.patience} (<= {args.epochs} epochs) + "
+        f"{args.anneal_epochs} anneal epochs per round, lr_width_scaling={args.lr_width_scaling}, seeds {args.seeds}; "
+        f"{os.cpu_count()} CPU cores ({platform.machine()})",
+        flush=True,
     )
-    results = []
-    for seed in args.seeds:
-        result = run_seed(data, args, seed)
-        results.append(result)
-        print(f"seed {seed}: rounds")
-        print("  round  widths  epochs  val_before  val_after  train_s  split_ms  split_%_of_round  MFLOPs")
-        for r in result["rounds"]:
-            after = "" if r.val_after_split is None else f"{r.val_after_split:.4f}"
-            pct = f"{100 * r.split_seconds / r.train_seconds:.2f}" if r.new_widths else ""
-            print(
-                f"  {r.round:>5}  {'-'.join(map(str, r.widths)):>6}  {r.epochs_trained:>6}  "
-                f"{r.val_before_split:>10.4f}  {after:>9}  {r.train_seconds:>7.2f}  "
-                f"{1000 * r.split_seconds:>8.1f}  {pct:>16}  {r.train_flops / 1e6:>6.0f}"
-            )
-        for kind in ("grown", "scratch"):
-            ens, mem = result[kind]
-            print(
-                f"  {kind:>7}: test ensemble acc {ens:.4f}, mean member {mem:.4f}, "
-                f"{result[kind + '_epochs']} epochs, {result[kind + '_flops'] / 1e9:.3f} GFLOPs, "
-                f"{result[kind + '_seconds']:.1f} s"
-            )
-        matched = result["scratch_match_flops"]
-        print(
-            "  from scratch first reached the grown test ensemble accuracy "
-            + ("never" if matched is None else f"after {matched / 1e9:.3f} GFLOPs")
-        )
-        print(
-            f"  split: {result['split_ms']:.1f} ms = {result['split_pct']:.2f} % of a round on average "
-            f"(max {result['split_pct_max']:.2f} %); re-tracing the step loop for a new width: "
-            f"{result['retrace_ms']:.0f} ms once per width\n"
-        )
-
-    def mean(key, i=None):
-        return float(np.mean([r[key] if i is None else r[key][i] for r in results]))
-
-    one_row = 1 / len(data.x_test)
-    print(f"mean over seeds {args.seeds} (one test row = {100 * one_row:.2f} pp):")
-    for kind in ("grown", "scratch"):
-        print(
-            f"  {kind:>7}: ensemble acc {mean(kind, 0):.4f}, mean member {mean(kind, 1):.4f}, "
-            f"{mean(kind + '_flops') / 1e9:.3f} GFLOPs"
-        )
-    ratio = mean("grown_flops") / mean("scratch_flops")
-    reaches = mean("grown", 0) >= mean("scratch", 0) - one_row
+    start = time.perf_counter()
+    rows = [row for name in args.datasets for row in bench_dataset(name, args)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    args.out.write_text(json.dumps([{**row, "settings": settings} for row in rows], indent=1))
+    plot(rows, args.plot)
+    print(f"\n{time.perf_counter() - start:.0f} s; wrote {args.out} and {args.plot}\n")
     print(
-        f"  split cost {mean('split_pct'):.2f} % of a round (target < 1 %: {'met' if mean('split_pct') < 1 else 'NOT met'})"
+        "| data set | strategy | grown test acc | sweep best test acc | gap (pp) | grown GFLOPs | sweep GFLOPs | ratio | "
+        "grown widths | sweep best widths | target |"
     )
-    print(
-        f"  growth used {100 * ratio:.0f} % of the from-scratch training FLOPs and "
-        f"{'reached' if reaches else 'did NOT reach'} its test ensemble accuracy (within one test row): "
-        f"{mean('grown', 0):.4f} vs {mean('scratch', 0):.4f}"
-    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['dataset']} | {r['strategy']} | {r['grown_test_accuracy']:.4f} | {r['sweep_best_test_accuracy']:.4f} | "
+            f"{r['accuracy_gap_pp']:+.2f} | {r['grown_train_flops'] / 1e9:.3f} | {r['sweep_train_flops'] / 1e9:.3f} | "
+            f"{r['flops_ratio']:.2f} | {r['grown_final_widths']} | {r['sweep_best_width']} | "
+            f"{'met' if r['target_met'] else 'missed'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -339,6 +339,19 @@ class FusedMLP(keras.Model):
             weights += [ops.convert_to_numpy(layer.kernel[n]), ops.convert_to_numpy(layer.bias[n])]
         return weights
 
+    def scale_kernels(self, scales: Sequence[float]) -> None:
+        """Multiply member n's kernels (every layer) by `scales[n]` `(N,)`: an initialisation scale per member
+        (a sweep's `init_scale`); call it before training. Scale `s` turns the Glorot kernel of variance `v` into one
+        of variance `s**2 v`; biases (zeros at initialisation) are left as they are."""
+        scales = np.asarray(scales, dtype="float32")
+        if scales.shape != (self.members,) or not np.all(np.isfinite(scales) & (scales > 0)):
+            raise ValueError(
+                f"Argument `scales` must hold one positive factor per member ({self.members}). Received: {scales}"
+            )
+        for layer in self.dense_layers:
+            kernel = ops.convert_to_numpy(layer.kernel)  # (N, in, out)
+            layer.kernel.assign(kernel * scales[:, None, None])
+
     def get_config(self) -> dict:
         return {
             "members": self.members,

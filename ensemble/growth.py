@@ -107,8 +107,11 @@ def split_units(
     rng: np.random.Generator | int | None = None,
     noise: float = 0.01,
     bias_nudge: float = 0.0,
+    directions=None,
+    delta: float = 0.0,
 ) -> SplitWeights:
-    """Split `units` of one hidden layer, per member, preserving the function (unless `bias_nudge > 0`).
+    """Split `units` of one hidden layer, per member, preserving the function (unless `bias_nudge > 0`, or
+    `delta > 0`: then as `delta -> 0`).
 
     Args:
         w_in: incoming kernel `(N, in, H)`.
@@ -121,6 +124,10 @@ def split_units(
             (and, with `bias_nudge=0`, gradient descent keeps them identical).
         bias_nudge: seed 001's nudge: the original unit's bias `+ bias_nudge`, the copy's `- bias_nudge`.
             Changes the outputs slightly (by about `bias_nudge * |w_out|`); 0 disables it.
+        directions: `(N, k, in + 1)` unit vectors over `[incoming weights; bias]` (splitting steepest descent,
+            `ensemble.splitting`): the unit moves to `theta + s v`, its copy to `theta - s v`, with
+            `s = delta * |theta|`. The outputs change by `O(delta^2)` (by 0 at `delta=0`).
+        delta: step along `directions`, relative to the norm of the unit's `theta = [w_in; b_in]`.
 
     Returns:
         `SplitWeights(w_in (N, in, H+k), b_in (N, H+k), w_out (N, H+k, out), source_index (N, H+k))`.
@@ -131,12 +138,18 @@ def split_units(
             "Expected w_in (N, in, H), b_in (N, H), w_out (N, H, out). Received: "
             f"w_in={w_in.shape}, b_in={b_in.shape}, w_out={w_out.shape}"
         )
-    if noise < 0 or bias_nudge < 0:
+    if noise < 0 or bias_nudge < 0 or delta < 0:
         raise ValueError(
-            f"Arguments `noise` and `bias_nudge` must be >= 0. Received: noise={noise}, bias_nudge={bias_nudge}"
+            "Arguments `noise`, `bias_nudge` and `delta` must be >= 0. "
+            f"Received: noise={noise}, bias_nudge={bias_nudge}, delta={delta}"
         )
     members, width = b_in.shape
     units = check_units(units, members, width)
+    if directions is not None and np.shape(directions) != (*units.shape, w_in.shape[1] + 1):
+        raise ValueError(
+            f"Argument `directions` must have shape (N, k, in + 1) = {(*units.shape, w_in.shape[1] + 1)}. "
+            f"Received: shape={np.shape(directions)}"
+        )
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
     source_index = np.concatenate([all_units(members, width), units], axis=1)  # (N, H + k)
@@ -152,7 +165,19 @@ def split_units(
     new_w_out[rows, units] = half + d
     new_b_in[rows, units] += bias_nudge
     new_b_in[:, width:] -= bias_nudge
-    return SplitWeights(new_w_in, new_b_in.astype(b_in.dtype), new_w_out.astype(w_out.dtype), source_index)
+    if directions is not None and delta > 0:
+        theta = np.concatenate([new_w_in[:, :, width:], new_b_in[:, None, width:]], axis=1)  # (N, in + 1, k)
+        step = (
+            delta * np.linalg.norm(theta, axis=1)[:, None, :] * np.swapaxes(directions, 1, 2)
+        )  # (N, in + 1, k)
+        new_w_in = new_w_in.astype("float64")
+        new_w_in[rows, :, units] = new_w_in[rows, :, units] + np.swapaxes(step[:, :-1], 1, 2)
+        new_w_in[:, :, width:] -= step[:, :-1]
+        new_b_in[rows, units] += step[:, -1]
+        new_b_in[:, width:] -= step[:, -1]
+    return SplitWeights(
+        new_w_in.astype(w_in.dtype), new_b_in.astype(b_in.dtype), new_w_out.astype(w_out.dtype), source_index
+    )
 
 
 def split_slots(
@@ -222,6 +247,8 @@ def grow_model(
     noise: float = 0.01,
     bias_nudge: float = 0.0,
     optimizer_slots: SlotMode = "copy",
+    directions: Mapping[int, np.ndarray] | None = None,
+    delta: float = 0.0,
 ) -> tuple[FusedMLP, keras.optimizers.Optimizer]:
     """A wider copy of `model` and its optimiser, with the given units split in every member.
 
@@ -234,6 +261,10 @@ def grow_model(
         rng: generator (or seed) for the symmetry-breaking offsets.
         noise, bias_nudge: see `split_units`.
         optimizer_slots: `"copy"` or `"zero"`, see `split_slots`.
+        directions: `{layer: (N, k, in + 1)}` split directions of the units in `splits[layer]` (splitting steepest
+            descent, see `split_units`), over the layer's inputs before this call; when the layer below is split
+            in the same call, a direction's component on a split input is shared equally by its two copies.
+        delta: step along `directions`, see `split_units`.
 
     Returns:
         `(new_model, new_optimizer)`: a `FusedMLP` with the wider `hidden_units` and the same seeds/config, and
@@ -271,6 +302,7 @@ def grow_model(
         )
         for name, (slot_list, _) in slots.items()
     }
+    directions, below = dict(directions or {}), None  # below: source_index of the layer split just before
     for layer in sorted(int(i) for i in splits):
         units = splits[layer]
         if isinstance(units, str):
@@ -278,7 +310,21 @@ def grow_model(
                 raise ValueError(f'Units to split must be "all" or an (N, k) int array. Received: {units!r}')
             units = all_units(model.members, model.hidden_units[layer])
         (w_in, b_in), (w_out, b_out) = weights[layer], weights[layer + 1]
-        split = split_units(w_in, b_in, w_out, units, rng=rng, noise=noise, bias_nudge=bias_nudge)
+        direction = directions.get(layer)
+        if direction is not None and below is not None and below[1] == layer - 1:
+            direction = widen_inputs(np.asarray(direction), below[0])
+        split = split_units(
+            w_in,
+            b_in,
+            w_out,
+            units,
+            rng=rng,
+            noise=noise,
+            bias_nudge=bias_nudge,
+            directions=direction,
+            delta=delta,
+        )
+        below = (split.source_index, layer)
         weights[layer], weights[layer + 1] = [split.w_in, split.b_in], [split.w_out, b_out]
         for name, (_, power) in slots.items():
             (s_in, s_b), (s_out, s_b_out) = slot_weights[name][layer], slot_weights[name][layer + 1]
@@ -297,6 +343,21 @@ def grow_model(
             slot_list[new_optimizer._get_variable_index(layer.kernel)].assign(kernel)
             slot_list[new_optimizer._get_variable_index(layer.bias)].assign(bias)
     return new_model, new_optimizer
+
+
+def widen_inputs(directions: np.ndarray, source_index: np.ndarray) -> np.ndarray:
+    """Directions `(N, k, in + 1)` over a layer's inputs -> over its inputs after the layer below was split
+    (`source_index (N, in')`): a split input's component is shared equally by its copies, so `v . x~` is kept."""
+    copies = np.stack(
+        [np.bincount(row, minlength=directions.shape[2] - 1) for row in source_index]
+    )  # (N, in)
+    weights, bias = directions[..., :-1] / copies[:, None, :], directions[..., -1:]  # (N, k, in), (N, k, 1)
+    widened = np.take_along_axis(
+        weights,
+        np.broadcast_to(source_index[:, None, :], (*weights.shape[:2], source_index.shape[1])),
+        axis=2,
+    )
+    return np.concatenate([widened, bias], axis=2)  # (N, k, in' + 1)
 
 
 def rebuild_optimizer(optimizer: keras.optimizers.Optimizer, model: FusedMLP) -> keras.optimizers.Optimizer:

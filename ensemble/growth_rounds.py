@@ -10,11 +10,20 @@ With a cyclic learning-rate schedule (SGDR: the optimiser's schedule has `cycle_
 the plateau detector only compares the values at epoch ends where a cycle ends (mid-cycle values are measured at a
 high learning rate and say little), so `patience` counts cycles, and a round that reaches its epoch cap runs on to
 the end of its cycle. A split therefore always happens at the lowest learning rate, and the new width starts with
-the restart. The schedule itself is never restarted or changed: epochs and steps continue across rounds.
+the restart. The schedule itself is never restarted or changed: epochs and steps continue across rounds. Without a
+cyclic schedule, `anneal_epochs` gives each round the same shape: after the plateau the learning rate is annealed
+(cosine, per epoch) to `ANNEAL_TO` times its value, the split happens there, and the next round restarts at the
+full learning rate.
+
+Growth stops at `max_rounds`, when no layer can grow (`max_width`), when a round gained nothing on validation
+(`stop_without_gain`: the width before the split was enough), or, with `strategy="splitting"`, when no unit of any
+member has a negative splitting index (no split lowers the loss, `ensemble.splitting`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -27,10 +36,12 @@ from ensemble.flops import ensemble_flops, training_flops
 from ensemble.fused import FusedMLP
 from ensemble.growth import SLOT_MODES, SlotMode, all_units, grow_model, scale_learning_rate, top_units
 from ensemble.schedules import MAX_STEPS
+from ensemble.splitting import SplittingIndex, most_negative_units, splitting_index
 from ensemble.train import TrainConfig, evaluate_members, fit, schedule_cycle_ends
 
 MONITORS: tuple[str, ...] = ("val_accuracy", "val_ensemble_accuracy", "val_loss")
-STRATEGIES: tuple[str, ...] = ("all", "targeted")
+STRATEGIES: tuple[str, ...] = ("all", "targeted", "splitting")
+ANNEAL_TO = 0.01  # `anneal_epochs` ends a round at this fraction of the learning rate
 
 
 @dataclass(frozen=True)
@@ -47,8 +58,12 @@ class GrowthConfig:
         max_width: no grown layer gets wider than this; growth stops when no layer can grow.
         max_rounds: number of splits; training runs `max_rounds + 1` rounds (the last one without a split).
         strategy: `"all"` splits every unit (doubles the layer; seed 001); `"targeted"` splits, per member, the
-            `units_per_split` units with the largest |dL/dW| accumulated over the round's last epoch.
-        units_per_split: k for `"targeted"` (required there); ignored for `"all"`.
+            `units_per_split` units with the largest |dL/dW| accumulated over the round's last epoch;
+            `"splitting"` splits, per member, the units with the most negative splitting index (splitting steepest
+            descent, `ensemble.splitting`), moving the two copies apart along its eigenvector by `+/- delta`.
+        units_per_split: k for `"targeted"` (required there); for `"splitting"` the most units split per layer
+            and round (None: up to the layer's width): every member splits k units, k = the most negative-index
+            units of any member; ignored for `"all"`.
         layers: hidden layers to grow each round; None grows all of them.
         noise: symmetry-breaking offset scale, see `ensemble.growth.split_units` (keeps the function).
         bias_nudge: seed 001's bias nudge (changes the function slightly); 0 disables it.
@@ -56,7 +71,14 @@ class GrowthConfig:
         lr_width_scaling: after each split, multiply the learning rate by the hidden units before / after the
             split (`ensemble.growth.scale_learning_rate`: without it, each doubling about doubles the effective
             step of the layers after the grown ones, and wide rounds train worse than narrow ones).
-        seed: seed of the symmetry-breaking offsets.
+        delta: `"splitting"`: the copies move by `+/- delta * |theta|` along the eigenvector (`theta`: the unit's
+            incoming weights and bias); the function is kept as delta -> 0.
+        anneal_epochs: without a cyclic schedule, epochs at the end of every round in which the learning rate is
+            annealed (cosine) to `ANNEAL_TO` x its value, so the round converges before the split (as SGDR's cycle
+            ends do); the next round restarts at the full rate. Must be 0 with a cyclic schedule.
+        stop_without_gain: stop growing when a round (after the first) ends no better than it started on the
+            monitored metric (by `min_delta`): the width before the last split was enough.
+        seed: seed of the symmetry-breaking offsets (and of the rows the splitting index is computed on).
     """
 
     monitor: str = "val_accuracy"
@@ -64,13 +86,16 @@ class GrowthConfig:
     patience: int = 2
     max_width: int = 256
     max_rounds: int = 3
-    strategy: Literal["all", "targeted"] = "all"
+    strategy: Literal["all", "targeted", "splitting"] = "all"
     units_per_split: int | None = None
     layers: tuple[int, ...] | None = None
     noise: float = 0.01
     bias_nudge: float = 0.0
     optimizer_slots: SlotMode = "copy"
     lr_width_scaling: bool = True
+    delta: float = 0.1
+    anneal_epochs: int = 0
+    stop_without_gain: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -87,11 +112,11 @@ class GrowthConfig:
                 f"Argument `optimizer_slots` must be one of {SLOT_MODES}. "
                 f"Received: optimizer_slots={self.optimizer_slots!r}"
             )
-        for name, minimum in (("patience", 0), ("max_width", 1), ("max_rounds", 0)):
+        for name, minimum in (("patience", 0), ("max_width", 1), ("max_rounds", 0), ("anneal_epochs", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value!r}")
-        for name in ("min_delta", "noise", "bias_nudge"):
+        for name in ("min_delta", "noise", "bias_nudge", "delta"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Argument `{name}` must be >= 0. Received: {name}={getattr(self, name)!r}")
         if self.strategy == "targeted" and (
@@ -99,6 +124,19 @@ class GrowthConfig:
         ):
             raise ValueError(
                 'Argument `units_per_split` must be an int >= 1 with strategy="targeted". '
+                f"Received: units_per_split={self.units_per_split!r}"
+            )
+        if (
+            self.strategy == "splitting"
+            and self.units_per_split is not None
+            and (
+                isinstance(self.units_per_split, bool)
+                or not isinstance(self.units_per_split, int)
+                or self.units_per_split < 1
+            )
+        ):
+            raise ValueError(
+                'Argument `units_per_split` must be None (up to the width) or an int >= 1 with strategy="splitting". '
                 f"Received: units_per_split={self.units_per_split!r}"
             )
         if self.layers is not None:
@@ -136,7 +174,12 @@ class GrowthRound:
         val_after_split: the same metric right after the split; None for the last round.
         new_widths: hidden widths after the split; None for the last round.
         train_seconds: wall time of the round's training.
-        split_seconds: wall time of the split (model and optimiser surgery); 0 for the last round.
+        split_seconds: wall time of the split (model and optimiser surgery, and the splitting index); 0 for the
+            last round.
+        split_units: the units split, `{layer: (N, k) nested list}` per member; None for the last round.
+        split_index: `"splitting"`: the splitting index of those units, same layout; otherwise None.
+        stop_reason: the last round: why growth stopped (`"max_rounds"`, `"max_width"`, `"no_gain"` or
+            `"splitting_stable"`); "" for the others.
     """
 
     round: int
@@ -152,10 +195,15 @@ class GrowthRound:
     new_widths: tuple[int, ...] | None
     train_seconds: float
     split_seconds: float
+    split_units: dict[int, list[list[int]]] | None = None
+    split_index: dict[int, list[list[float]]] | None = None
+    stop_reason: str = ""
 
     def as_dict(self) -> dict:
-        """A flat row for a table: widths joined as `"4-8"`, None as NaN."""
+        """A flat row for a table: widths joined as `"4-8"`, None as NaN, the split units as JSON text."""
         row = asdict(self)
+        row["split_units"] = json.dumps(self.split_units) if self.split_units else ""
+        row["split_index"] = json.dumps(self.split_index) if self.split_index else ""
         row["widths"] = "-".join(map(str, self.widths))
         row["new_widths"] = "-".join(map(str, self.new_widths)) if self.new_widths else ""
         row["val_after_split"] = np.nan if self.val_after_split is None else self.val_after_split
@@ -244,27 +292,76 @@ def round_stop_epoch(
     return start_epoch + steps
 
 
+def grown_layers(model: FusedMLP, config: GrowthConfig) -> list[int]:
+    """The hidden layers growth may still widen: those of `config.layers` (None: all) below `max_width`."""
+    layers = range(len(model.hidden_units)) if config.layers is None else config.layers
+    return [layer for layer in layers if model.hidden_units[layer] < config.max_width]
+
+
 def planned_splits(
-    model: FusedMLP, config: GrowthConfig, unit_gradients: Sequence[np.ndarray] | None
+    model: FusedMLP,
+    config: GrowthConfig,
+    unit_gradients: Sequence[np.ndarray] | None,
+    indices: dict[int, SplittingIndex] | None = None,
 ) -> dict[int, np.ndarray]:
     """The units to split this round, `{layer: (N, k)}`, respecting `max_width` (empty: nothing can grow).
 
     `"all"` splits every unit (or, when the cap allows fewer, the first ones); `"targeted"` splits the top-k
-    units by `unit_gradients[layer]` `(N, H)`.
+    units by `unit_gradients[layer]` `(N, H)`; `"splitting"` the k units with the most negative splitting index
+    (`indices[layer]`), k = the most units with a negative index in any member (capped by `units_per_split`): a
+    layer where no member has one is not split.
     """
-    layers = range(len(model.hidden_units)) if config.layers is None else config.layers
     splits = {}
-    for layer in layers:
+    for layer in grown_layers(model, config):
         width = model.hidden_units[layer]
         wanted = width if config.strategy == "all" else config.units_per_split
+        if config.strategy == "splitting":
+            negative = int((indices[layer].eigenvalues < 0).sum(axis=1).max())
+            wanted = negative if wanted is None else min(wanted, negative)
         k = min(wanted, config.max_width - width, width)
         if k < 1:
             continue
         if config.strategy == "all":
             splits[layer] = all_units(model.members, width)[:, :k]
-        else:
+        elif config.strategy == "targeted":
             splits[layer] = top_units(unit_gradients[layer], k)
+        else:
+            splits[layer] = most_negative_units(indices[layer].eigenvalues, k)
     return splits
+
+
+def split_rows(rounds: Sequence[GrowthRound]) -> list[dict]:
+    """The units each split chose, one row per round, layer, member and unit: `round`, `layer`, `member`,
+    `unit`, and `splitting_index` (NaN unless the strategy is `"splitting"`)."""
+    rows = []
+    for r in rounds:
+        for layer, per_member in (r.split_units or {}).items():
+            for member, units in enumerate(per_member):
+                index = (r.split_index or {}).get(layer, [[np.nan] * len(units)] * len(per_member))[member]
+                rows += [
+                    dict(
+                        round=r.round, layer=int(layer), member=member, unit=int(u), splitting_index=float(i)
+                    )
+                    for u, i in zip(units, index, strict=True)
+                ]
+    return rows
+
+
+class Anneal(keras.callbacks.Callback):
+    """Cosine-anneals a constant learning rate over `epochs` epochs from `initial_epoch`, per epoch, to
+    `ANNEAL_TO` x its value in the last one (`anneal_epochs`); `restore()` sets it back."""
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer, initial_epoch: int, epochs: int):
+        super().__init__()
+        self.optimizer, self.initial_epoch, self.epochs = optimizer, initial_epoch, epochs
+        self.base = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        fraction = (1 + math.cos(math.pi * (epoch - self.initial_epoch + 1) / self.epochs)) / 2
+        self.optimizer.learning_rate = self.base * (ANNEAL_TO + (1 - ANNEAL_TO) * fraction)
+
+    def restore(self) -> None:
+        self.optimizer.learning_rate = self.base
 
 
 def grow_rounds(
@@ -302,6 +399,11 @@ def grow_rounds(
             f"Argument `layers` must index hidden layers in [0, {len(model.hidden_units)}). "
             f"Received: layers={config.layers}"
         )
+    if config.anneal_epochs and hasattr(getattr(optimizer, "_learning_rate", None), "cycle_ends"):
+        raise ValueError(
+            "Argument `anneal_epochs` must be 0 with a cyclic learning-rate schedule (SGDR): rounds then end at "
+            f"cycle ends, where the rate is lowest. Received: anneal_epochs={config.anneal_epochs}"
+        )
     targeted = config.strategy == "targeted"
     train_config = replace(train_config, track_unit_gradients=train_config.track_unit_gradients or targeted)
     validation = (data.x_val, data.y_val)
@@ -324,8 +426,23 @@ def grow_rounds(
             callbacks=[*callbacks, plateau],
             initial_epoch=epoch,
         )
-        train_seconds = time.perf_counter() - start
         epochs, stopped = len(history.epoch), plateau.plateau
+        if config.anneal_epochs:  # converge before the split: the end of the round's "cycle"
+            anneal = Anneal(optimizer, epoch + epochs, config.anneal_epochs)
+            annealed = fit(
+                model,
+                data.x_train,
+                data.y_train,
+                optimizer=optimizer,
+                config=replace(train_config, epochs=epoch + epochs + config.anneal_epochs),
+                validation_data=validation,
+                callbacks=[*callbacks, anneal],
+                initial_epoch=epoch + epochs,
+            )
+            anneal.restore()
+            epochs += len(annealed.epoch)
+            history.history["unit_gradients"] = annealed.history.get("unit_gradients")
+        train_seconds = time.perf_counter() - start
         epoch += epochs
         if train_config.jit_compile == "auto" and not history.uses_xla:
             # XLA failed on this model (one warning said why): the grown models retrace as plain graphs.
@@ -344,12 +461,30 @@ def grow_rounds(
             val_before_split=before,
             train_seconds=train_seconds,
         )
-        gradients = history.history["unit_gradients"][-1] if targeted else None
-        splits = planned_splits(model, config, gradients) if index < config.max_rounds else {}
-        if not splits:
-            rounds.append(GrowthRound(**record, val_after_split=None, new_widths=None, split_seconds=0.0))
-            break
         start = time.perf_counter()
+        reason, splits, indices = stop_reason(model, config, index, start_value, before), {}, None
+        if not reason:
+            if config.strategy == "splitting":
+                indices = {
+                    layer: splitting_index(model, data.x_train, data.y_train, layer, seed=config.seed + index)
+                    for layer in grown_layers(model, config)
+                }
+            gradients = history.history["unit_gradients"][-1] if targeted else None
+            splits = planned_splits(model, config, gradients, indices)
+            reason = "" if splits else ("splitting_stable" if indices else "max_width")
+        if reason:
+            rounds.append(
+                GrowthRound(
+                    **record, val_after_split=None, new_widths=None, split_seconds=0.0, stop_reason=reason
+                )
+            )
+            break
+        directions = None
+        if indices:
+            directions = {
+                layer: np.take_along_axis(indices[layer].directions, units[:, :, None], axis=1)  # (N, k, D)
+                for layer, units in splits.items()
+            }
         model, optimizer = grow_model(
             model,
             optimizer,
@@ -358,6 +493,8 @@ def grow_rounds(
             noise=config.noise,
             bias_nudge=config.bias_nudge,
             optimizer_slots=config.optimizer_slots,
+            directions=directions,
+            delta=config.delta,
         )
         if config.lr_width_scaling:
             scale_learning_rate(optimizer, sum(record["widths"]) / sum(model.hidden_units))
@@ -369,6 +506,26 @@ def grow_rounds(
                 val_after_split=after,
                 new_widths=tuple(model.hidden_units),
                 split_seconds=split_seconds,
+                split_units={layer: units.tolist() for layer, units in splits.items()},
+                split_index=None
+                if indices is None
+                else {
+                    layer: np.take_along_axis(indices[layer].eigenvalues, units, axis=1).tolist()
+                    for layer, units in splits.items()
+                },
             )
         )
     return model, optimizer, rounds
+
+
+def stop_reason(model: FusedMLP, config: GrowthConfig, index: int, start: float, end: float) -> str:
+    """Why growth stops after round `index` (which went from `start` to `end` on the monitored metric), before
+    looking at units: `"max_rounds"`, `"max_width"` (no layer can grow), `"no_gain"` (`stop_without_gain`), or
+    "" (go on)."""
+    if index >= config.max_rounds:
+        return "max_rounds"
+    if not grown_layers(model, config):
+        return "max_width"
+    if config.stop_without_gain and index > 0 and not is_better(end, start, config.mode, config.min_delta):
+        return "no_gain"
+    return ""

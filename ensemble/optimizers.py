@@ -4,6 +4,10 @@ At batch size 1 a fused step costs op dispatch, not arithmetic. Keras' Adam is a
 variable; TF's `ResourceApplyAdam` is one op with the same formula and reads/writes the Keras optimiser's own slot
 variables, so checkpoints, growth (slot resizing) and the learning-rate schedule stay Keras'.
 Any other optimiser (or option such as weight decay or EMA) falls back to `optimizer.apply`.
+
+Per-member learning rates (`lr_scales (N,)`, a sweep): member n's update uses `lr * lr_scales[n]`. SGD and momentum
+take it through the gradient (`lr * (s g)`: the update is linear in both); Adam, which normalises the gradient
+away, by the same formula as `ResourceApplyAdam` written with a `(N, 1, ...)` learning rate (XLA fuses it).
 """
 
 from __future__ import annotations
@@ -48,16 +52,45 @@ def fused_kind(optimizer: keras.optimizers.Optimizer) -> str | None:
     return None
 
 
-def apply_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variables: list):
+def check_member_learning_rates(optimizer: keras.optimizers.Optimizer, variables: list) -> None:
+    """Per-member learning rates need an exact fused formula (Adam, SGD, momentum; no clipping, weight decay,
+    EMA or constraints); raises ValueError naming what to remove otherwise."""
+    if fused_kind(optimizer) is None or any(v.constraint is not None for v in variables):
+        raise ValueError(
+            f"Per-member learning rates (a sweep over `learning_rate`) need plain Adam or SGD (momentum, nesterov); "
+            f"{type(optimizer).__name__} with these options (clipvalue, weight_decay, EMA, loss scaling, gradient "
+            "accumulation or a weight constraint) cannot scale each member's step. Remove those options or do not "
+            "sweep the learning rate."
+        )
+
+
+def member_scale(scales: tf.Tensor, variable) -> tf.Tensor:
+    """`scales (N,)` shaped to broadcast over a stacked variable `(N, ...)`: `(N, 1, ..., 1)`."""
+    return tf.reshape(scales, [-1] + [1] * (len(variable.shape) - 1))
+
+
+def apply_gradients(
+    optimizer: keras.optimizers.Optimizer, grads: list, variables: list, lr_scales: tf.Tensor | None = None
+):
     """Update `variables` with `grads` exactly as `optimizer.apply(grads, variables)` would (graph-safe).
 
     The optimiser must already be built on `variables` (`optimizer.build(variables)`).
 
+    Args:
+        lr_scales: None, or `(N,)` float32 per-member factors of the learning rate (every variable stacked
+            `(N, ...)`); member n then steps as `optimizer` with learning rate `lr * lr_scales[n]` would
+            (`check_member_learning_rates` first).
+
     Returns:
-        The learning rate of this step (float32 scalar), as the update used it.
+        The learning rate of this step (float32 scalar), as the update used it (before `lr_scales`).
     """
     lr = tf.cast(optimizer.learning_rate, tf.float32)  # the schedule at `iterations`, before the increment
     kind = fused_kind(optimizer)
+    if lr_scales is not None:
+        if kind == "adam":
+            return apply_member_adam(optimizer, grads, variables, lr, lr_scales)
+        # SGD, momentum: lr (s g) is the step of learning rate s lr
+        grads = [g * member_scale(lr_scales, v) for g, v in zip(grads, variables, strict=True)]
     if kind is None or any(v.constraint is not None for v in variables):
         optimizer.apply(grads, variables)  # evaluates the same schedule at the same step
         return lr
@@ -91,5 +124,23 @@ def apply_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variable
             )
         else:
             tf.raw_ops.ResourceApplyGradientDescent(var=variable.value.handle, alpha=lr, delta=grad)
+    optimizer.iterations.assign_add(1)
+    return lr
+
+
+def apply_member_adam(optimizer: keras.optimizers.Adam, grads: list, variables: list, lr, lr_scales):
+    """Keras Adam's update (the formula of `ResourceApplyAdam`) with member n's learning rate `lr * lr_scales[n]`:
+    `m += (g - m)(1 - b1)`, `v += (g^2 - v)(1 - b2)`, `w -= lr s_n sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)`.
+    Returns `lr`."""
+    t = tf.cast(optimizer.iterations + 1, tf.float32)
+    beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
+    alpha = lr * tf.sqrt(1 - tf.pow(beta_2, t)) / (1 - tf.pow(beta_1, t))  # ()
+    for grad, variable in zip(grads, variables, strict=True):
+        index = optimizer._get_variable_index(variable)
+        m, v = optimizer._momentums[index], optimizer._velocities[index]
+        m.assign_add((grad - m) * (1 - beta_1))
+        v.assign_add((tf.square(grad) - v) * (1 - beta_2))
+        step = alpha * member_scale(lr_scales, variable)  # (N, 1, ...)
+        variable.assign_sub(step * m / (tf.sqrt(v) + float(optimizer.epsilon)))
     optimizer.iterations.assign_add(1)
     return lr

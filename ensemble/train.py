@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from ensemble.fused import FusedMLP
-from ensemble.optimizers import apply_gradients, check_elementwise
+from ensemble.optimizers import apply_gradients, check_elementwise, check_member_learning_rates
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +48,25 @@ class TrainConfig:
         track_unit_gradients: accumulate |dL/dW| per hidden unit over each epoch (for targeted growth).
         member_offset: global index of the model's first member: member n draws the data order (and bootstrap) of
             member `member_offset + n`, so a shard of a larger ensemble sees exactly what it would in one run.
+        lr_scales: per-member factors of the optimiser's learning rate (a sweep; `ensemble.sweep`), one per member
+            of the whole ensemble (member n of a shard uses entry `member_offset + n`); None: all 1.
+        weight_decay: L2 penalty `weight_decay * sum(W**2)` on each member's kernels, added to its loss (as Keras'
+            `kernel_regularizer=L2(weight_decay)`): one float for all members or one per member, as `lr_scales`.
+
+    `bagging` may also be one bool per member (as `lr_scales`).
     """
 
     epochs: int = 10
     batch_size: int = 1
-    bagging: bool = False
+    bagging: bool | tuple[bool, ...] = False
     seed: int = 0
     steps_per_call: int = 1000
     jit_compile: bool | str = "auto"
     train_metrics: bool = True
     track_unit_gradients: bool = False
     member_offset: int = 0
+    lr_scales: tuple[float, ...] | None = None
+    weight_decay: float | tuple[float, ...] = 0.0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "steps_per_call"):
@@ -69,20 +77,54 @@ class TrainConfig:
                 f"Argument `member_offset` must be >= 0. Received: member_offset={self.member_offset}"
             )
         check_jit_compile(self.jit_compile)
+        for name in ("bagging", "lr_scales", "weight_decay"):  # lists (YAML, JSON) -> hashable tuples
+            if isinstance(getattr(self, name), list | np.ndarray):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.lr_scales is not None and not all(np.isfinite(s) and s > 0 for s in self.lr_scales):
+            raise ValueError(f"Every entry of `lr_scales` must be > 0. Received: lr_scales={self.lr_scales}")
+        if not all(np.isfinite(d) and d >= 0 for d in np.atleast_1d(self.weight_decay)):
+            raise ValueError(
+                f"Argument `weight_decay` must be >= 0 (one value, or one per member). "
+                f"Received: weight_decay={self.weight_decay}"
+            )
 
     def get_config(self) -> dict:
         return asdict(self)
 
+    def per_member(self, name: str, members: int) -> np.ndarray:
+        """`bagging`, `lr_scales` or `weight_decay` of the model's `members` members (entries `member_offset ..
+        member_offset + members - 1` of a per-member tuple; a single value repeated) `(N,)`."""
+        value = getattr(self, name)
+        if value is None:
+            value = 1.0
+        if not isinstance(value, tuple):
+            return np.full(members, value)
+        if len(value) < self.member_offset + members:
+            raise ValueError(
+                f"Argument `{name}` has {len(value)} entries, but members {self.member_offset}.."
+                f"{self.member_offset + members - 1} need one each: give one per member of the whole ensemble."
+            )
+        return np.asarray(value[self.member_offset : self.member_offset + members])
 
-def member_rows(n_rows: int, member: int, seed: int, bagging: bool) -> np.ndarray:
-    """The rows member `member` trains on: all of them, or its own bootstrap resample `(n_rows,)`."""
+
+def member_rows(n_rows: int, member: int, seed: int, bagging: bool | Sequence[bool]) -> np.ndarray:
+    """The rows member `member` trains on: all of them, or its own bootstrap resample `(n_rows,)` (`bagging`: one
+    bool, or one per member of the whole ensemble)."""
+    if not isinstance(bagging, bool | np.bool_):
+        bagging = bagging[member]
     if not bagging:
         return np.arange(n_rows)
     return np.random.default_rng([seed, member, 0xB007]).integers(0, n_rows, size=n_rows)
 
 
 def epoch_indices(
-    n_rows: int, members: int, batch_size: int, epoch: int, seed: int, bagging: bool, member_offset: int = 0
+    n_rows: int,
+    members: int,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    bagging: bool | Sequence[bool],
+    member_offset: int = 0,
 ) -> np.ndarray:
     """Row indices of one epoch for all members, `(steps, N, B)` int32 with `steps = n_rows // B`.
 
@@ -309,6 +351,8 @@ def fit(
     check_elementwise(optimizer)
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
+    if config.lr_scales is not None:
+        check_member_learning_rates(optimizer, model.trainable_variables)
     x_train, y_train = tf.constant(x), label_tensor(model.task, y)
 
     run_steps = compiled_steps(model, optimizer, config)
@@ -387,10 +431,14 @@ def compiled_steps(model: FusedMLP, optimizer: keras.optimizers.Optimizer, confi
     one program per fit (a new S would cost a new compilation). `run_steps.unit_gradients` holds, per hidden
     layer, the accumulated |dL/dW| per unit `(N, H)`.
     """
-    key = (id(optimizer), config.jit_compile, config.track_unit_gradients)
+    lr_scales = None if config.lr_scales is None else tuple(config.per_member("lr_scales", model.members))
+    decay = tuple(config.per_member("weight_decay", model.members))
+    key = (id(optimizer), config.jit_compile, config.track_unit_gradients, lr_scales, decay)
     cached = _COMPILED.setdefault(model, {})
     if key in cached:
         return cached[key]
+    scales = None if lr_scales is None else tf.constant(lr_scales, tf.float32)  # (N,)
+    decay = tf.constant(decay, tf.float32) if any(decay) else None  # (N,); None: no penalty op at all
     variables = model.trainable_variables
     unit_gradients = [tf.Variable(tf.zeros((model.members, units))) for units in model.hidden_units]
     kernel_index = [[id(v) for v in variables].index(id(layer.kernel)) for layer in model.hidden_layers]
@@ -417,8 +465,10 @@ def compiled_steps(model: FusedMLP, optimizer: keras.optimizers.Optimizer, confi
             with tf.GradientTape() as tape:
                 losses = member_losses(task, yb, model_ref()(xb, training=True))  # (N,)
                 total = tf.reduce_sum(losses)  # sum, not mean: each member gets exactly its own gradient
+                if decay is not None:
+                    total += l2_penalty(model_ref(), decay)
             grads = tape.gradient(total, variables)
-            lrs = lrs.write(s, apply_gradients(optimizer, grads, variables))  # the LR this step used
+            lrs = lrs.write(s, apply_gradients(optimizer, grads, variables, scales))  # the LR this step used
             loss_sum += losses
             if config.track_unit_gradients:
                 for acc, index in zip(unit_gradients, kernel_index, strict=True):
@@ -430,6 +480,17 @@ def compiled_steps(model: FusedMLP, optimizer: keras.optimizers.Optimizer, confi
     compiled.unit_gradients = unit_gradients
     cached[key] = compiled
     return compiled
+
+
+def l2_penalty(model: FusedMLP, decay: tf.Tensor) -> tf.Tensor:
+    """`sum_n decay[n] * sum(W_n**2)` over every member's kernels (biases are not penalised): member n's share is
+    Keras' `L2(decay[n])` kernel regulariser on each of its layers. `decay (N,)` -> scalar."""
+    return tf.add_n(
+        [
+            tf.reduce_sum(decay * tf.reduce_sum(tf.square(layer.kernel), axis=[1, 2]))
+            for layer in model.dense_layers
+        ]
+    )
 
 
 def schedule_cycle_ends(optimizer: keras.optimizers.Optimizer, total_steps: int) -> list[int]:

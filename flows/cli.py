@@ -6,14 +6,19 @@ Bad input exits with status 2 and one line naming the problem; `--debug` shows t
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import functools
+import json
 import logging
 import os
 import shlex
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from tasks.config import PipelineConfig
@@ -35,6 +40,20 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one "
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 UI_HINT = "Open the MLflow UI with `ensemble ui` (http://127.0.0.1:5000)."
+TIMINGS_ENV = "ENSEMBLE_TIMINGS"
+"""A file: the CLI writes its phase edges there as JSON (`benchmarks/bench_startup.py` reads them)."""
+FLOW_COMMANDS = ("train", "compare", "predict")  # they run a flow in this process
+
+
+class PhaseMarks(dict):
+    """Wall-clock times (`time.time()`) of the CLI's phase edges, by name; saved to `$ENSEMBLE_TIMINGS` if set."""
+
+    def mark(self, name: str) -> None:
+        self[name] = time.time()
+
+    def save(self) -> None:
+        if os.environ.get(TIMINGS_ENV):
+            Path(os.environ[TIMINGS_ENV]).write_text(json.dumps(self))
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -58,7 +77,9 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV/Parquet path or a bundled data set (digits, breast_cancer, wine, blobs) "
         + default("data", "source"),
     )
-    parser.add_argument("--target", help="target column of a CSV/Parquet file (default: 'target' of a bundled set)")
+    parser.add_argument(
+        "--target", help="target column of a CSV/Parquet file (default: 'target' of a bundled set)"
+    )
     parser.add_argument("--members", type=int, help="ensemble members N " + default("model", "members"))
     parser.add_argument("--epochs", type=int, help="training epochs " + default("train", "epochs"))
     parser.add_argument(
@@ -78,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-    add_command = functools.partial(commands.add_parser, parents=[common], formatter_class=DefaultsHelpFormatter)
+    add_command = functools.partial(
+        commands.add_parser, parents=[common], formatter_class=DefaultsHelpFormatter
+    )
     train = add_command("train", help="train, evaluate and register an ensemble")
     config_arguments(train)
     resume = train.add_mutually_exclusive_group()
@@ -89,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config and data whose process died, if any)",
     )
     resume.add_argument("--fresh", action="store_true", help="start a new run even if one could be resumed")
-    compare = add_command(
-        "compare", help="ensemble vs single models (incl. equal FLOPs), one run each"
-    )
+    compare = add_command("compare", help="ensemble vs single models (incl. equal FLOPs), one run each")
     config_arguments(compare)
     compare.add_argument("--grid", action="store_true", help="also run the widths x members grid")
     predict = add_command("predict", help="score a CSV/Parquet file with a registered model alias")
@@ -151,7 +172,8 @@ def check_data_source(config: PipelineConfig) -> None:
     check_source(data.source, data.target, data.features, tuple(data.drop), data.id_column)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, marks: PhaseMarks | None = None) -> int:
+    marks = PhaseMarks() if marks is None else marks
     config = None
     if args.command in ("train", "compare", "schedule"):
         # A bad value or a data file that cannot be used fails here, in about a second: before TensorFlow,
@@ -159,6 +181,18 @@ def run(args: argparse.Namespace) -> int:
         config = load_pipeline_config(args)
         if args.command != "schedule":  # a scheduled run reads its data when it runs
             check_data_source(config)
+    marks.mark("config")
+    server = None
+    if args.command in FLOW_COMMANDS:  # its start-up overlaps with the imports below (`flows.prefect_api`)
+        from flows.prefect_api import TemporaryServer
+
+        server = TemporaryServer.start_if_needed()
+        marks.mark("server_started")
+    return run_command(args, config, server, marks)
+
+
+def run_command(args: argparse.Namespace, config: PipelineConfig | None, server, marks: PhaseMarks) -> int:
+    """`run` once the input is checked (and Prefect's temporary server is starting, `server`, if needed)."""
     if not args.debug:
         quiet_runtime()
     from tasks.tracking import TrackingSettings
@@ -188,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "predict":
         from flows.predict import predict_flow
 
+        prefect_api_ready(server, marks)
         result = predict_flow(args.input, args.output, args.alias, args.model_name, settings)
         print(f"Wrote {result['rows']} predictions to {result['output']} ({result['model_uri']}).")
         return 0
@@ -215,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "compare":
         from flows.compare import compare_flow
 
+        prefect_api_ready(server, marks)
         result = compare_flow(config, settings, grid={} if args.grid else None)
         print(
             f"\nComparison run {result['run_id']}: child runs tagged comparison={result['run_id']}. {UI_HINT}"
@@ -222,37 +258,90 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from flows.train import train_flow
 
+    prefect_api_ready(server, marks)
     result = train_flow(config, settings, resume="fresh" if args.fresh else args.resume or "auto")
+    marks.mark("flow_returned")
     print(summary(result, settings))
     return 0
 
 
+def prefect_api_ready(server, marks: PhaseMarks) -> None:
+    """Marks the end of the imports, then waits for Prefect's temporary server (if this command started one)."""
+    marks.mark("imports")
+    if server is not None:
+        server.wait_ready()
+        marks["server_ready"] = time.time()
+    marks.mark("prefect_api")
+
+
+SUMMARY_METRICS = ("accuracy", "nll", "brier", "ece", "rmse", "mae", "r2")
+MEAN_MEMBER = {"accuracy": "mean_member_accuracy", "nll": "mean_member_nll", "rmse": "mean_member_rmse"}
+
+
 def summary(result: dict, settings: TrackingSettings | None = None) -> str:
-    """What a finished train flow printed: the run, its test metrics, and how to serve what it registered (with
-    the store of `settings` when it is not the default)."""
-    metrics = result["metrics"]
-    keys = [
-        k
-        for k in ("accuracy", "nll", "brier", "ece", "mean_member_accuracy", "disagreement", "rmse", "mae", "r2")
-        if k in metrics
-    ]
-    lines = [
-        "",
-        f"MLflow run {result['run_id']} ({len(result['member_run_ids'])} member runs)",
-        "test: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys),
-    ]
-    if result.get("registration"):
-        reg = result["registration"]
-        if reg["alias"]:
-            lines.append(f"registered {reg['name']} version {reg['version']} as @{reg['alias']}; serve it with:")
-            uri = f"models:/{reg['name']}@{reg['alias']}"
-        else:
-            lines.append(f"registered {reg['name']} version {reg['version']} without an alias: {reg['reason']}")
-            lines.append("serve this version with:")
-            uri = f"models:/{reg['name']}/{reg['version']}"
-        lines.append(f'  {store_environment(settings)}mlflow models serve -m "{uri}" --env-manager local -p 5001')
+    """`ensemble train`'s closing summary: a table of the ensemble's test metrics against its best member's (and
+    the members' mean), the registry's decision, the MLflow run (ID and UI address) and how to serve what was
+    registered (with the store of `settings` when it is not the default)."""
+    import io
+    import shutil
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics, best = result["metrics"], result.get("best_member") or {}
+    keys = [k for k in SUMMARY_METRICS if k in metrics]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("test split")
+    for key in keys:
+        table.add_column(key, justify="right")
+    members = int(metrics.get("num_members", 0)) or len(result["member_run_ids"])
+    table.add_row(f"ensemble ({members} models)", *(f"{metrics[k]:.4f}" for k in keys))
+    if best:
+        table.add_row(f"best member (#{best['member']})", *(number(best.get(k)) for k in keys))
+    if any(MEAN_MEMBER.get(k) in metrics for k in keys):
+        table.add_row("mean member", *(number(metrics.get(MEAN_MEMBER.get(k, ""))) for k in keys))
+    if best:
+        gains = (number(metrics[k] - best[k], "+.4f") if best.get(k) is not None else "" for k in keys)
+        table.add_row("ensemble - best member", *gains)
+    text = io.StringIO()
+    width = max(80, shutil.get_terminal_size((100, 24)).columns)
+    Console(file=text, width=width, color_system=None, highlight=False).print(table)
+    rows = [row.rstrip() for row in text.getvalue().splitlines() if row.strip()]
+    runs = f"MLflow run {result['run_id']} ({len(result['member_run_ids'])} member runs)"
+    lines = ["", runs, *rows, ""]
+    lines += [f"registry: {registry_decision(result.get('registration'))}"]
+    if result.get("run_url"):
+        lines.append(f"MLflow UI: {result['run_url']}")
+    reg = result.get("registration")
+    if reg:
+        uri = (
+            f"models:/{reg['name']}@{reg['alias']}"
+            if reg["alias"]
+            else f"models:/{reg['name']}/{reg['version']}"
+        )
+        lines.append("serve it with:")
+        lines.append(
+            f'  {store_environment(settings)}mlflow models serve -m "{uri}" --env-manager local -p 5001'
+        )
     lines.append(UI_HINT)
     return "\n".join(lines)
+
+
+def number(value: float | None, spec: str = ".4f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def registry_decision(registration: dict | None) -> str:
+    """What the registry did, in one line: the flow's sentence (`decision`, Markdown markup dropped) or a short one."""
+    if registration is None:
+        return "not registered (registry.enabled is false)"
+    if registration.get("decision"):
+        return registration["decision"].replace("**", "").replace("`", "")
+    name, version, alias = registration["name"], registration["version"], registration["alias"]
+    if alias:
+        return f"registered {name} version {version} as @{alias}"
+    return f"registered {name} version {version} without an alias: {registration['reason']}"
 
 
 def store_environment(settings: TrackingSettings | None) -> str:
@@ -264,7 +353,9 @@ def store_environment(settings: TrackingSettings | None) -> str:
         return ""
     default = TrackingSettings.tracking_uri  # the dataclass field's default
     names = {"MLFLOW_TRACKING_URI": settings.tracking_uri if settings.tracking_uri != default else None}
-    names["MLFLOW_REGISTRY_URI"] = settings.registry_uri if settings.registry_uri != settings.tracking_uri else None
+    names["MLFLOW_REGISTRY_URI"] = (
+        settings.registry_uri if settings.registry_uri != settings.tracking_uri else None
+    )
     return "".join(f"{name}={shlex.quote(uri)} " for name, uri in names.items() if uri)
 
 
@@ -293,16 +384,39 @@ def quiet_runtime() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `ensemble` command; run as a program (`argv` None), it ends the process itself (`exit_fast`)."""
+    marks = PhaseMarks()
+    marks.mark("main")
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        code = run(args, marks)
     except KeyboardInterrupt:
-        return 130
+        code = 130
     except Exception as error:  # one line for the user; the whole story with --debug
         if args.debug:
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
+        code = 2
+    finally:
+        marks.save()
+    if argv is None and "tensorflow" in sys.modules:
+        exit_fast(code)
+    return code
+
+
+def exit_fast(code: int) -> NoReturn:
+    """Ends the process as `sys.exit(code)` does (other threads finish, the atexit handlers run: Prefect's workers
+    send their logs, its temporary server stops, logging flushes), then skips the interpreter's teardown of the
+    thousands of modules TensorFlow, MLflow and Prefect loaded: 1-4 s here after every run
+    (`benchmarks/bench_startup.py`)."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def one_line(error: Exception) -> str:

@@ -6,16 +6,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 
-from tasks.compare import candidate_task, grid_task, plan_candidates_task, plot_comparison_task
+from flows.train import prefect_tags
+from tasks.compare import (
+    candidate_task,
+    grid_task,
+    plan_candidates_task,
+    plot_comparison_task,
+    summarize_comparison_task,
+)
 from tasks.config import PipelineConfig
 from tasks.data import log_data_task, prepare_data_task
+from tasks.describe import compare_title
 from tasks.tracking import Tracker, TrackingSettings
 
 
-@flow(name="compare-ensembles", log_prints=True)
+def flow_run_title() -> str:
+    """The flow run's name: the config's `run_name`, else `compare <data> <members>x<units>`."""
+    context = FlowRunContext.get()
+    config = (context.parameters if context else {}).get("config") or PipelineConfig()
+    if isinstance(config, dict):  # a deployment's parameters arrive as JSON
+        config = PipelineConfig.model_validate(config)
+    return config.run_name or compare_title(config)
+
+
+@flow(name="compare-ensembles", flow_run_name=flow_run_title, log_prints=True)
 def compare_flow(
     config: PipelineConfig = PipelineConfig(),
     tracking: TrackingSettings | None = None,
@@ -31,10 +48,8 @@ def compare_flow(
     logger = get_run_logger()
     settings = tracking or TrackingSettings.load()
     tracker = Tracker(settings)
-    run_id = tracker.start_run(
-        config.run_name or f"compare-{flow_run.get_name() or 'local'}",
-        tags={"kind": "comparison", "pipeline": "compare"},
-    )
+    title = config.run_name or compare_title(config)
+    run_id = tracker.start_run(title, tags={"kind": "comparison", "pipeline": "compare", **prefect_tags()})
     try:
         tracker.log_params(run_id, config.model_dump(exclude={"run_name", "snapshots", "growth", "registry"}))
         data_dir = prepare_data_task(config.data, config.output_dir)
@@ -55,21 +70,28 @@ def compare_flow(
         ]
         plotted = rows + (grid_task(settings, run_id, data_dir, grid, run_dir) if grid else [])
         plot_comparison_task(settings, run_id, plotted, run_dir)
+        summary = summarize_comparison_task(settings, run_id, rows, run_dir)
         create_table_artifact(
             table=[
-                {k: r[k] for k in ("kind", "members", "width", "flops", "accuracy", "nll", "ece")}
-                for r in rows
+                {k: r.get(k) for k in ("kind", "members", "width", "flops", summary["metric"])} for r in rows
             ],
             key="comparison",
             description="Ensemble vs single models (test split)",
+        )
+        create_markdown_artifact(
+            markdown=f"{summary['markdown']}\n\nMLflow run: [{title}]({tracker.run_url(run_id)})",
+            key="run-summary",
+            description=summary["verdict"],
         )
     except BaseException:
         tracker.finish_run(run_id, "FAILED")
         raise
     tracker.finish_run(run_id)
+    metric = summary["metric"]
     for row in rows:
         logger.info(
             f"{row['kind']:>18}  members {row['members']:>3}  width {row['width']:>4}  "
-            f"flops {row['flops']:>9}  accuracy {row['accuracy']:.4f}  nll {row['nll']:.4f}"
+            f"flops {row['flops']:>9}  {metric} {row[metric]:.4f}"
         )
-    return {"run_id": run_id, "rows": rows}
+    logger.info(summary["verdict"])
+    return {"run_id": run_id, "rows": rows, "verdict": summary["verdict"]}

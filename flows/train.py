@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -21,16 +23,35 @@ import ensemble.tensorflow_quietly  # noqa: F401  (first: a worker's flow run pr
 from ensemble.shards import shard_ranges
 from tasks.config import PipelineConfig, RunnerSection
 from tasks.data import log_data_task, prepare_data_task
+from tasks.describe import parent_description, run_title
 from tasks.evaluate import evaluate_task
 from tasks.growth import growth_task
+from tasks.lr_curve import growth_epochs
 from tasks.recovery import open_parent_run, resume_key
 from tasks.registry import register_task, registered_model_name
+from tasks.selection import select_ensemble_task
 from tasks.snapshots import collect_snapshots_task
 from tasks.tracking import Tracker, TrackingSettings
 from tasks.train import log_training_task, merge_shards_task, train_task
 
 
-@flow(name="train-ensemble", log_prints=True)
+def flow_run_title() -> str:
+    """The flow run's name: the config's `run_name`, else what the run is (`tasks.describe.run_title`)."""
+    context = FlowRunContext.get()
+    config = (context.parameters if context else {}).get("config") or PipelineConfig()
+    if isinstance(config, dict):  # a deployment's parameters arrive as JSON
+        config = PipelineConfig.model_validate(config)
+    return config.run_name or run_title(config)
+
+
+def prefect_tags() -> dict[str, str]:
+    """The Prefect flow run this MLflow run belongs to: id, name and (with a Prefect UI) address."""
+    tags = {"prefect.flow_run_id": str(flow_run.get_id()), "prefect.flow_run_name": str(flow_run.get_name())}
+    url = flow_run.get_flow_run_ui_url()
+    return {**tags, "prefect.flow_run_url": url} if url else tags
+
+
+@flow(name="train-ensemble", flow_run_name=flow_run_title, log_prints=True)
 def train_flow(
     config: PipelineConfig = PipelineConfig(), tracking: TrackingSettings | None = None, resume: str = "auto"
 ) -> dict:
@@ -42,10 +63,11 @@ def train_flow(
     logger = get_run_logger()
     settings = tracking or TrackingSettings.load()
     tracker = Tracker(settings)
+    title = config.run_name or run_title(config)
     opened = open_parent_run(
         tracker,
-        config.run_name or f"ensemble-{flow_run.get_name() or 'local'}",
-        {"kind": "ensemble", "pipeline": "train", "prefect.flow_run_id": str(flow_run.get_id())},
+        title,
+        {"kind": "ensemble", "pipeline": "train", **prefect_tags()},
         resume_key(config),
         resume,
         log=logger.warning,
@@ -85,6 +107,11 @@ def train_flow(
             model_path=trained["model_path"],  # member runs' test_* come from each member's final weights
             snapshot_dir=trained["snapshot_dir"],
         )
+        if config.sweep is not None:  # a sweep registers its greedy ensemble selection (tasks.selection)
+            selection = select_ensemble_task(
+                settings, run_id, member_run_ids, data_dir, evaluation, trained, config, run_dir
+            )
+            evaluation = {**evaluation, **selection}
         registration = None
         if config.registry.enabled:
             registration = register_task(
@@ -99,6 +126,7 @@ def train_flow(
             )
             if registration["reason"]:
                 logger.warning(f"Registered without an alias: {registration['reason']}")
+        describe_run(tracker, run_id, title, evaluation, registration, trained)
     except BaseException:
         for member_run in tracker.child_runs(run_id, "member").values():  # those opened before the failure
             tracker.finish_run(member_run, "FAILED")
@@ -114,6 +142,10 @@ def train_flow(
         "registration": registration,
         "predictor_dir": evaluation["predictor_dir"],
         "member_run_ids": member_run_ids,
+        # For `ensemble train`'s closing summary: the ensemble against its best member, where to look.
+        "metric": evaluation["metric"],
+        "best_member": evaluation.get("best_member"),
+        "run_url": tracker.run_url(run_id),
     }
 
 
@@ -126,6 +158,7 @@ def train_members(
     for shards, from `log_training_task` after the merge.
     """
     shards = shard_ranges(config.model.members, config.train.members_per_shard)
+    later_epochs = growth_epochs(config.growth)  # the `schedule/lr` metric's stride counts them
     if len(shards) == 1:
         return train_task(
             data_dir,
@@ -136,6 +169,8 @@ def train_members(
             run_dir,
             settings=settings,
             run_id=run_id,
+            sweep=config.sweep,
+            later_epochs=later_epochs,
         )
     with build_task_runner(config.runner) as runner:
         futures = [
@@ -152,14 +187,37 @@ def train_members(
                     "settings": settings,
                     "run_id": run_id,
                     "parent_curves": False,
+                    "sweep": config.sweep,
                 },
             )
             for i, (offset, count) in enumerate(shards)
         ]
         results = [future.result() for future in futures]
     merged = merge_shards_task(results, config.train, run_dir)
-    log_training_task(settings, run_id, merged)
+    log_training_task(settings, run_id, merged, later_epochs)
     return merged
+
+
+def describe_run(
+    tracker: Tracker, run_id: str, title: str, evaluation: dict, registration: dict | None, trained: dict
+) -> None:
+    """The parent run's Markdown description (key test metrics, the ensemble against its best member, the registry
+    decision) and the same, with links, as the flow run's `run-summary` artifact in Prefect."""
+    registry = (registration or {}).get("decision") or "Not registered (`registry.enabled` is false)."
+    growth = [f"Growth: {trained['growth_reason']}."] if trained.get("growth_reason") else []
+    text = parent_description(
+        title, evaluation["metrics"], evaluation["metric"], evaluation.get("best_member"), registry, growth
+    )
+    tracker.describe_run(run_id, text)
+    links = [f"MLflow run: [{title}]({tracker.run_url(run_id)})"]
+    if registration is not None:
+        url = tracker.model_version_url(registration["name"], registration["version"])
+        links.append(f"Model version: [{registration['name']} v{registration['version']}]({url})")
+    create_markdown_artifact(
+        markdown="\n\n".join([text, *links]),
+        key="run-summary",
+        description="What this flow run trained, how it scored and what the registry did with it",
+    )
 
 
 def build_task_runner(runner: RunnerSection) -> TaskRunner:

@@ -16,8 +16,9 @@ from ensemble.fused import FusedMLP
 from ensemble.plots import plot_accuracy_vs_flops
 from ensemble.train import fit
 from tasks.config import EvaluationSection, ModelSection, OptimizerSection, TrainSection
+from tasks.describe import compare_verdict, table_markdown
 from tasks.evaluate import score
-from tasks.tracking import Tracker, TrackingSettings
+from tasks.tracking import TEST_PREFIX, Tracker, TrackingSettings
 from tasks.train import build_optimizer, train_config
 
 
@@ -97,9 +98,9 @@ def candidate_task(
         tracker.log_metrics(
             run_id,
             {
-                **{f"test_{k}": v for k, v in metrics.items()},
-                "flops_per_sample": flops,
-                "train_seconds": seconds,
+                **{f"{TEST_PREFIX}{k}": v for k, v in metrics.items()},
+                "cost/flops_per_sample": flops,
+                "cost/train_seconds": seconds,
             },
         )
     except BaseException:
@@ -114,6 +115,55 @@ def candidate_task(
         "run_id": run_id,
         **metrics,
     }
+
+
+SUMMARY_COLUMNS = [
+    "kind",
+    "members",
+    "width",
+    "flops",
+    "accuracy",
+    "nll",
+    "ece",
+    "rmse",
+    "mae",
+    "r2",
+    "run_id",
+]
+
+
+@task(name="summarize-comparison", cache_policy=NO_CACHE)
+def summarize_comparison_task(
+    settings: TrackingSettings, run_id: str, rows: list[dict], run_dir: str
+) -> dict:
+    """The compare parent's summary: the candidates' table as artifacts (`comparison/comparison.json`, a table in
+    the UI, and `comparison/comparison.md`), summary metrics (`compare/<kind>_<metric>` and the ensemble's gain
+    over each single model, `compare/gain_vs_<kind>`), a one-line `verdict` tag and a description (verdict +
+    table). Returns `{"verdict", "metric", "markdown"}`."""
+    metric, higher = ("accuracy", True) if "accuracy" in rows[0] else ("rmse", False)
+    columns = [c for c in SUMMARY_COLUMNS if any(c in row for row in rows)]
+    table = [{c: row.get(c) for c in columns} for row in rows]
+    verdict = compare_verdict(rows, metric, higher)
+    tracker = Tracker(settings)
+    tracker.log_table(run_id, table, "comparison/comparison.json")
+    markdown = f"**{verdict}**\n\n{table_markdown(table, columns)}"
+    path = Path(run_dir) / "comparison.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown + "\n")
+    tracker.log_artifact(run_id, path, "comparison")
+    values = {row["kind"]: row[metric] for row in rows if row.get(metric) is not None}
+    summary = {f"compare/{kind}_{metric}": value for kind, value in values.items()}
+    if "ensemble" in values:
+        sign = 1.0 if higher else -1.0
+        summary |= {
+            f"compare/gain_vs_{kind}": sign * (values["ensemble"] - value)
+            for kind, value in values.items()
+            if kind != "ensemble"
+        }
+    tracker.log_metrics(run_id, summary)
+    tracker.set_tags(run_id, {"verdict": verdict})
+    tracker.describe_run(run_id, markdown)
+    return {"verdict": verdict, "metric": metric, "markdown": markdown}
 
 
 @task(name="comparison-grid", cache_policy=NO_CACHE)

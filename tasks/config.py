@@ -202,8 +202,10 @@ class GrowthSection(Section):
     """Plateau-triggered, function-preserving neuron splitting (see `ensemble.growth`, `ensemble.growth_rounds`).
 
     With snapshots on (SGDR), rounds end at cycle ends: `patience` counts cycles and `epochs_per_round` is extended
-    to the next cycle end. The grown model replaces the trained one only when it is not worse on validation by
-    `monitor` (`tasks.growth`).
+    to the next cycle end; without them `anneal_epochs` ends every round with a cosine anneal. Growth stops at
+    `max_rounds`, `max_width`, after a round without validation gain (`stop_without_gain`) or, with `strategy:
+    splitting`, when no unit has a negative splitting index. The grown model replaces the trained one only when it
+    is not worse on validation by `monitor` (`tasks.growth`).
     """
 
     enabled: bool = False
@@ -213,10 +215,62 @@ class GrowthSection(Section):
     patience: int = Field(2, ge=1)  # epochs, or cycles with SGDR
     max_width: int = Field(256, ge=1)
     max_rounds: int = Field(3, ge=1)
-    strategy: Literal["all", "targeted"] = "all"
-    units_per_split: int = Field(4, ge=1)
+    strategy: Literal["all", "targeted", "splitting"] = "all"
+    units_per_split: int | None = Field(4, ge=1)  # null with splitting: up to the width (doubling at most)
     noise: float = Field(1e-3, ge=0)
     lr_width_scaling: bool = True  # learning rate x (hidden units before / after) at each split
+    delta: float = Field(0.1, ge=0)  # splitting: copies at theta +/- delta |theta| v
+    anneal_epochs: int = Field(0, ge=0)  # without snapshots: epochs annealing the rate before each split
+    stop_without_gain: bool = True  # stop after a round that gained nothing on validation
+
+    @model_validator(mode="after")
+    def _units_for_targeted(self) -> GrowthSection:
+        if self.strategy == "targeted" and self.units_per_split is None:
+            raise ValueError(
+                "growth.units_per_split must be an int >= 1 with strategy: targeted (null: splitting only)"
+            )
+        return self
+
+
+class SweepSection(Section):
+    """Per-member hyper-parameters in one fused run (see `ensemble.sweep`): a grid (every combination of the lists)
+    or `kind: random` (`samples` draws; a parameter is a list of choices or `{low, high, log}`), each configuration
+    trained by `repeats` members. The run then has configurations x `repeats` members (`model.members` follows;
+    setting it to another number is an error). `learning_rate` replaces SGDR's `lr_init` (`lr_min` scales with it)
+    or, without snapshots, `optimizer.learning_rate`. `selection_metric`: the validation metric of the greedy
+    ensemble selection (`ensemble.selection`)."""
+
+    kind: Literal["grid", "random"] = "grid"
+    learning_rate: list[float] | dict[str, float | bool] | None = None
+    weight_decay: list[float] | dict[str, float | bool] | None = None
+    init_scale: list[float] | dict[str, float | bool] | None = None
+    bagging: list[bool] | None = None
+    repeats: int = Field(1, ge=1)
+    samples: int = Field(8, ge=1)
+    seed: int = 0
+    selection_metric: Literal["nll", "accuracy", "brier", "rmse"] = "nll"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_coupling_options(cls, data: Any) -> Any:
+        from ensemble.sweep import COUPLING, check_values
+
+        for name in COUPLING:
+            if isinstance(data, dict) and name in data:
+                check_values(name, [data[name]])  # raises the "couples members" message
+        return data
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> SweepSection:
+        self.library_config()  # `ensemble.sweep.SweepConfig`'s checks: empty lists, negative values...
+        return self
+
+    def library_config(self):
+        """The `ensemble.sweep.SweepConfig` of this section."""
+        from ensemble.sweep import SWEEPABLE, SweepConfig
+
+        space = {name: getattr(self, name) for name in SWEEPABLE if getattr(self, name) is not None}
+        return SweepConfig(space, self.kind, self.samples, self.repeats, self.seed)
 
 
 DEFAULT_METRICS = {"classification": "accuracy", "regression": "rmse"}
@@ -295,6 +349,7 @@ class PipelineConfig(Section):
     evaluation: EvaluationSection = EvaluationSection()
     registry: RegistrySection = RegistrySection()
     runner: RunnerSection = RunnerSection()
+    sweep: SweepSection | None = None
     output_dir: str = "outputs"
     run_name: str | None = None
 
@@ -302,6 +357,33 @@ class PipelineConfig(Section):
     def _cycles_fit_epochs(self) -> PipelineConfig:
         if self.snapshots.enabled:
             self.snapshots.check_fits(self.train.epochs)
+        return self
+
+    @model_validator(mode="after")
+    def _anneal_without_sgdr(self) -> PipelineConfig:
+        if self.growth.enabled and self.growth.anneal_epochs and self.snapshots.enabled:
+            raise ValueError(
+                "growth.anneal_epochs needs snapshots.enabled=false: with SGDR, growth rounds end at cycle ends, where "
+                "the learning rate is lowest already. Set growth.anneal_epochs=0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _members_follow_the_sweep(self) -> PipelineConfig:
+        if self.sweep is None:
+            return self
+        if self.growth.enabled:
+            raise ValueError(
+                "growth.enabled with a sweep is not supported: growth rounds would train every member with the shared "
+                "settings. Set growth.enabled=false or remove the sweep section"
+            )
+        members = self.sweep.library_config().members
+        if "members" in self.model.model_fields_set and self.model.members != members:
+            raise ValueError(
+                f"model.members={self.model.members} but the sweep expands to {members} members (configurations x "
+                f"sweep.repeats={self.sweep.repeats}); remove model.members or set it to {members}"
+            )
+        object.__setattr__(self, "model", self.model.model_copy(update={"members": members}))  # frozen section
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,12 @@ COLUMN_MEANINGS = {
     "label": "the most probable class, as the original label value",
     "prediction": "regression: mean of the members' predictions",
     "spread": "regression: standard deviation of the members' predictions",
+    "lower": "regression: lower end of the prediction interval (split-conformal, level in the README)",
+    "upper": "regression: upper end of the prediction interval",
+    "predictive_entropy": "entropy (nats) of the ensemble's probabilities: total uncertainty",
+    "mean_member_entropy": "the members' mean entropy (nats): the uncertainty each member has (aleatoric)",
+    "mutual_information": "predictive_entropy - mean_member_entropy (>= 0): the members' disagreement (epistemic)",
+    "disagreement": "weight of the members whose top class differs from `label` (0..1)",
 }
 STATUS_CODES = {
     "200": 'predictions: `{"predictions": [{<output column>: value, ...}, one per input row]}`',

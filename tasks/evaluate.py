@@ -16,7 +16,9 @@ from ensemble.metrics import evaluate_classification, evaluate_regression, mae, 
 from ensemble.predictor import EnsemblePredictor
 from ensemble.snapshots import Snapshots
 from tasks.config import EvaluationSection
-from tasks.tracking import Tracker, TrackingSettings
+from tasks.tracking import TEST_PREFIX, Tracker, TrackingSettings
+
+SNAPSHOT_TEST_PREFIX = "snapshot/test_"  # a member's snapshots' test scores (step = cycle)
 
 
 def score(
@@ -45,23 +47,26 @@ def evaluate_task(
 ) -> dict:
     """Score the ensemble formed by all members of `group_paths` (final members and/or snapshots).
 
-    Logs `test_<metric>` on the parent run; on member run n, `test_<metric>` of member n's final weights (the
-    trained model at `model_path`) and, with `snapshot_dir`, `snapshot_test_<metric>` of each of its snapshots at
+    Logs `test/<metric>` on the parent run; on member run n, `test/<metric>` of member n's final weights (the
+    trained model at `model_path`) and, with `snapshot_dir`, `snapshot/test_<metric>` of each of its snapshots at
     `step` = cycle; a Prefect table artifact of every (member, cycle) and the ensemble; and saves the deployable
     predictor to `run_dir/predictor`. `evaluation.metric` None is resolved for the data's task.
 
-    Returns `{"metrics", "predictor_dir", "metric", "value", "higher_is_better", "flops_per_sample"}`.
+    Returns `{"metrics", "predictor_dir", "metric", "value", "higher_is_better", "flops_per_sample",
+    "best_member"}` (`best_member`: the member row, final weights, best on `metric`).
     """
     tracker = Tracker(settings)
     prepared = PreparedData.load(data_dir)
     evaluation = evaluation.for_task(prepared.task)
     groups = [load_fused(path) for path in group_paths]
     predictor = EnsemblePredictor(prepared.preprocessor, groups, combiner=evaluation.combiner)
-    member_preds = np.concatenate([g.predict_members(prepared.x_test, log_probs=True) for g in groups], axis=0)
+    member_preds = np.concatenate(
+        [g.predict_members(prepared.x_test, log_probs=True) for g in groups], axis=0
+    )
     metrics = score(member_preds, prepared.y_test, prepared.task, evaluation)
     flops = sum(g.members * mlp_flops(g.input_dim, g.hidden_units, g.output_dim) for g in groups)
     metrics["flops_per_sample"] = float(flops)
-    tracker.log_metrics(run_id, {f"test_{k}": v for k, v in metrics.items()})
+    tracker.log_metrics(run_id, {f"{TEST_PREFIX}{k}": v for k, v in metrics.items()})
 
     rows = member_table(prepared, evaluation, model_path, snapshot_dir)
     log_member_scores(tracker, member_run_ids, rows)
@@ -75,11 +80,17 @@ def evaluate_task(
     create_markdown_artifact(
         markdown=f"MLflow run: [{run_id}]({tracker.run_url(run_id)})",
         key="mlflow-run",
-        description="Where this flow run's parameters, metrics and model are tracked",
+        description="Where this flow run's parameters, metrics and model are tracked (mlflow.yaml's `ui_url`)",
     )
+    if prepared.task == "regression":  # the served prediction interval: split-conformal on the validation rows
+        predictor.calibrate_interval(prepared.x_val, prepared.y_val)
     predictor_dir = predictor.save(Path(run_dir) / "predictor")
+    finals = [row for row in rows if row["cycle"] == FINAL and row.get(evaluation.metric) is not None]
+    better = max if evaluation.higher_is_better(prepared.task) else min
+    best = better(finals, key=lambda row: row[evaluation.metric], default=None)
     return {
         "metrics": metrics,
+        "best_member": _json_safe([best])[0] if best else None,
         "predictor_dir": str(predictor_dir),
         "metric": evaluation.metric,
         "value": metrics[evaluation.metric],
@@ -104,10 +115,14 @@ def member_table(
     ]
     if snapshot_dir is not None:
         snapshots = Snapshots.load(snapshot_dir)
-        preds = snapshots.predict_members(prepared.x_test, log_probs=True)  # (K, B, C) or (K, B), `keys()` order
+        preds = snapshots.predict_members(
+            prepared.x_test, log_probs=True
+        )  # (K, B, C) or (K, B), `keys()` order
         scores = member_scores(preds, prepared.y_test, prepared.task, evaluation.bins)
         rows += [{"member": m, "cycle": c, **s} for (m, c), s in zip(snapshots.keys(), scores, strict=True)]
-    return sorted(rows, key=lambda row: (row["member"], (1, 0) if row["cycle"] == FINAL else (0, row["cycle"])))
+    return sorted(
+        rows, key=lambda row: (row["member"], (1, 0) if row["cycle"] == FINAL else (0, row["cycle"]))
+    )
 
 
 def member_scores(member_preds: np.ndarray, y: np.ndarray, task: str, bins: int) -> list[dict[str, float]]:
@@ -120,14 +135,14 @@ def member_scores(member_preds: np.ndarray, y: np.ndarray, task: str, bins: int)
 
 
 def log_member_scores(tracker: Tracker, member_run_ids: list[str], rows: list[dict]) -> None:
-    """Member run n gets `test_<metric>` of its final weights (step 0) and `snapshot_test_<metric>` of each
+    """Member run n gets `test/<metric>` of its final weights (step 0) and `snapshot/test_<metric>` of each
     snapshot (`step` = cycle). Nothing is logged for untracked members (no run ids)."""
     if not member_run_ids:
         return
     steps: dict[int, dict[int, dict[str, float]]] = {n: {} for n in range(len(member_run_ids))}
     for row in rows:
         values = {k: v for k, v in row.items() if k not in ("member", "cycle")}
-        prefix, step = ("test_", 0) if row["cycle"] == FINAL else ("snapshot_test_", row["cycle"])
+        prefix, step = (TEST_PREFIX, 0) if row["cycle"] == FINAL else (SNAPSHOT_TEST_PREFIX, row["cycle"])
         steps[row["member"]].setdefault(step, {}).update({prefix + k: v for k, v in values.items()})
     for n, member_run in enumerate(member_run_ids):
         tracker.log_metrics_at_steps(member_run, steps[n])

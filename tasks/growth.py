@@ -19,10 +19,11 @@ from prefect.cache_policies import NO_CACHE
 
 from ensemble.checkpoint import load_checkpoint, save_checkpoint
 from ensemble.data import PreparedData
-from ensemble.growth_rounds import GrowthConfig, GrowthRound, grow_rounds, grown_is_not_worse
+from ensemble.growth_rounds import GrowthConfig, GrowthRound, grow_rounds, grown_is_not_worse, split_rows
 from ensemble.progress import EpochLogs, EpochProgress, format_epoch
 from ensemble.train import schedule_cycle_ends
 from tasks.config import GrowthSection, TrainSection
+from tasks.lr_curve import growth_epochs, log_growth_learning_rate
 from tasks.tracking import Tracker, TrackingSettings, log_learning_rate_plot
 from tasks.train import log_member_epochs, train_config
 
@@ -79,7 +80,7 @@ def growth_task(
     run_dir: str,
 ) -> dict:
     """Growth rounds on the trained ensemble; logs the round table, the members' curves (epochs continue), the
-    learning rate of every growth step (`lr`, the global step continues) and the whole run's learning-rate plot.
+    learning rate of growth steps (`schedule/lr`, the global step continues) and the whole run's learning-rate plot.
 
     Returns `trained` plus `rounds` (the table), `growth_outcome`, `growth_reason` and `hidden_units`; its
     `model_path`/`checkpoint` point at the grown model only when growth is kept (`grown_is_not_worse`).
@@ -108,10 +109,20 @@ def growth_task(
     tracker = Tracker(settings)
     log_rounds(tracker, run_id, rounds)
     log_member_epochs(tracker, run_id, member_run_ids, collected.epochs)
-    tracker.log_series(run_id, "lr", learning_rates.learning_rates, learning_rates.steps)
     history = json.loads(Path(trained["history_path"]).read_text())  # training's steps: the plot is the run's
     steps, lrs = history["steps"] + learning_rates.steps, history["lr"] + learning_rates.learning_rates
     cycle_ends = schedule_cycle_ends(optimizer, steps[-1])
+    log_growth_learning_rate(  # `schedule/lr` at training's stride, each round's first and last step kept
+        tracker,
+        run_id,
+        learning_rates.steps,
+        learning_rates.learning_rates,
+        [r.epochs_trained for r in rounds],
+        cycle_ends,
+        train.epochs,
+        growth_epochs(growth),
+        settings.lr_points,
+    )
     log_learning_rate_plot(tracker, run_id, steps, lrs, cycle_ends, str(run_dir))
     for member_run in member_run_ids:  # `hidden_units`/`width` are the widths training started with
         tracker.log_params(member_run, {"final_hidden_units": widths, "final_width": max(widths, default=0)})
@@ -155,23 +166,35 @@ def describe_round(r: GrowthRound, monitor: str) -> str:
         f"{monitor} {r.val_start:.4f} -> {r.val_before_split:.4f}"
     )
     if r.new_widths is None:
-        return f"{line}; last round, no split"
-    return f"{line}; split to {'-'.join(map(str, r.new_widths))}, {monitor} {r.val_after_split:.4f} after the split"
+        return f"{line}; last round, no split (growth stopped: {r.stop_reason or 'max_rounds'})"
+    chosen = "; ".join(
+        f"layer {layer}: member 0 units {units[0]}"
+        + (f" (index down to {min(r.split_index[layer][0]):.3g})" if r.split_index else "")
+        for layer, units in (r.split_units or {}).items()
+    )
+    return (
+        f"{line}; split to {'-'.join(map(str, r.new_widths))} ({chosen}), {monitor} {r.val_after_split:.4f} "
+        "after the split"
+    )
 
 
 def log_rounds(tracker: Tracker, run_id: str, rounds: list[GrowthRound]) -> None:
-    """The round table (`growth_rounds.json`) and the `growth_*` metrics of each round (`step` = round)."""
+    """The round table (`growth_rounds.json`), the units each split chose per member (`growth_splits.json`: round,
+    layer, member, unit, splitting_index) and the `growth/*` metrics of each round (`step` = round)."""
     tracker.log_table(run_id, [r.as_dict() for r in rounds], "growth_rounds.json")
+    if any(r.split_units for r in rounds):
+        tracker.log_table(run_id, split_rows(rounds), "growth_splits.json")
     tracker.log_metrics_at_steps(
         run_id,
         {
             r.round: {
-                "growth_width": max(r.widths),
-                "growth_params": r.params,
-                "growth_epochs": r.epochs_trained,
-                "growth_val_start": r.val_start,
-                "growth_val_before_split": r.val_before_split,
-                "growth_val_after_split": r.val_after_split,
+                "growth/width": max(r.widths),
+                "growth/params": r.params,
+                "growth/epochs": r.epochs_trained,
+                "growth/val_start": r.val_start,
+                "growth/val_before_split": r.val_before_split,
+                "growth/val_after_split": r.val_after_split,
+                "growth/units_split": sum(len(units[0]) for units in (r.split_units or {}).values()),
             }
             for r in rounds
         },

@@ -34,7 +34,8 @@ def score_batch_task(
 ) -> dict:
     """Score every row of `input_path` with `models:/<name>@<alias>`; write the predictions as Parquet.
 
-    The output holds the model's columns (`proba_<class>`, `label` or `prediction`, `spread`), row for row,
+    The output holds the model's columns (`proba_<class>`, `label` and the uncertainty columns, or `prediction`,
+    `spread`, `lower`, `upper`: `tasks.pyfunc`), row for row,
     after the model's ID column (`data.id_column`) when the input has it.
     """
     frame = read_table(input_path)

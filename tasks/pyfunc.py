@@ -22,8 +22,9 @@ PREDICTOR_ARTIFACT = "predictor"
 
 
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
-    """Raw feature columns in (the saved standardisation is applied inside); out: `proba_<class>` columns and
-    `label` (classification) or `prediction` and `spread` (regression).
+    """Raw feature columns in (the saved standardisation is applied inside); out: `proba_<class>` columns, `label`
+    and the uncertainty columns `predictive_entropy`, `mean_member_entropy`, `mutual_information`, `disagreement`
+    (classification), or `prediction`, `spread`, `lower`, `upper` (regression; see `ensemble.uncertainty`).
 
     Bad rows (missing columns, non-numeric or NaN values) raise an `MlflowException` with
     `INVALID_PARAMETER_VALUE`, which the scoring server answers with HTTP 400 and the message.

@@ -20,6 +20,7 @@ from ensemble.predictor import EnsemblePredictor
 from tasks import pyfunc
 from tasks.config import RegistrySection
 from tasks.contract import describe, serving_contract
+from tasks.describe import decision
 from tasks.requirements import inference_requirements
 from tasks.tracking import INTEGER_SCHEMA_HINT, Tracker, TrackingSettings
 
@@ -49,8 +50,10 @@ def register_task(
     (`model_identity`). It gets the champion alias if there is none, or if the champion has the same task and
     schema and the new `test_<metric>` beats the champion's; else, compared, the challenger alias; not compared
     (another task or schema, or a champion without `test_<metric>`), no alias and a `reason`
-    (`tasks.tracking.Tracker.register`). Returns `{"name", "version", "alias", "model_uri", "champion_value",
-    "reason"}`.
+    (`tasks.tracking.Tracker.register`). The version's description says why it got its alias (or none), with
+    its value and the previous champion's, then the serving contract. The logged model is named after the run.
+    Returns `{"name", "version", "alias", "model_uri", "champion_value", "champion_version", "reason",
+    "decision"}` (`decision`: that sentence, in Markdown).
     """
     tracker = Tracker(settings)
     prepared = PreparedData.load(data_dir)
@@ -70,8 +73,9 @@ def register_task(
     )
     identity = model_identity(prepared.task, example)
     registered = tracker.register(model_uri, run_id, metric, value, higher_is_better, model_name, identity)
-    tracker.describe_version(registered["name"], registered["version"], describe(contract))
-    return {**registered, "model_uri": model_uri}
+    why = decision(registered, metric, value, higher_is_better)
+    tracker.describe_version(registered["name"], registered["version"], f"{why}\n\n{describe(contract)}")
+    return {**registered, "model_uri": model_uri, "decision": why}
 
 
 def model_signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:

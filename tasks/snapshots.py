@@ -1,9 +1,9 @@
 """Prefect task of the snapshot step: the N x M (member, cycle) weight sets as one fused group.
 
-Each member run already holds its snapshots' `snapshot_val_loss` / `snapshot_val_accuracy` at `step` = cycle,
+Each member run already holds its snapshots' `snapshot/val_loss` / `snapshot/val_accuracy` at `step` = cycle,
 logged live as each cycle ended (`tasks.train.MlflowEpochLogger`; step-indexed metrics, so the UI plots a member's
-snapshots as a curve). This step logs the parent run's snapshot table and `snapshot_ensemble_val_accuracy` (or
-`_val_rmse`) of the ensemble of cycles `0..k` at `step` = k. The snapshots' test scores (`snapshot_test_*` on the
+snapshots as a curve). This step logs the parent run's snapshot table and `snapshot/ensemble_val_accuracy` (or
+`_val_rmse`) of the ensemble of cycles `0..k` at `step` = k. The snapshots' test scores (`snapshot/test_*` on the
 member runs, `step` = cycle) come later, from `tasks.evaluate`.
 """
 
@@ -47,10 +47,10 @@ def collect_snapshots_task(
     for k, cycle in enumerate(collected.cycles):
         chosen = [i for i, (_, c) in enumerate(keys) if c <= cycle]
         if prepared.task == "regression":
-            value = {"snapshot_ensemble_val_rmse": rmse(combine_regression(preds[chosen])[0], prepared.y_val)}
+            value = {"snapshot/ensemble_val_rmse": rmse(combine_regression(preds[chosen])[0], prepared.y_val)}
         else:
-            value = {"snapshot_ensemble_val_accuracy": accuracy(combine(preds[chosen]), prepared.y_val)}
-        curve[k] = {**value, "snapshot_count": len(chosen)}
+            value = {"snapshot/ensemble_val_accuracy": accuracy(combine(preds[chosen]), prepared.y_val)}
+        curve[k] = {**value, "snapshot/count": len(chosen)}
     tracker.log_metrics_at_steps(run_id, curve)
     template = load_fused(trained["model_path"])
     group = stack_weight_sets(template, [collected.weights[key] for key in keys], name="snapshot_ensemble")

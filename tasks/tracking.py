@@ -5,6 +5,10 @@ MLflow's active run is thread-local and Prefect runs tasks in worker threads, so
 call names its `run_id` and goes through one `MlflowClient`. The exceptions are `log_model` and `load_model`, which
 MLflow only offers through the fluent API: they point its module-level URIs at this tracker's store (no run is
 activated).
+
+Live training curves go through MLflow 3's asynchronous logging (`log_batch(..., synchronous=False)`: a queue and
+worker threads inside MLflow, one worker for a SQLite store, whose writers would only wait for each other's lock);
+`flush_async` drains it and raises the first failed write.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -25,6 +30,7 @@ from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.async_logging.run_operations import RunOperations
 from mlflow.utils.time import get_current_time_millis
 
 from ensemble.plots import plot_learning_rate
@@ -36,9 +42,13 @@ ENV_OVERRIDES = {
     "artifact_location": "ENSEMBLE_ARTIFACT_LOCATION",
     "experiment_name": "MLFLOW_EXPERIMENT_NAME",
     "registered_model_name": "ENSEMBLE_REGISTERED_MODEL",
-    "log_writer": "ENSEMBLE_LOG_WRITER",
+    "lr_points": "ENSEMBLE_LR_POINTS",
+    "ui_url": "ENSEMBLE_MLFLOW_UI_URL",
 }
-LOG_WRITERS = ("auto", "thread", "process")
+DEFAULT_UI_URL = "http://127.0.0.1:5000"  # `ensemble ui` / `mlflow ui` on a local store
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's markdown description in the UI
+ASYNC_WORKERS_ENV = "MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE"
 MAX_PARAM_LENGTH = 6000
 INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer column"
 
@@ -57,14 +67,34 @@ class TrackingSettings:
     registered_model_name: str | None = None
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
-    # Where training's live writes run: thread | process | auto (`tasks.log_writers`).
-    log_writer: str = "auto"
+    # The most points of the `schedule/lr` metric per run; the exact per-step curve is an artifact (`tasks.lr_curve`).
+    lr_points: int = 1000
+    # Where the MLflow UI serves this store, for links (None: the tracking URI if it is http(s), else DEFAULT_UI_URL).
+    ui_url: str | None = None
 
     def __post_init__(self):
-        if self.log_writer not in LOG_WRITERS:
+        try:
+            points = int(self.lr_points)
+        except (TypeError, ValueError):
+            points = None
+        if points is None or points < 10 or str(points) != str(self.lr_points).strip():
             raise ValueError(
-                f"MLflow setting `log_writer` must be one of {LOG_WRITERS}. Received: log_writer={self.log_writer!r}"
+                f"MLflow setting `lr_points` must be an integer >= 10. Received: lr_points={self.lr_points!r}"
             )
+        object.__setattr__(self, "lr_points", points)  # from the environment it arrives as a string
+        if self.ui_url is not None and not str(self.ui_url).startswith(("http://", "https://")):
+            raise ValueError(
+                f"MLflow setting `ui_url` must start with http:// or https://. Received: ui_url={self.ui_url!r}"
+            )
+
+    @property
+    def ui_address(self) -> str:
+        """The MLflow UI's address for links: `ui_url`, else an http(s) tracking URI, else DEFAULT_UI_URL."""
+        if self.ui_url:
+            return self.ui_url.rstrip("/")
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return self.tracking_uri.rstrip("/")
+        return DEFAULT_UI_URL
 
     @classmethod
     def load(
@@ -109,6 +139,9 @@ class Tracker:
     def _find_or_create_experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self.settings.experiment_name)
         if experiment is not None:
+            if not EXPERIMENT_KIND.items() <= experiment.tags.items():  # made before the tag existed
+                for key, value in EXPERIMENT_KIND.items():
+                    self.client.set_experiment_tag(experiment.experiment_id, key, value)
             return experiment.experiment_id
         location = self.settings.artifact_location
         if location is None and not self.settings.tracking_uri.startswith(("http://", "https://")):
@@ -116,7 +149,9 @@ class Tracker:
         if location and "://" not in location:
             location = Path(location).resolve().as_uri()
         try:
-            return self.client.create_experiment(self.settings.experiment_name, artifact_location=location)
+            return self.client.create_experiment(
+                self.settings.experiment_name, artifact_location=location, tags=EXPERIMENT_KIND
+            )
         except MlflowException:  # created concurrently by another flow
             return self.client.get_experiment_by_name(self.settings.experiment_name).experiment_id
 
@@ -128,6 +163,10 @@ class Tracker:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
         return run.info.run_id
+
+    def describe_run(self, run_id: str, markdown: str) -> None:
+        """The run's description (Markdown, shown on its Overview page)."""
+        self.set_tags(run_id, {DESCRIPTION_TAG: markdown})
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         """Close a run as FINISHED, FAILED or KILLED."""
@@ -159,7 +198,8 @@ class Tracker:
     def latest_steps(self, run_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         """The last step logged of each metric of each run (`{run_id: {key: step}}`), as the store keeps it."""
         return {
-            run_id: {m.key: m.step for m in self.client.get_run(run_id).data._metric_objs} for run_id in run_ids
+            run_id: {m.key: m.step for m in self.client.get_run(run_id).data._metric_objs}
+            for run_id in run_ids
         }
 
     def open_child_runs(
@@ -173,10 +213,13 @@ class Tracker:
         """
         existing = self.child_runs(parent_run_id, kind)
         run_ids = []
-        for index, values in params.items():
+        digits = max(2, len(str(max(params, default=0))))
+        for index, values in params.items():  # created in index order
             if index not in existing:
                 existing[index] = self.start_run(
-                    f"{kind}-{index}", tags={"kind": kind, kind: str(index)}, parent_run_id=parent_run_id
+                    f"{kind}-{index:0{digits}d}",
+                    tags={"kind": kind, kind: str(index)},
+                    parent_run_id=parent_run_id,
                 )
                 self.log_params(existing[index], values)
             run_ids.append(existing[index])
@@ -232,6 +275,29 @@ class Tracker:
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
 
+    def log_metrics_async(self, batches: Mapping[str, list[Metric]]) -> list[RunOperations]:
+        """Queue metrics of several runs (`{run_id: [Metric, ...]}`) on MLflow's asynchronous logging; returns
+        the pending operations (`wait()` raises a failed write). Nothing is written before `flush_async`
+        unless MLflow's worker gets to it first."""
+        if self.settings.tracking_uri.startswith("sqlite"):
+            os.environ.setdefault(ASYNC_WORKERS_ENV, "1")  # read when MLflow starts its workers
+        return [
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=False)
+            for run_id, metrics in batches.items()
+            for start in range(0, len(metrics), 1000)
+        ]
+
+    def flush_async(self, operations: Iterable[RunOperations] = ()) -> None:
+        """Wait until everything queued by `log_metrics_async` is written; raise the first failed write of
+        `operations`.
+
+        `mlflow.flush_async_logging()` drains the queue of the fluent API's store (`$MLFLOW_TRACKING_URI`), which
+        this tracker never sets: the queue of this client's own store is drained instead (the same call, on it).
+        """
+        self.client._tracking_client.store.flush_async_logging()
+        for operation in operations:
+            operation.wait()
+
     # -- artifacts ----------------------------------------------------------------------------------------------
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -272,13 +338,15 @@ class Tracker:
         code_paths: list[str] | None = None,
         pip_requirements: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> str:
         """Log a pyfunc model ("model from code": `python_model` is the path of the file that calls
         `mlflow.models.set_model`) with signature and input example as the output of `run_id`; returns its URI.
 
         `code_paths` (files or packages copied into the model's `code/`, which MLflow puts on `sys.path` at load
         time) and `pip_requirements` (the model's `requirements.txt`; None lets MLflow pin only itself) make it
-        load where the project is not installed; `metadata` lands in the model's `MLmodel` file.
+        load where the project is not installed; `metadata` lands in the model's `MLmodel` file; `name` is the
+        logged model's name (default: the run's name, as far as MLflow allows its characters).
 
         The model is created for the run (`initialize_logged_model`, with the run's params) and logged without
         activating the run: with the run active, MLflow's `log_model` reads back the whole history of every
@@ -288,14 +356,15 @@ class Tracker:
         """
         self._use_fluent_uris()
         run = self.client.get_run(run_id)
+        name = name or logged_model_name(run.info.run_name)
         model = mlflow.initialize_logged_model(
-            name="model",
+            name=name,
             source_run_id=run_id,
             params=dict(run.data.params),
             experiment_id=run.info.experiment_id,
         )
         info = mlflow.pyfunc.log_model(
-            name="model",
+            name=name,
             python_model=python_model,
             artifacts=artifacts,
             code_paths=code_paths,
@@ -309,7 +378,7 @@ class Tracker:
         evaluation = [
             Metric(m.key, m.value, m.timestamp, m.step, run_id=run_id, model_id=model.model_id)
             for key in run.data.metrics
-            if key.startswith("test_")
+            if key.startswith(TEST_PREFIX)
             for m in self.client.get_metric_history(run_id, key)
         ]
         if evaluation:
@@ -339,8 +408,9 @@ class Tracker:
         no alias moves, and the version (tag `not_compared`) and the run (tag `registration_note`) say why.
 
         Returns:
-            `{"name", "version", "alias", "champion_value", "reason"}`: `alias` is the champion or challenger
-            alias, or None when not compared (`reason` then says why; else None).
+            `{"name", "version", "alias", "champion_value", "champion_version", "reason"}`: `alias` is the
+            champion or challenger alias, or None when not compared (`reason` then says why; else None);
+            `champion_*` describe the champion before this registration (None: there was none).
         """
         champion = self._champion(name)
         champion_value = None if champion is None else self._version_metric(champion, metric)
@@ -361,13 +431,18 @@ class Tracker:
             )
             alias = self.settings.champion_alias if better else self.settings.challenger_alias
             self._set_alias(name, alias, version)
-        run_tags = {"registered_model": name, "registered_version": version, "registered_alias": alias or "none"}
+        run_tags = {
+            "registered_model": name,
+            "registered_version": version,
+            "registered_alias": alias or "none",
+        }
         self.set_tags(run_id, {**run_tags, "registration_note": reason} if reason else run_tags)
         return {
             "name": name,
             "version": str(version),
             "alias": alias,
             "champion_value": champion_value,
+            "champion_version": None if champion is None else str(champion.version),
             "reason": reason,
         }
 
@@ -422,7 +497,7 @@ class Tracker:
         tagged = version.tags.get(f"test_{metric}")
         if tagged is not None:
             return float(tagged)
-        return self.client.get_run(version.run_id).data.metrics.get(f"test_{metric}")
+        return self.client.get_run(version.run_id).data.metrics.get(f"{TEST_PREFIX}{metric}")
 
     def model_name(self, name: str | None = None) -> str:
         """`name`, else `registered_model_name` (mlflow.yaml / $ENSEMBLE_REGISTERED_MODEL).
@@ -449,14 +524,21 @@ class Tracker:
         return name
 
     def run_url(self, run_id: str) -> str:
-        """Where the run shows in the UI (`ensemble ui` serves the store at http://127.0.0.1:5000)."""
-        experiment = self.experiment_id()
-        base = (
-            self.settings.tracking_uri
-            if self.settings.tracking_uri.startswith("http")
-            else "http://127.0.0.1:5000"
-        )
-        return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        """Where the run shows in the MLflow UI (`TrackingSettings.ui_address`)."""
+        return f"{self.settings.ui_address}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    def model_version_url(self, name: str, version: str) -> str:
+        """Where a registered model version shows in the MLflow UI."""
+        return f"{self.settings.ui_address}/#/models/{name}/versions/{version}"
+
+
+TEST_PREFIX = "test/"
+"""Metrics of the test split (`test/accuracy`...): a model's evaluation, linked to the logged model."""
+
+
+def logged_model_name(run_name: str | None) -> str:
+    """A logged model's name from its run's (`digits 8x[32,32] sgdr-2` -> `digits-8x32-32-sgdr-2`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name or "").strip("-.") or "model"
 
 
 COMPARED_TAGS = ("task", "input_schema")
@@ -476,7 +558,11 @@ def comparison_blocker(
             whose = "this version" if ours is None else at
             return f"{whose} has no {key!r} tag to compare: {stays}; move the alias by hand if it should"
         if theirs != ours:
-            what = f"is a {theirs} model, this one a {ours} model" if key == "task" else schema_difference(theirs, ours)
+            what = (
+                f"is a {theirs} model, this one a {ours} model"
+                if key == "task"
+                else schema_difference(theirs, ours)
+            )
             return (
                 f"{at} {what}: not compared, {stays}. Register models of other data under their own name "
                 "(registry.model_name)"
@@ -500,18 +586,26 @@ def schema_difference(theirs: str, ours: str) -> str:
         "only the champion has": [c for c in old if c not in new],
         "other types": [c for c in new if c in old and old[c] != new[c]],
     }
-    described = [f"{how} {cols[:5]}{' ...' if len(cols) > 5 else ''}" for how, cols in changes.items() if cols]
+    described = [
+        f"{how} {cols[:5]}{' ...' if len(cols) > 5 else ''}" for how, cols in changes.items() if cols
+    ]
     return f"takes other input columns ({'; '.join(described) or 'the same, in another order'})"
 
 
 def log_learning_rate_plot(
     tracker: Tracker, run_id: str, steps: list[int], lrs: list[float], cycle_ends: list[int], directory: str
 ) -> None:
-    """`directory/learning_rate.png`: the learning rate of every optimiser step, cycle ends marked; logged to the
-    run's `plots/`."""
+    """`directory/learning_rate.png`: the learning rate of every optimiser step, cycle ends marked, and beside it
+    the exact per-step curve `learning_rate.parquet` (columns `step`, `lr`: every step, where the `schedule/lr`
+    metric holds a bounded sample, `tasks.lr_curve`); both logged to the run's `plots/`."""
     ends = [e for e in cycle_ends if steps and steps[0] <= e <= steps[-1]]
     png = plot_learning_rate(steps, lrs, ends, Path(directory) / "learning_rate.png")
+    curve = Path(directory) / "learning_rate.parquet"
+    pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "lr": pd.Series(lrs, dtype="float64")}).to_parquet(
+        curve, index=False
+    )
     tracker.log_artifact(run_id, png, "plots")
+    tracker.log_artifact(run_id, curve, "plots")
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Prefect tasks of the training step: train the fused ensemble (resumable), logging it live to MLflow.
 
-Per member (nested run): params member/seed/width/bootstrap; metrics per epoch (`step` = epoch): train loss and
-accuracy, val loss and accuracy; each snapshot's validation scores (`step` = cycle). Parent run: the learning rate
-of every optimiser step (`lr`, `step` = global step) and its PNG, the mean/ensemble curves per epoch. All of it is
-written while training runs, by a log writer (`MlflowEpochLogger`, `tasks.log_writers`).
+Per member (nested run `member-00`...): params member/seed/width/bootstrap; metrics per epoch (`step` = epoch):
+`train/loss`, `train/accuracy`, `val/loss`, `val/accuracy`; each snapshot's `snapshot/val_*` (`step` = cycle).
+Parent run: `schedule/lr` at a bounded set of optimiser steps (`tasks.lr_curve`; `step` = global step), the PNG and
+the exact per-step curve, the member-mean curves (`train/member_mean_*`, `val/member_mean_*`) and the ensemble's
+`val/ensemble_accuracy` per epoch. All of it is written while training runs, through MLflow's asynchronous logging
+(`MlflowEpochLogger`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import time
 from collections import defaultdict
-from concurrent.futures import Future
 from pathlib import Path
 
 import keras
@@ -30,18 +31,26 @@ from ensemble.progress import EpochProgress
 from ensemble.schedules import SGDRSchedule
 from ensemble.shards import merge_checkpoints
 from ensemble.snapshots import SnapshotCollector, Snapshots
+from ensemble.sweep import member_settings
 from ensemble.train import TrainConfig, fit, schedule_cycle_ends
-from tasks.config import ModelSection, OptimizerSection, SnapshotSection, TrainSection
-from tasks.log_writers import LoggingProcess, LoggingThread, start_logging
+from tasks.config import ModelSection, OptimizerSection, SnapshotSection, SweepSection, TrainSection
+from tasks.lr_curve import boundary_steps, kept_points, lr_metrics, lr_stride, planned_steps
 from tasks.tracking import Tracker, TrackingSettings, log_learning_rate_plot
 
 MEMBER_METRICS = {  # history key -> MLflow metric name (per member run)
-    "member_loss": "train_loss",
-    "member_accuracy": "train_accuracy",
-    "member_val_loss": "val_loss",
-    "member_val_accuracy": "val_accuracy",
+    "member_loss": "train/loss",
+    "member_accuracy": "train/accuracy",
+    "member_val_loss": "val/loss",
+    "member_val_accuracy": "val/accuracy",
 }
-PARENT_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_ensemble_accuracy")
+PARENT_METRICS = {  # history key -> MLflow metric name (parent run): the member means, and the ensemble's
+    "loss": "train/member_mean_loss",
+    "accuracy": "train/member_mean_accuracy",
+    "val_loss": "val/member_mean_loss",
+    "val_accuracy": "val/member_mean_accuracy",
+    "val_ensemble_accuracy": "val/ensemble_accuracy",
+}
+SNAPSHOT_PREFIX = "snapshot/"  # a member's snapshot scores: `snapshot/val_loss`... (step = cycle)
 
 
 def member_metrics(epoch: int, logs: dict, now: int) -> dict[int, list[Metric]]:
@@ -55,13 +64,18 @@ def member_metrics(epoch: int, logs: dict, now: int) -> dict[int, list[Metric]]:
 
 def parent_metrics(epoch: int, logs: dict, now: int) -> list[Metric]:
     """One epoch's mean/ensemble curves (`PARENT_METRICS`, `step` = epoch) for the parent run."""
-    return [Metric(key, float(logs[key]), now, epoch) for key in PARENT_METRICS if key in logs]
+    return [Metric(name, float(logs[key]), now, epoch) for key, name in PARENT_METRICS.items() if key in logs]
 
 
-def member_params(model: ModelSection, train: TrainSection, member_offset: int = 0) -> dict[int, dict]:
-    """The params of each member's nested run, by member index (`member_offset .. + model.members - 1`)."""
-    return {
-        n: {
+def member_params(
+    model: ModelSection, train: TrainSection, member_offset: int = 0, sweep: list[dict] | None = None
+) -> dict[int, dict]:
+    """The params of each member's nested run, by member index (`member_offset .. + model.members - 1`); with a
+    sweep (`sweep_members`), also its hyper-parameters (`configuration`, `repeat`, `learning_rate`,
+    `weight_decay`, `init_scale`; `bootstrap` is its own), so MLflow's compare views work as for any sweep."""
+    params = {}
+    for n in range(member_offset, member_offset + model.members):
+        params[n] = {
             "member": n,
             "seed": member_seed(model.seed, n),
             "hidden_units": model.hidden_units,
@@ -69,83 +83,96 @@ def member_params(model: ModelSection, train: TrainSection, member_offset: int =
             "bootstrap": train.bagging,
             "data_seed": train.seed,
         }
-        for n in range(member_offset, member_offset + model.members)
-    }
+        if sweep is not None:
+            hyper = {k: v for k, v in sweep[n].items() if k not in ("lr_scale", "bagging")}
+            params[n] |= {**hyper, "bootstrap": sweep[n]["bagging"]}
+    return params
+
+
+def sweep_members(
+    sweep: SweepSection | None, optimizer: OptimizerSection, snapshots: SnapshotSection, train: TrainSection
+) -> list[dict] | None:
+    """Each member's configuration of the sweep (`ensemble.sweep.SweepConfig.expand`), or None without one. The
+    swept learning rate replaces SGDR's `lr_init` (snapshots on) or `optimizer.learning_rate`."""
+    if sweep is None:
+        return None
+    base = snapshots.lr_init if snapshots.enabled else optimizer.learning_rate
+    return sweep.library_config().expand(base, train.bagging)
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Streams training into MLflow while it runs, through a log writer (`tasks.log_writers`).
+    """Streams training into MLflow while it runs, through MLflow's asynchronous logging.
 
-    Per member run (`step` = epoch): `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`; once a snapshot
-    is taken, its `snapshot_val_loss` / `snapshot_val_accuracy` (`step` = cycle). Parent run, with
-    `parent_curves=True` (a task that trains every member): the member means per epoch (`loss`, `accuracy`,
-    `val_loss`, `val_accuracy`, `val_ensemble_accuracy`) and `lr` at every optimiser step (`step` = global step).
+    Per member run (`step` = epoch): `train/loss`, `train/accuracy`, `val/loss`, `val/accuracy`; once a snapshot
+    is taken, its `snapshot/val_loss` / `snapshot/val_accuracy` (`step` = cycle). Parent run, with
+    `parent_curves=True` (a task that trains every member): the member means per epoch (`PARENT_METRICS`) and
+    `schedule/lr` at the steps `lr_stride` and `lr_keep` choose (`tasks.lr_curve`; `step` = global step).
 
-    The member runs are opened (or, on a retry, found: `Tracker.open_child_runs`) by the writer when training
-    begins. Values are buffered and sent at an epoch end once `interval_s` has passed since the last send and the
-    writer is idle (one `log_batch` request per run, holding all its pending values): the backlog never exceeds
-    one send. The rest goes at the end of training or by `send()`.
+    The member runs are opened (or, on a retry, found: `Tracker.open_child_runs`), in member order, when training
+    begins. Values are buffered and queued at an epoch end once `interval_s` has passed since the last send (one
+    `log_batch(..., synchronous=False)` per run, holding all its pending values); MLflow's worker writes them
+    beside training. The rest is queued at the end of training, which then waits until all of it is written.
 
-    Place it before the `EpochCheckpoint` and call `send()` when training fails: every epoch whose checkpoint
+    Place it before the `EpochCheckpoint` and call `flush()` when training fails: every epoch whose checkpoint
     exists has then been logged, so a task that resumes from the checkpoint logs each epoch once.
 
     Args:
-        logging: where the MLflow calls run (the training thread never waits for them).
+        tracker: the store's client.
         run_id: the parent run.
         member_params: the params of each member's run, by member index, in member order (`member_params()`).
         collector: the run's `SnapshotCollector`, whose new snapshot scores are logged with their epoch.
         parent_curves: also log the parent run's mean curves and learning rate.
-        interval_s: the least time between two sends (0: at every epoch end at which the writer is idle).
+        interval_s: the least time between two sends (0: at every epoch end).
         record: a resumed run's record so far (`EpochCheckpoint` after `resume()`): what of it the store lacks
             (a killed process sends nothing at its end) is logged when training begins, and nothing that the
             store already has (up to the last step of each metric of each run) is logged again.
+        lr_stride: every how many steps a learning rate is logged (`tasks.lr_curve.lr_stride`).
+        lr_keep: the steps whose learning rate is logged whatever the stride (`tasks.lr_curve.boundary_steps`).
     """
 
     def __init__(
         self,
-        logging: LoggingThread | LoggingProcess,
+        tracker: Tracker,
         run_id: str,
         member_params: dict[int, dict],
         collector: SnapshotCollector | None = None,
         parent_curves: bool = True,
         interval_s: float = 2.0,
         record: EpochCheckpoint | None = None,
+        lr_stride: int = 1,
+        lr_keep: set[int] | None = None,
     ):
         super().__init__()
         if interval_s < 0:
             raise ValueError(f"Argument `interval_s` must be >= 0. Received: interval_s={interval_s}")
         if not member_params:
             raise ValueError("Argument `member_params` must name at least one member. Received: {}")
+        if lr_stride < 1:
+            raise ValueError(f"Argument `lr_stride` must be >= 1. Received: lr_stride={lr_stride}")
         self.interval_s = float(interval_s)
-        self.logging, self.run_id, self.member_params = logging, run_id, dict(member_params)
+        self.tracker, self.run_id, self.member_params = tracker, run_id, dict(member_params)
         self.collector, self.parent_curves = collector, parent_curves
-        self._member_runs: Future | None = None  # the writer's answer: member run ids, in member order
+        self.lr_stride, self.lr_keep = int(lr_stride), set(lr_keep or ())
+        self.member_run_ids: list[str] | None = None  # in member order, once training began
         self._members: dict[int, list[Metric]] = defaultdict(list)  # member position -> pending values
         self._parent: list[Metric] = []
         self._steps: list[int] = []
         self._learning_rates: list[float] = []
         self._logged_snapshots: set[tuple[int, int]] = set()
+        self._operations: list = []  # MLflow's pending writes (`RunOperations`)
         self._last_send = time.monotonic()
         self.record = record
         self._logged_steps: dict[str, dict[str, int]] = {}  # run -> metric -> last step in the store
 
-    @property
-    def member_run_ids(self) -> list[str] | None:
-        """The member runs, in member order (waits for the writer to have opened them); None before training."""
-        return None if self._member_runs is None else self._member_runs.result()
-
     def on_train_begin(self, logs: dict | None = None) -> None:
-        if self._member_runs is None:
-            self._member_runs = self.logging.submit(
-                Tracker.open_child_runs, self.run_id, "member", self.member_params
-            )
+        if self.member_run_ids is None:
+            self.member_run_ids = self.tracker.open_child_runs(self.run_id, "member", self.member_params)
         self._last_send = time.monotonic()
         if self.record is None or not self.record.epochs:
             self._logged_snapshots = set(self._snapshot_scores())
             return
         # Resumed: replay the record; `send` drops what the store already has.
-        runs = self._member_runs.result()
-        self._logged_steps = self.logging.submit(Tracker.latest_steps, [self.run_id, *runs]).result()
+        self._logged_steps = self.tracker.latest_steps([self.run_id, *self.member_run_ids])
         self._steps, self._learning_rates = list(self.record.steps), list(self.record.learning_rates)
         for epoch, logs in self.record.epochs:
             self._buffer(epoch, logs, get_current_time_millis())
@@ -156,7 +183,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._buffer(epoch, logs or {}, get_current_time_millis())
-        if self.logging.idle() and time.monotonic() - self._last_send >= self.interval_s:
+        if time.monotonic() - self._last_send >= self.interval_s:
             self.send()
 
     def _buffer(self, epoch: int, logs: dict, now: int) -> None:
@@ -166,27 +193,35 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         scores = {key: s for key, s in self._snapshot_scores().items() if key not in self._logged_snapshots}
         self._logged_snapshots.update(scores)
         for (n, cycle), values in sorted(scores.items()):
-            self._members[n] += [Metric(f"snapshot_{k}", float(v), now, cycle) for k, v in values.items()]
+            self._members[n] += [
+                Metric(f"{SNAPSHOT_PREFIX}{k}", float(v), now, cycle) for k, v in values.items()
+            ]
         if self.parent_curves:
             self._parent += parent_metrics(epoch, logs, now)
-            lrs = zip(self._steps, self._learning_rates, strict=True)
-            self._parent += [Metric("lr", float(lr), now, step) for step, lr in lrs]
+            points = kept_points(self._steps, self._learning_rates, self.lr_stride, self.lr_keep)
+            self._parent += lr_metrics(points, now)
         self._steps, self._learning_rates = [], []
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self.send()
+        self.flush()
 
     def send(self) -> None:
-        """Queue everything buffered: one `log_batch` per member run with values, then the parent's."""
-        if self._member_runs is None or self._member_runs.exception() is not None:
-            return  # not begun, or the runs could not be opened: that failure surfaces at the flush
-        runs = self._member_runs.result()
+        """Queue everything buffered: one asynchronous `log_batch` per member run with values, then the parent's."""
+        if self.member_run_ids is None:
+            return  # not begun
+        runs = self.member_run_ids
         batches = {runs[n]: self._unlogged(runs[n], batch) for n, batch in sorted(self._members.items())}
         batches[self.run_id] = self._unlogged(self.run_id, self._parent)
         batches = {run: batch for run, batch in batches.items() if batch}
         self._members, self._parent, self._last_send = defaultdict(list), [], time.monotonic()
         if batches:
-            self.logging.submit(Tracker.log_metric_batches, batches)
+            self._operations += self.tracker.log_metrics_async(batches)
+
+    def flush(self) -> None:
+        """Send what is buffered and wait until every queued value is written (raises a failed write)."""
+        self.send()
+        operations, self._operations = self._operations, []
+        self.tracker.flush_async(operations)
 
     def _unlogged(self, run_id: str, metrics: list[Metric]) -> list[Metric]:
         last = self._logged_steps.get(run_id)
@@ -310,6 +345,8 @@ def train_task(
     settings: TrackingSettings | None = None,
     run_id: str | None = None,
     parent_curves: bool = True,
+    sweep: SweepSection | None = None,
+    later_epochs: int = 0,
 ) -> dict:
     """Train members `member_offset .. member_offset + model.members - 1` as one fused model.
 
@@ -318,8 +355,10 @@ def train_task(
     ends exactly where an uninterrupted run would.
 
     With `settings` and a parent `run_id`, training is tracked live: the members' nested runs are opened (or found)
-    and every epoch is logged as it ends (`MlflowEpochLogger`, by a log writer), plus the learning-rate
-    plot at the end; `parent_curves=False` (a shard) leaves the parent's mean curves and LR to the caller.
+    and every epoch is logged as it ends (`MlflowEpochLogger`, through MLflow's asynchronous logging), plus the
+    learning-rate plot and exact curve at the end; `parent_curves=False` (a shard) leaves the parent's mean curves
+    and LR to the caller. `later_epochs`: how many epochs growth may add to the run (sets the `schedule/lr`
+    metric's stride, `tasks.lr_curve`).
 
     Returns `{"model_path", "checkpoint", "history_path", "snapshot_dir", "epochs", "steps", "member_offset",
     "members", "member_run_ids"}` (`member_run_ids` is empty when not tracked).
@@ -339,12 +378,16 @@ def train_task(
             f"cycle_length={snapshots.cycle_length})"
         )
     resuming = has_checkpoint(checkpoint)
+    configurations = sweep_members(sweep, optimizer, snapshots, train)
+    swept = member_settings(configurations) if configurations is not None else None
     with dtype_policy(train.mixed_precision):  # layers keep the policy they were built (or loaded) with
         if resuming:
             fused, opt, state = load_checkpoint(checkpoint)
             check_same_data_order(checkpoint, state, order)
         else:
             fused, state = build_model(prepared, model, member_offset), {"epoch": 0}
+            if swept is not None:  # per-member initialisation scale
+                fused.scale_kernels(swept["init_scale"][member_offset : member_offset + model.members])
             opt = build_optimizer(optimizer, snapshots, steps_per_epoch, train.epochs)
     collector = None
     if snapshots.enabled:
@@ -367,44 +410,70 @@ def train_task(
         *([collector] if collector else []),
     ]
     live = None
-    tracked = settings is not None and run_id is not None
-    with start_logging(settings) if tracked else contextlib.nullcontext() as logging:
-        if tracked:
-            params = member_params(model, train, member_offset)
-            live = MlflowEpochLogger(
-                logging, run_id, params, collector, parent_curves, record=saver if resuming else None
-            )
-            callbacks.insert(0, live)  # before the checkpoint: see MlflowEpochLogger
-        try:
-            fit(
-                fused,
-                prepared.x_train,
-                prepared.y_train,
-                optimizer=opt,
-                config=train_config(train, member_offset=member_offset),
-                validation_data=(prepared.x_val, prepared.y_val),
-                initial_epoch=state["epoch"],
-                callbacks=callbacks,
-            )
-        finally:
-            if live is not None:
-                live.send()  # after a failure too: the epochs of the last checkpoint are not logged again
-        cycle_ends = schedule_cycle_ends(opt, int(opt.iterations))
-        if live is not None and parent_curves:  # drawn and logged by the writer while the results are saved
-            plot = (saver.steps, saver.learning_rates, cycle_ends, str(run_dir))
-            logging.submit(log_learning_rate_plot, run_id, *plot)
-        trained = save_results(
-            run_dir,
-            fused,
-            collector.snapshots if collector else None,
-            saver.epochs,
-            saver.steps,
-            saver.learning_rates,
-            cycle_ends,
-            member_offset,
+    if settings is not None and run_id is not None:
+        live = MlflowEpochLogger(
+            Tracker(settings),
+            run_id,
+            member_params(model, train, member_offset, configurations),
+            collector,
+            parent_curves,
+            record=saver if resuming else None,
+            **lr_sampling(
+                schedule_cycle_ends(opt, steps_per_epoch * train.epochs),
+                steps_per_epoch,
+                train.epochs,
+                later_epochs,
+                settings.lr_points,
+            ),
         )
-        member_run_ids = live.member_run_ids if live is not None else []
+        callbacks.insert(0, live)  # before the checkpoint: see MlflowEpochLogger
+    try:
+        fit(
+            fused,
+            prepared.x_train,
+            prepared.y_train,
+            optimizer=opt,
+            config=train_config(
+                train,
+                member_offset=member_offset,
+                **({k: v for k, v in swept.items() if k != "init_scale"} if swept else {}),
+            ),
+            validation_data=(prepared.x_val, prepared.y_val),
+            initial_epoch=state["epoch"],
+            callbacks=callbacks,
+        )
+    finally:
+        if live is not None:
+            live.flush()  # after a failure too: the epochs of the last checkpoint are not logged again
+    cycle_ends = schedule_cycle_ends(opt, int(opt.iterations))
+    if live is not None and parent_curves:
+        plot = (saver.steps, saver.learning_rates, cycle_ends, str(run_dir))
+        log_learning_rate_plot(live.tracker, run_id, *plot)
+    trained = save_results(
+        run_dir,
+        fused,
+        collector.snapshots if collector else None,
+        saver.epochs,
+        saver.steps,
+        saver.learning_rates,
+        cycle_ends,
+        member_offset,
+    )
+    member_run_ids = live.member_run_ids if live is not None else []
     return {**trained, "member_run_ids": member_run_ids}
+
+
+def lr_sampling(
+    cycle_ends: list[int], steps_per_epoch: int, epochs: int, later_epochs: int, lr_points: int
+) -> dict:
+    """`MlflowEpochLogger`'s `lr_stride` and `lr_keep` for a training of `epochs` epochs (cycles ending at the
+    steps `cycle_ends`) that growth may extend by `later_epochs`: at most about `lr_points` points of
+    `schedule/lr`, the first and last step of training and of every SGDR cycle among them."""
+    last = steps_per_epoch * epochs
+    return {
+        "lr_stride": lr_stride(planned_steps(steps_per_epoch, epochs, later_epochs), lr_points),
+        "lr_keep": boundary_steps(cycle_ends, [(1, last)]),
+    }
 
 
 def build_model(prepared: PreparedData, model: ModelSection, member_offset: int) -> FusedMLP:
@@ -488,17 +557,21 @@ def merge_shards_task(shards: list[dict], train: TrainSection, run_dir: str) -> 
 
 
 @task(name="log-training", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def log_training_task(settings: TrackingSettings, run_id: str, trained: dict) -> None:
+def log_training_task(settings: TrackingSettings, run_id: str, trained: dict, later_epochs: int = 0) -> None:
     """The parent run's curves of a run trained in shards (the shards log their own members): the member means
-    per epoch, the learning rate of every step and its plot."""
+    per epoch, `schedule/lr` at the steps a one-task run logs (`lr_sampling`), the plot and the exact curve."""
     history_path = Path(trained["history_path"])
     history = json.loads(history_path.read_text())
     tracker = Tracker(settings)
     now = get_current_time_millis()
+    epochs, steps = len(history["epochs"]), history["steps"]
+    spe = len(steps) // max(epochs, 1)
+    chosen = lr_sampling(history["cycle_ends"], spe, epochs, later_epochs, settings.lr_points)
     tracker.log_metric_batch(
-        run_id, [m for row in history["epochs"] for m in parent_metrics(row["epoch"], row, now)]
+        run_id,
+        [m for row in history["epochs"] for m in parent_metrics(row["epoch"], row, now)]
+        + lr_metrics(kept_points(steps, history["lr"], chosen["lr_stride"], chosen["lr_keep"]), now),
     )
-    tracker.log_series(run_id, "lr", history["lr"], history["steps"])
     log_learning_rate_plot(
         tracker, run_id, history["steps"], history["lr"], history["cycle_ends"], str(history_path.parent)
     )

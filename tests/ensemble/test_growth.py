@@ -18,14 +18,17 @@ from ensemble.growth import (
     top_units,
 )
 from ensemble.growth_rounds import (
+    ANNEAL_TO,
     GrowthConfig,
     GrowthRound,
     grow_rounds,
     grown_is_not_worse,
     planned_splits,
     round_stop_epoch,
+    split_rows,
 )
 from ensemble.schedules import SGDRSchedule
+from ensemble.splitting import splitting_index
 
 RNG = np.random.default_rng(1234)
 
@@ -252,6 +255,10 @@ def test_grown_model_survives_keras_round_trip(tmp_path):
         (dict(noise=-0.1), "Argument `noise` must be >= 0"),
         (dict(layers=(0, 0)), "Argument `layers` must be None or distinct"),
         (dict(optimizer_slots="keep"), "Argument `optimizer_slots` must be one of"),
+        (dict(strategy="splitting", units_per_split=0), "must be None \\(up to the width\\) or an int >= 1"),
+        (dict(delta=-0.1), "Argument `delta` must be >= 0"),
+        (dict(anneal_epochs=-1), "Argument `anneal_epochs` must be an int >= 0"),
+        (dict(strategy="split"), "Argument `strategy` must be one of \\('all', 'targeted', 'splitting'\\)"),
     ],
 )
 def test_growth_config_validates_arguments(kwargs, message):
@@ -388,3 +395,100 @@ def test_scale_learning_rate_scales_a_schedule_keeps_its_cycle_ends_and_survives
     assert float(constant.learning_rate) == pytest.approx(0.025)
     with pytest.raises(ValueError, match="Argument `factor` must be > 0. Received: factor=0"):
         scale_learning_rate(constant, 0)
+
+
+# ------------------------------------------------------------------------------------------------ when to grow, how to split
+
+
+def toy_split_data(rows: int = 96):
+    x, y = toy_data(rows)
+    return types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:48], y_val=y[:48])
+
+
+class StepRates(keras.callbacks.Callback):
+    """The learning rate of every optimiser step and the width it trained, across rounds."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates, self.widths = [], []
+
+    def on_steps_end(self, logs: dict) -> None:
+        self.rates += logs["learning_rates"]
+        self.widths += [self.model.hidden_units[0]] * len(logs["learning_rates"])
+
+
+def test_anneal_epochs_end_every_round_at_the_lowest_rate_and_restart_the_next_at_the_full_rate():
+    data, rates = toy_split_data(), StepRates()
+    model = FusedMLP(2, 6, (2,), task="multiclass", num_classes=3, seed=0)
+    growth = GrowthConfig(max_rounds=2, patience=1, min_delta=1.0, anneal_epochs=3, lr_width_scaling=False)
+    config = train.TrainConfig(epochs=5, batch_size=8, train_metrics=False)  # 12 steps per epoch
+    _, _, rounds = grow_rounds(model, keras.optimizers.Adam(0.01), data, config, growth, callbacks=[rates])
+
+    assert [r.epochs_trained for r in rounds] == [1 + 3] * 3  # 1 epoch to the plateau, 3 annealing
+    per_epoch = np.asarray(rates.rates).reshape(-1, 12)[:, 0]  # the rate is set per epoch
+    fractions = [1.0] + [ANNEAL_TO + (1 - ANNEAL_TO) * (1 + np.cos(np.pi * e / 3)) / 2 for e in (1, 2, 3)]
+    np.testing.assert_allclose(per_epoch, 0.01 * np.tile(fractions, 3), rtol=1e-5)
+    assert np.asarray(rates.widths).reshape(-1, 12)[:, 0].tolist() == [2] * 4 + [4] * 4 + [8] * 4
+
+
+def test_anneal_epochs_are_rejected_with_a_cyclic_schedule():
+    with pytest.raises(
+        ValueError, match="Argument `anneal_epochs` must be 0 with a cyclic learning-rate schedule"
+    ):
+        sgdr_growth(3, anneal_epochs=2)
+
+
+def test_growth_stops_after_a_round_without_validation_gain():
+    data = toy_split_data()
+    model = FusedMLP(2, 6, (2,), task="multiclass", num_classes=3, seed=0)
+    growth = GrowthConfig(max_rounds=4, patience=1, min_delta=1.0, stop_without_gain=True)  # no gain is > 1.0
+    config = train.TrainConfig(epochs=2, batch_size=8, train_metrics=False)
+    grown, _, rounds = grow_rounds(model, keras.optimizers.Adam(0.01), data, config, growth)
+
+    # Round 0 is not judged (it starts from the untrained model); round 1 gains nothing: growth stops there.
+    assert [r.widths for r in rounds] == [(2,), (4,)] and grown.hidden_units == [4]
+    assert [r.stop_reason for r in rounds] == ["", "no_gain"] and rounds[-1].new_widths is None
+    _, _, capped = grow_rounds(
+        FusedMLP(2, 6, (2,), task="multiclass", num_classes=3, seed=0),
+        keras.optimizers.Adam(0.01),
+        data,
+        config,
+        GrowthConfig(max_rounds=4, patience=1, max_width=4),
+    )
+    assert [r.widths for r in capped] == [(2,), (4,)] and capped[-1].stop_reason == "max_width"
+
+
+def test_splitting_strategy_splits_the_units_with_the_most_negative_index_and_records_them():
+    data = toy_split_data()
+    model = FusedMLP(3, 6, (5,), task="multiclass", num_classes=3, activation="tanh", seed=2)
+    growth = GrowthConfig(
+        max_rounds=1, patience=1, strategy="splitting", units_per_split=2, noise=0.0, delta=1e-3
+    )
+    config = train.TrainConfig(epochs=2, batch_size=8, train_metrics=False)
+    trained = []  # the model as the first round ends, to recompute the index on it
+    keep = keras.callbacks.LambdaCallback(on_train_end=lambda logs: trained.append(keep.model))
+    grown, _, rounds = grow_rounds(model, keras.optimizers.Adam(0.01), data, config, growth, callbacks=[keep])
+
+    index = splitting_index(trained[0], data.x_train, data.y_train, 0, seed=growth.seed)
+    chosen = np.asarray(rounds[0].split_units[0])  # (N, k)
+    np.testing.assert_array_equal(chosen, np.sort(np.argsort(index.eigenvalues, axis=1)[:, :2], axis=1))
+    np.testing.assert_allclose(rounds[0].split_index[0], np.take_along_axis(index.eigenvalues, chosen, 1))
+    assert grown.hidden_units == [7] and rounds[0].new_widths == (7,)
+    assert (
+        abs(rounds[0].val_after_split - rounds[0].val_before_split) <= 1e-6
+    )  # delta 1e-3 keeps the function
+    rows = split_rows(rounds)
+    assert len(rows) == 3 * 2 and rows[0] == dict(
+        round=0, layer=0, member=0, unit=int(chosen[0, 0]), splitting_index=rounds[0].split_index[0][0][0]
+    )
+    assert rounds[0].as_dict()["split_units"].startswith('{"0": [[')
+
+
+def test_splitting_strategy_stops_when_no_unit_has_a_negative_index():
+    """Linear units have sigma'' = 0: no split lowers the loss, so splitting growth stops at once."""
+    data = toy_split_data()
+    model = FusedMLP(2, 6, (3,), task="multiclass", num_classes=3, activation="linear", seed=0)
+    growth = GrowthConfig(max_rounds=3, patience=1, strategy="splitting")
+    config = train.TrainConfig(epochs=1, batch_size=8, train_metrics=False)
+    grown, _, rounds = grow_rounds(model, keras.optimizers.Adam(0.01), data, config, growth)
+    assert len(rounds) == 1 and rounds[0].stop_reason == "splitting_stable" and grown.hidden_units == [3]

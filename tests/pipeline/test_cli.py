@@ -4,8 +4,12 @@ traceback, and a data error leaves a FAILED MLflow run and no registered model."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import json
 import os
+import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +76,9 @@ def assert_one_error_line(err: str, *named: str) -> None:
         assert text in lines[0]
 
 
-def test_cli_train_returns_0_and_prints_the_run_id_and_the_ui_hint(tmp_path, tracking, cli_env, capsys):
+def test_cli_train_returns_0_and_closes_with_a_summary_table_the_registry_decision_and_where_to_look(
+    tmp_path, tracking, cli_env, capsys
+):
     code = main(
         ["train", "--data", "wine", "--members", "2", "--epochs", "1", *TINY]
         + ["--set", f"output_dir={tmp_path / 'outputs'}"]
@@ -83,10 +89,55 @@ def test_cli_train_returns_0_and_prints_the_run_id_and_the_ui_hint(tmp_path, tra
     assert run.info.status == "FINISHED"
     assert run.data.params["model.members"] == "2"
     assert f"MLflow run {run.info.run_id} (2 member runs)" in out
-    assert "ensemble ui" in out
+    table = summary_table(out)
+    assert list(table) == [
+        "test split",
+        "ensemble (2 models)",
+        "best member",
+        "mean member",
+        "ensemble - best member",
+    ]
+    assert table["test split"] == ["accuracy", "nll", "brier", "ece"]
+    metrics = run.data.metrics
+    prefix = "test/" if "test/accuracy" in metrics else "test_"  # the metric names of tasks.tracking
+    assert table["ensemble (2 models)"] == [f"{metrics[prefix + k]:.4f}" for k in table["test split"]]
+    [member] = re.findall(r"best member \(#(\d)\)", out)
+    member_runs = {
+        int(r.data.params["member"]): r.data.metrics
+        for r in runs_of(tracking)
+        if r.data.tags.get("kind") == "member"
+    }
+    best = max(member_runs, key=lambda n: member_runs[n][prefix + "accuracy"])
+    assert int(member) == best
+    assert table["best member"] == [f"{member_runs[best][prefix + k]:.4f}" for k in table["test split"]]
+    gains = [
+        float(e) - float(b) for e, b in zip(table["ensemble (2 models)"], table["best member"], strict=True)
+    ]
+    assert [float(g) for g in table["ensemble - best member"]] == pytest.approx(gains, abs=1.5e-4)
     version = client_of(tracking).get_model_version_by_alias(tracking.registered_model_name, "champion")
     assert version.run_id == run.info.run_id
-    assert f"models:/{tracking.registered_model_name}@champion" in out
+    [registry] = [line for line in out.splitlines() if line.startswith("registry: ")]
+    assert (
+        f"{tracking.registered_model_name} version {version.version}" in registry and "@champion" in registry
+    )
+    assert re.search(rf"^MLflow UI: http://\S+/#/experiments/\d+/runs/{run.info.run_id}$", out, re.M)
+    assert f'mlflow models serve -m "models:/{tracking.registered_model_name}@champion"' in out
+    assert "ensemble ui" in out
+
+
+def summary_table(out: str) -> dict[str, list[str]]:
+    """The closing table of `ensemble train`: row label -> cells (the header row under "test split")."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("test split"))
+    rows = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        if set(line.strip()) <= {"─", "-", " "}:
+            continue
+        label, *cells = re.split(r"\s{2,}", line.strip())
+        rows[re.sub(r" \(#\d+\)$", "", label)] = cells
+    return rows
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> str:
@@ -329,3 +380,79 @@ def test_a_worker_loading_the_train_flow_prints_none_of_tensorflows_native_notes
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["2"]
     assert not TF_NATIVE_NOTE.search(completed.stderr), completed.stderr
+
+
+def console_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of the installed `ensemble` script run in a fresh process from this checkout."""
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT__FLOW_RUN_ID")}
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])), **extra}
+
+
+GOOD_RUN = ["train", "--data", "wine", "--members", "2", "--epochs", "2", *TINY]
+BAR_CONTROL = ("\x1b[?25l", "━", "steps  ETA")  # the bar hides the cursor, draws, counts steps
+
+
+def test_console_script_without_a_terminal_prints_plain_epoch_lines_with_an_eta_and_the_summary(
+    tmp_path, tracking, cli_env
+):
+    """Output to pipes (a log file, CI): one line per epoch, no bar drawing; the closing table on stdout."""
+    script = str(Path(sys.executable).with_name("ensemble"))
+    env = console_env(tmp_path, PREFECT_API_URL=str(get_current_settings().api.url))  # the session's test API
+    completed = subprocess.run(
+        [script, *GOOD_RUN], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr
+    epochs = re.findall(r"Task run 'train-fused-\w+' - (epoch \d/2 .*)$", completed.stderr, re.M)
+    assert [line.split("  loss")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"], completed.stderr
+    assert re.search(r"  ETA \d+:\d\d$", epochs[0])
+    for control in BAR_CONTROL:
+        assert control not in completed.stdout + completed.stderr
+    assert list(summary_table(completed.stdout))[:2] == ["test split", "ensemble (2 models)"]
+    [run] = [r for r in runs_of(tracking) if r.data.tags.get("kind") == "ensemble"]
+    assert f"MLflow run {run.info.run_id} (2 member runs)" in completed.stdout
+
+
+def test_console_script_on_a_terminal_draws_a_bar_and_starts_and_stops_prefects_server_itself(
+    tmp_path, tracking, cli_env
+):
+    """On a terminal (a pseudo-terminal here), with no Prefect server configured: a progress bar with an ETA, and
+    Prefect's temporary server started at the CLI's edge (before the imports), gone when the command ends."""
+    import psutil
+
+    script = str(Path(sys.executable).with_name("ensemble"))
+    home, timings = tmp_path / "prefect-home", tmp_path / "timings.json"
+    env = console_env(tmp_path, PREFECT_HOME=str(home), ENSEMBLE_TIMINGS=str(timings), COLUMNS="120")
+    main_end, sub_end = pty.openpty()
+    process = subprocess.Popen(
+        [script, *GOOD_RUN], cwd=tmp_path, env=env, stdin=sub_end, stdout=sub_end, stderr=sub_end
+    )
+    os.close(sub_end)
+    screen = b""
+    with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
+        while chunk := os.read(main_end, 65536):
+            screen += chunk
+    os.close(main_end)
+    assert process.wait(timeout=300) == 0, screen.decode(errors="replace")
+    text = screen.decode(errors="replace")
+    for control in BAR_CONTROL:
+        assert control in text
+    assert re.search(r"training .*\d+/\d+ steps  ETA", text)
+    assert list(summary_table(text.replace("\r", "")))[:2] == ["test split", "ensemble (2 models)"]
+    marks = json.loads(timings.read_text())
+    assert (
+        marks["config"]
+        <= marks["server_started"]
+        < marks["imports"]
+        <= marks["server_ready"]
+        <= marks["flow_returned"]
+    )
+
+    def serves_this_home(process: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            if "prefect.server.api.server:create_app" in " ".join(process.cmdline()):
+                return process.environ().get("PREFECT_HOME") == str(home)
+        return False
+
+    servers = [p for p in psutil.process_iter() if serves_this_home(p)]
+    assert servers == []

@@ -48,8 +48,8 @@ def test_compare_flow_logs_one_tagged_child_run_per_candidate(compared):
     for run in by_kind.values():
         assert run.info.status == "FINISHED"
         assert run.data.tags["comparison"] == result["run_id"]
-        assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
-        assert run.data.metrics["flops_per_sample"] > 0
+        assert 0.0 <= run.data.metrics["test/accuracy"] <= 1.0
+        assert run.data.metrics["cost/flops_per_sample"] > 0
     assert by_kind["ensemble"].data.params["members"] == str(MEMBERS)
     assert by_kind["single"].data.params["members"] == "1"
     assert [row["kind"] for row in result["rows"]] == ["ensemble", "single", "equal_flops_single"]
@@ -58,8 +58,8 @@ def test_compare_flow_logs_one_tagged_child_run_per_candidate(compared):
 def test_single_costs_one_member_and_ensemble_costs_all_members(compared):
     _, _, by_kind, _ = compared
     member = mlp_flops(WINE_FEATURES, HIDDEN, WINE_CLASSES)
-    assert by_kind["single"].data.metrics["flops_per_sample"] == member
-    assert by_kind["ensemble"].data.metrics["flops_per_sample"] == MEMBERS * member
+    assert by_kind["single"].data.metrics["cost/flops_per_sample"] == member
+    assert by_kind["ensemble"].data.metrics["cost/flops_per_sample"] == MEMBERS * member
 
 
 def test_equal_flops_single_is_the_widest_uniform_mlp_within_the_ensemble_flops(compared):
@@ -68,8 +68,8 @@ def test_equal_flops_single_is_the_widest_uniform_mlp_within_the_ensemble_flops(
     single = by_kind["equal_flops_single"]
     width = int(single.data.params["width"])
     depth = len(HIDDEN)
-    assert single.data.metrics["flops_per_sample"] == mlp_flops(WINE_FEATURES, [width] * depth, WINE_CLASSES)
-    assert single.data.metrics["flops_per_sample"] <= by_kind["ensemble"].data.metrics["flops_per_sample"]
+    assert single.data.metrics["cost/flops_per_sample"] == mlp_flops(WINE_FEATURES, [width] * depth, WINE_CLASSES)
+    assert single.data.metrics["cost/flops_per_sample"] <= by_kind["ensemble"].data.metrics["cost/flops_per_sample"]
     wider = mlp_flops(WINE_FEATURES, [width + 1] * depth, WINE_CLASSES)
     assert wider > budget  # one unit wider would cost more than the ensemble
     assert width > max(HIDDEN)

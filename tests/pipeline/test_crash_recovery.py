@@ -131,8 +131,8 @@ def test_killed_train_command_resumes_the_same_runs_and_ends_as_an_uninterrupted
     )
     reference = the_parent(reference_client)
     lr, expected_lr = (
-        curves(client, parent.info.run_id, "lr"),
-        curves(reference_client, reference.info.run_id, "lr"),
+        curves(client, parent.info.run_id, "schedule/lr"),
+        curves(reference_client, reference.info.run_id, "schedule/lr"),
     )
     assert [s for s, _ in lr] == list(range(1, len(expected_lr) + 1))  # every step once
     np.testing.assert_allclose([v for _, v in lr], [v for _, v in expected_lr])
@@ -140,14 +140,14 @@ def test_killed_train_command_resumes_the_same_runs_and_ends_as_an_uninterrupted
     ours, theirs = members(client, parent), members(reference_client, reference)
     assert len(ours) == len(theirs) == 3 and all(r.info.status == "FINISHED" for r in ours)
     for mine, other in zip(ours, theirs, strict=True):
-        for key in ("val_loss", "train_loss", "snapshot_val_loss"):
+        for key in ("val/loss", "train/loss", "snapshot/val_loss"):
             got, want = (
                 curves(client, mine.info.run_id, key),
                 curves(reference_client, other.info.run_id, key),
             )
             assert [s for s, _ in got] == [s for s, _ in want] == list(range(4)), key  # each epoch once
             np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-5, err_msg=key)
-        assert mine.data.metrics["test_accuracy"] == pytest.approx(other.data.metrics["test_accuracy"])
+        assert mine.data.metrics["test/accuracy"] == pytest.approx(other.data.metrics["test/accuracy"])
 
     prefect_db = sqlite3.connect(killed_dir / "prefect-home" / "prefect.db")
     rows = dict(prefect_db.execute("select id, state_type from flow_run").fetchall())

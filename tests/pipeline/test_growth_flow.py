@@ -69,19 +69,19 @@ def test_growth_worse_on_validation_registers_the_pre_growth_ensemble_and_says_w
     # Evaluated and registered: the training cycle's snapshots only (1 per member), at the starting widths.
     predictor = EnsemblePredictor.load(result["predictor_dir"])
     assert [group.hidden_units for group in predictor.groups] == [[8, 8]]
-    assert parent.data.metrics["test_num_members"] == MEMBERS
+    assert parent.data.metrics["test/num_members"] == MEMBERS
     assert client.get_model_version_by_alias("test-ensemble", "champion").run_id == result["run_id"]
     for member_run in result["member_run_ids"]:  # the widths of the model passed on
         params = client.get_run(member_run).data.params
         assert (params["final_hidden_units"], params["final_width"]) == ("[8, 8]", "8")
 
     # Each round ran on from the 1-epoch cap to the end of its cycle: the splits happen at cycle ends.
-    rounds = sorted(client.get_metric_history(parent.info.run_id, "growth_epochs"), key=lambda m: m.step)
+    rounds = sorted(client.get_metric_history(parent.info.run_id, "growth/epochs"), key=lambda m: m.step)
     epochs = [m.value for m in rounds]
     assert epochs == [CYCLE_EPOCHS, CYCLE_EPOCHS]
     # `lr` goes on through the growth steps, the global step continuing from training's.
     total_epochs = CYCLE_EPOCHS + sum(epochs)
-    lr = client.get_metric_history(parent.info.run_id, "lr")
+    lr = client.get_metric_history(parent.info.run_id, "schedule/lr")
     assert sorted(m.step for m in lr) == list(range(1, int(total_epochs) * steps_per_epoch(tmp_path) + 1))
     # The second growth cycle starts at 0.02 x 100**2, halved because the split doubled the width 8 -> 16.
     assert max(m.value for m in lr) == pytest.approx(0.02 * 100**2 / 2)

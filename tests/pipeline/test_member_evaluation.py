@@ -47,8 +47,8 @@ def test_member_runs_hold_the_test_metrics_of_their_own_final_weights(trained):
     for n, member_run in enumerate(result["member_run_ids"]):
         expected = reference_scores(final.member_model(n), prepared)
         logged = client.get_run(member_run).data.metrics
-        assert logged["test_nll"] == pytest.approx(expected["nll"], rel=1e-4)
-        assert logged["test_accuracy"] == pytest.approx(expected["accuracy"])
+        assert logged["test/nll"] == pytest.approx(expected["nll"], rel=1e-4)
+        assert logged["test/accuracy"] == pytest.approx(expected["accuracy"])
 
 
 def test_member_runs_hold_each_snapshots_test_metrics_at_its_cycle(trained):
@@ -56,12 +56,12 @@ def test_member_runs_hold_each_snapshots_test_metrics_at_its_cycle(trained):
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     snapshots = Snapshots.load(run_dir / "snapshots")
     for n, member_run in enumerate(result["member_run_ids"]):
-        history = client.get_metric_history(member_run, "snapshot_test_nll")
+        history = client.get_metric_history(member_run, "snapshot/test_nll")
         assert sorted(m.step for m in history) == list(range(EPOCHS))  # one per cycle, step = cycle
         for m in history:
             expected = reference_scores(snapshots.member_model(n, m.step), prepared)
             assert m.value == pytest.approx(expected["nll"], rel=1e-4)
-        assert len(client.get_metric_history(member_run, "snapshot_test_accuracy")) == EPOCHS
+        assert len(client.get_metric_history(member_run, "snapshot/test_accuracy")) == EPOCHS
 
 
 def test_prefect_table_lists_every_member_and_cycle_then_the_ensemble(trained):
@@ -80,6 +80,6 @@ def test_prefect_table_lists_every_member_and_cycle_then_the_ensemble(trained):
     assert [(row["member"], row["cycle"]) for row in table] == [*expected_cells, ("ensemble", None)]
     for n, member_run in enumerate(result["member_run_ids"]):
         (final_row,) = [row for row in table if row["member"] == n and row["cycle"] == "final"]
-        assert final_row["nll"] == pytest.approx(client.get_run(member_run).data.metrics["test_nll"])
+        assert final_row["nll"] == pytest.approx(client.get_run(member_run).data.metrics["test/nll"])
     assert table[-1]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
     assert set(table[-1]) == {"member", "cycle", "accuracy", "nll", "brier", "ece"}

@@ -112,14 +112,14 @@ def test_four_concurrent_flows_lose_nothing_on_a_postgres_backed_server(tmp_path
     for result in results:
         parent = client.get_run(result["run_id"])
         assert parent.info.status == "FINISHED"
-        lr = client.get_metric_history(result["run_id"], "lr")
+        lr = client.get_metric_history(result["run_id"], "schedule/lr")
         assert sorted(m.step for m in lr) == list(range(1, len(lr) + 1)) and len(lr) > 50
-        assert {"test_accuracy", "test_nll", "test_num_members"} <= set(parent.data.metrics)
+        assert {"test/accuracy", "test/nll", "test/num_members"} <= set(parent.data.metrics)
         children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result['run_id']}'")
         assert sorted(run.info.run_id for run in children) == sorted(result["member_run_ids"])
         for run in children:
             assert run.info.status == "FINISHED"
-            for key in ("train_loss", "val_loss", "val_accuracy", "snapshot_val_loss"):
+            for key in ("train/loss", "val/loss", "val/accuracy", "snapshot/val_loss"):
                 assert len(client.get_metric_history(run.info.run_id, key)) == EPOCHS, key
         assert "plots/learning_rate.png" in [a.path for a in client.list_artifacts(result["run_id"], "plots")]
     versions = client.search_model_versions("name = 'pg-ensemble'")

@@ -43,10 +43,19 @@ def test_predict_flow_scores_every_row_like_the_in_process_predictor(tmp_path, t
     assert answer["model_uri"] == "models:/test-ensemble@champion"
     scored = pd.read_parquet(output)
     expected = predictor.predict(rows)
-    assert list(scored.columns) == ["proba_0", "proba_1", "proba_2", "label"]  # wine's classes are 0, 1, 2
+    uncertainty = ["predictive_entropy", "mean_member_entropy", "mutual_information", "disagreement"]
+    assert list(scored.columns) == [
+        "proba_0",
+        "proba_1",
+        "proba_2",
+        "label",
+        *uncertainty,
+    ]  # wine: classes 0, 1, 2
     assert len(scored) == len(rows)
     proba = [c for c in scored.columns if c.startswith("proba_")]
     np.testing.assert_allclose(scored[proba].to_numpy(), expected[proba].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(scored[uncertainty].to_numpy(), expected[uncertainty].to_numpy(), atol=1e-6)
+    assert (scored["mutual_information"] >= 0).all() and (scored["disagreement"].between(0, 1)).all()
     np.testing.assert_allclose(scored[proba].sum(axis=1), 1.0, atol=1e-5)
     assert scored["label"].tolist() == expected["label"].tolist()
 
@@ -96,7 +105,7 @@ def test_an_id_column_is_never_a_feature_and_is_kept_beside_the_batch_prediction
     scored_rows.to_csv(tmp_path / "batch.csv", index=False)
     predict_flow(str(tmp_path / "batch.csv"), str(tmp_path / "out.parquet"), "champion", None, settings)
     scored = pd.read_parquet(tmp_path / "out.parquet")
-    assert list(scored.columns) == ["name", "proba_0", "proba_1", "proba_2", "label"]
+    assert list(scored.columns)[:5] == ["name", "proba_0", "proba_1", "proba_2", "label"]  # then the uncertainty
     assert scored["name"].tolist() == scored_rows["name"].tolist()
     expected = predictor.predict(scored_rows.reset_index(drop=True))
     pd.testing.assert_frame_equal(scored, expected, check_dtype=False, atol=1e-6)

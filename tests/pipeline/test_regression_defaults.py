@@ -72,15 +72,15 @@ def test_a_regression_with_the_default_config_gates_on_rmse_and_reports_r2_and_m
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     parent = client.get_run(houses["run_id"])
     assert parent.info.status == "FINISHED"
-    for key in ("test_rmse", "test_mae", "test_r2"):
+    for key in ("test/rmse", "test/mae", "test/r2"):
         assert key in parent.data.metrics
     prepared = PreparedData.load(next((root / "outputs" / "data").iterdir()))
-    rmse = parent.data.metrics["test_rmse"]
-    assert parent.data.metrics["test_r2"] == pytest.approx(1 - rmse**2 / np.var(prepared.y_test), rel=1e-5)
+    rmse = parent.data.metrics["test/rmse"]
+    assert parent.data.metrics["test/r2"] == pytest.approx(1 - rmse**2 / np.var(prepared.y_test), rel=1e-5)
     version = client.get_model_version("houses-ensemble", houses["registration"]["version"])
     assert (version.tags["gating_metric"], version.tags["test_rmse"]) == ("rmse", str(rmse))
     for member_run in houses["member_run_ids"]:
-        assert {"test_rmse", "test_mae", "test_r2"} <= set(client.get_run(member_run).data.metrics)
+        assert {"test/rmse", "test/mae", "test/r2"} <= set(client.get_run(member_run).data.metrics)
 
 
 def test_each_data_set_registers_under_its_own_name_and_keeps_its_champion(two_data_sets):

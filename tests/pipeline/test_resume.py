@@ -159,13 +159,13 @@ def test_failed_training_task_is_retried_by_prefect_and_resumes(tmp_path, tracki
 
     run_dirs = [tmp_path / name / "outputs" / "runs" for name in ("reference", "faulty")]
     assert_same_weights(*(next(d.iterdir()) / "model.keras" for d in run_dirs))
-    steps = [m.step for m in client.get_metric_history(result["run_id"], "lr")]
-    reference_steps = [m.step for m in client.get_metric_history(reference["run_id"], "lr")]
+    steps = [m.step for m in client.get_metric_history(result["run_id"], "schedule/lr")]
+    reference_steps = [m.step for m in client.get_metric_history(reference["run_id"], "schedule/lr")]
     assert sorted(steps) == sorted(reference_steps) == list(range(1, len(reference_steps) + 1))
     for member_run in result["member_run_ids"]:  # epochs before the crash are logged too, once
-        assert [m.step for m in client.get_metric_history(member_run, "val_accuracy")] == list(range(epochs))
-        assert len(client.get_metric_history(member_run, "snapshot_val_loss")) == epochs
-    assert parent.data.metrics["test_num_members"] == members * epochs
+        assert [m.step for m in client.get_metric_history(member_run, "val/accuracy")] == list(range(epochs))
+        assert len(client.get_metric_history(member_run, "snapshot/val_loss")) == epochs
+    assert parent.data.metrics["test/num_members"] == members * epochs
     assert result["metrics"]["accuracy"] == pytest.approx(reference["metrics"]["accuracy"])
 
 

@@ -46,10 +46,12 @@ def wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, migrated_store, prefect_api):
-    """One train_flow on a private store: `(result, settings, prepared data)`."""
+    """One train_flow of a sweep (its registered model weights the selected members) on a private store:
+    `(result, settings, prepared data)`."""
     root = tmp_path_factory.mktemp("serving")
     settings = private_tracking(root, migrated_store)
-    result = train_flow(tiny_config(root), settings)
+    sweep = {"model.members": 4, "sweep.learning_rate": [0.005, 0.02], "sweep.weight_decay": [0.0, 1e-3]}
+    result = train_flow(tiny_config(root, **sweep), settings)
     assert result["registration"]["alias"] == "champion"
     prepared = PreparedData.load(next((root / "outputs" / "data").iterdir()))
     return result, settings, prepared, root
@@ -107,6 +109,27 @@ def test_served_champion_answers_like_the_in_process_predictor(trained, server_u
     assert list(served.columns) == list(expected.columns)
     np.testing.assert_allclose(served[proba].to_numpy(), expected[proba].to_numpy(), atol=1e-6)
     assert served["label"].tolist() == expected["label"].tolist()
+
+
+def test_served_answers_carry_each_rows_uncertainty_from_the_weighted_members(trained, server_url):
+    result, _, prepared, _ = trained
+    rows = prepared.raw["test"][prepared.feature_names].head(ROWS)
+    served = pd.DataFrame(invoke(server_url, rows).json()["predictions"])
+
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    assert predictor.weights is not None  # the sweep's selection
+    w = np.asarray(predictor.weights)
+    probs = np.exp(predictor.predict_members(rows, log_probs=True))  # (K, B, C)
+    mean = np.einsum("k,kbc->bc", w, probs)
+    entropy = -(mean * np.log(mean)).sum(-1)
+    member_entropy = np.einsum("k,kb->b", w, -(probs * np.log(probs)).sum(-1))
+    votes = (probs.argmax(-1) != mean.argmax(-1)[None]).astype(float)  # (K, B)
+    np.testing.assert_allclose(served["predictive_entropy"], entropy, atol=1e-6)
+    np.testing.assert_allclose(served["mean_member_entropy"], member_entropy, atol=1e-6)
+    np.testing.assert_allclose(served["mutual_information"], entropy - member_entropy, atol=1e-6)
+    np.testing.assert_allclose(served["disagreement"], w @ votes, atol=1e-9)
+    proba = [c for c in served.columns if c.startswith("proba_")]
+    np.testing.assert_allclose(served[proba].to_numpy(), mean, atol=1e-6)  # the weighted mean of the members
 
 
 def test_request_missing_a_column_gets_4xx_naming_it(trained, server_url):

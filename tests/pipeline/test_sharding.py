@@ -83,12 +83,12 @@ def test_shards_on_a_local_dask_cluster_merge_into_the_one_shard_ensemble(tmp_pa
     assert seeds == {n: str(member_seed(0, n)) for n in range(MEMBERS)}  # as one shard would seed them
     for run in children:
         assert run.info.status == "FINISHED"
-        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == EPOCHS
-    steps = [m.step for m in client.get_metric_history(many["run_id"], "lr")]
+        assert len(client.get_metric_history(run.info.run_id, "val/accuracy")) == EPOCHS
+    steps = [m.step for m in client.get_metric_history(many["run_id"], "schedule/lr")]
     assert sorted(steps) == list(range(1, len(steps) + 1))  # logged once, not once per shard
-    assert len(steps) == len(client.get_metric_history(one["run_id"], "lr"))
-    val_loss = {m.step: m.value for m in client.get_metric_history(many["run_id"], "val_loss")}
-    expected = {m.step: m.value for m in client.get_metric_history(one["run_id"], "val_loss")}
+    assert len(steps) == len(client.get_metric_history(one["run_id"], "schedule/lr"))
+    val_loss = {m.step: m.value for m in client.get_metric_history(many["run_id"], "val/member_mean_loss")}
+    expected = {m.step: m.value for m in client.get_metric_history(one["run_id"], "val/member_mean_loss")}
     assert val_loss == pytest.approx(expected, abs=1e-6)  # the mean over all members, not over one shard
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 import pytest
 from mlflow.entities import LoggedModelStatus
@@ -32,26 +30,26 @@ def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tra
     assert sorted(run.data.params["member"] for run in children) == [str(n) for n in range(MEMBERS)]
     for run in children:
         assert run.info.status == "FINISHED"
-        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == EPOCHS
-        assert len(client.get_metric_history(run.info.run_id, "snapshot_val_loss")) == EPOCHS  # one per cycle
+        assert len(client.get_metric_history(run.info.run_id, "val/accuracy")) == EPOCHS
+        assert len(client.get_metric_history(run.info.run_id, "snapshot/val_loss")) == EPOCHS  # one per cycle
 
     prepared = PreparedData.load(next((tmp_path / "outputs" / "data").iterdir()))
     steps_per_epoch = len(prepared.y_train) // 4
-    lr = client.get_metric_history(parent.info.run_id, "lr")
+    lr = client.get_metric_history(parent.info.run_id, "schedule/lr")
     assert sorted(m.step for m in lr) == list(range(1, EPOCHS * steps_per_epoch + 1))  # one value per step
     assert max(m.value for m in lr) == pytest.approx(0.02)
 
     for key in (
-        "test_accuracy",
-        "test_nll",
-        "test_brier",
-        "test_ece",
-        "test_disagreement",
-        "test_oracle_accuracy",
+        "test/accuracy",
+        "test/nll",
+        "test/brier",
+        "test/ece",
+        "test/disagreement",
+        "test/oracle_accuracy",
     ):
         assert key in parent.data.metrics
-    assert parent.data.metrics["test_accuracy"] > 0.8
-    assert parent.data.metrics["test_num_members"] == MEMBERS * EPOCHS  # N members x M snapshots
+    assert parent.data.metrics["test/accuracy"] > 0.8
+    assert parent.data.metrics["test/num_members"] == MEMBERS * EPOCHS  # N members x M snapshots
     assert len(parent.inputs.dataset_inputs) == 3  # train / val / test
 
     version = client.get_model_version_by_alias("test-ensemble", "champion")
@@ -64,21 +62,20 @@ def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tra
     assert model.status.to_proto() == LoggedModelStatus.READY.to_proto()
     assert model.params["model.members"] == str(MEMBERS)
     model_metrics = {m.key: m.value for m in model.metrics}
-    assert model_metrics["test_accuracy"] == parent.data.metrics["test_accuracy"]
-    assert all(key.startswith("test_") for key in model_metrics)  # training curves stay on the run
-    assert len(client.get_metric_history(parent.info.run_id, "test_accuracy")) == 1  # linked, not re-logged
+    assert model_metrics["test/accuracy"] == parent.data.metrics["test/accuracy"]
+    assert all(key.startswith("test/") for key in model_metrics)  # training curves stay on the run
+    assert len(client.get_metric_history(parent.info.run_id, "test/accuracy")) == 1  # linked, not re-logged
 
     # The deployable predictor reproduces the logged test accuracy from raw rows.
     predictor = EnsemblePredictor.load(result["predictor_dir"])
     raw = prepared.raw["test"]
     labels = predictor.predict(raw[prepared.feature_names])["label"].to_numpy()
     accuracy = float((labels == raw[prepared.preprocessor.target].to_numpy()).mean())
-    assert accuracy == pytest.approx(parent.data.metrics["test_accuracy"])
+    assert accuracy == pytest.approx(parent.data.metrics["test/accuracy"])
 
 
-@pytest.mark.parametrize("log_writer", ["thread", "process"])
-def test_either_log_writer_logs_the_same_curves_and_the_learning_rate_plot(log_writer, tmp_path, tracking):
-    result = train_flow(tiny_config(tmp_path), dataclasses.replace(tracking, log_writer=log_writer))
+def test_training_logs_the_curves_the_learning_rate_plot_and_its_exact_curve(tmp_path, tracking):
+    result = train_flow(tiny_config(tmp_path), tracking)
     client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
     parent = client.get_run(result["run_id"])
     children = client.search_runs(
@@ -86,10 +83,13 @@ def test_either_log_writer_logs_the_same_curves_and_the_learning_rate_plot(log_w
     )
     assert sorted(run.info.run_id for run in children) == sorted(result["member_run_ids"])
     for run in children:
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == list(range(EPOCHS))
-    assert len(client.get_metric_history(parent.info.run_id, "val_ensemble_accuracy")) == EPOCHS
-    assert len(client.get_metric_history(parent.info.run_id, "lr")) > 0
-    assert [f.path for f in client.list_artifacts(parent.info.run_id, "plots")] == ["plots/learning_rate.png"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == list(range(EPOCHS))
+    assert len(client.get_metric_history(parent.info.run_id, "val/ensemble_accuracy")) == EPOCHS
+    assert len(client.get_metric_history(parent.info.run_id, "schedule/lr")) > 0
+    assert [f.path for f in client.list_artifacts(parent.info.run_id, "plots")] == [
+        "plots/learning_rate.parquet",
+        "plots/learning_rate.png",
+    ]
 
 
 def test_worse_second_run_becomes_challenger_and_champion_stays(tmp_path, tracking):
@@ -132,10 +132,10 @@ def test_growth_stage_widens_members_and_logs_the_round_table(tmp_path, tracking
     )
     result = train_flow(config, tracking)
     client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
-    widths = [m.value for m in client.get_metric_history(result["run_id"], "growth_width")]
+    widths = [m.value for m in client.get_metric_history(result["run_id"], "growth/width")]
     assert widths == [2, 4, 8]  # "all" doubles the layer at each of the 2 splits
-    before = client.get_metric_history(result["run_id"], "growth_val_before_split")
-    after = client.get_metric_history(result["run_id"], "growth_val_after_split")
+    before = client.get_metric_history(result["run_id"], "growth/val_before_split")
+    after = client.get_metric_history(result["run_id"], "growth/val_after_split")
     for b, a in zip(before, after, strict=False):  # the split preserves the function
         assert a.value == pytest.approx(b.value, abs=1e-6)
     assert "growth_rounds.json" in [f.path for f in client.list_artifacts(result["run_id"])]

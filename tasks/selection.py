@@ -1,0 +1,166 @@
+"""Prefect task of a sweep's selection step: choose the registered ensemble from the swept members on validation.
+
+Greedy forward selection with replacement (`ensemble.selection`) over the evaluated ensemble's members (each
+member's final weights, or its snapshots), on `sweep.selection_metric` of the validation split. Scored on the test
+split beside it: the uniform ensemble of all members and the best single configuration (the configuration whose
+`repeats` members, averaged, score best on validation). Parent run: `selection/val_<metric>` at step = round (the
+selection curve), `selection/{selected,uniform,best_configuration}_test_<metric>`, `selection/members_chosen`,
+params `selection/best_configuration.*`, the table `selection.json` (every library model with its member,
+configuration, hyper-parameters, validation score, count and weight); member runs: `selection/weight` (the sum
+of its models' weights). The selected, weighted predictor is what gets registered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ensemble.data import PreparedData
+from ensemble.metrics import accuracy, brier, expected_calibration_error, gaussian_nll, mae, nll, r2, rmse
+from ensemble.predictor import EnsemblePredictor
+from ensemble.selection import check_metric, ensemble_loss, greedy_selection
+from ensemble.snapshots import Snapshots
+from ensemble.uncertainty import weighted_log_combine
+from tasks.config import PipelineConfig
+from tasks.tracking import Tracker, TrackingSettings
+from tasks.train import sweep_members
+
+PREFIX = "selection/"
+
+
+def test_scores(
+    predictor: EnsemblePredictor, preds: np.ndarray, y: np.ndarray, bins: int
+) -> dict[str, float]:
+    """Test metrics of `predictor`'s (weighted) combination of member predictions `(K, B, C)` log-probs / `(K, B)`."""
+    if predictor.preprocessor.task == "regression":
+        mean, spread = predictor.combine_members(preds)
+        return {
+            "rmse": rmse(mean, y),
+            "mae": mae(mean, y),
+            "r2": r2(mean, y),
+            "gaussian_nll": gaussian_nll(mean, spread, y),
+        }
+    log_probs = weighted_log_combine(
+        preds, predictor.weights, predictor.combiner
+    )  # (B, C), exact in log space
+    probs = np.exp(log_probs)
+    return {
+        "accuracy": accuracy(probs, y),
+        "nll": nll(log_probs, y, log_probs=True),
+        "brier": brier(probs, y),
+        "ece": expected_calibration_error(probs, y, bins),
+    }
+
+
+def library_members(predictor: EnsemblePredictor, trained: dict) -> list[tuple[int, int | str]]:
+    """(member, cycle) of each of the predictor's pooled models: its snapshots (sorted by cycle, member, as
+    `tasks.snapshots` stacks them) or each member's final weights (`cycle` "final")."""
+    if trained.get("snapshot_dir") and predictor.num_members != trained["members"]:
+        keys = Snapshots.load(trained["snapshot_dir"]).keys()
+        if len(keys) == predictor.num_members:
+            return list(keys)
+    if predictor.num_members != trained["members"]:
+        raise ValueError(
+            f"Cannot tell which member each of the predictor's {predictor.num_members} models is "
+            f"({trained['members']} members trained)."
+        )
+    return [(n, "final") for n in range(trained["members"])]
+
+
+@task(name="select-ensemble", retries=1, cache_policy=NO_CACHE)
+def select_ensemble_task(
+    settings: TrackingSettings,
+    run_id: str,
+    member_run_ids: list[str],
+    data_dir: str,
+    evaluation: dict,
+    trained: dict,
+    config: PipelineConfig,
+    run_dir: str,
+) -> dict:
+    """Select, score and log (see the module); save the selected predictor to `run_dir/selected_predictor`.
+
+    Returns `{"predictor_dir", "value", "selection"}`: the selected predictor and its test value of the gating
+    metric `evaluation["metric"]` (what registration compares), and the three ensembles' test scores.
+    """
+    logger, tracker = get_run_logger(), Tracker(settings)
+    prepared = PreparedData.load(data_dir)
+    uniform = EnsemblePredictor.load(evaluation["predictor_dir"])
+    metric = check_metric(config.sweep.selection_metric, prepared.task)
+    val, test = (
+        np.concatenate([g.predict_members(x, log_probs=True) for g in uniform.groups], axis=0)
+        for x in (prepared.x_val, prepared.x_test)
+    )  # (K, B, C) log-probabilities, or (K, B)
+    selection = greedy_selection(val, prepared.y_val, metric, combiner=uniform.combiner)
+    selected = EnsemblePredictor(
+        uniform.preprocessor, uniform.groups, uniform.combiner, selection.counts, None, uniform.interval_level
+    )
+    if prepared.task == "regression":
+        selected.calibrate_interval(prepared.x_val, prepared.y_val)
+
+    keys = library_members(uniform, trained)
+    configurations = sweep_members(config.sweep, config.optimizer, config.snapshots, config.train)
+    by_configuration: dict[int, list[int]] = {}
+    for k, (member, _) in enumerate(keys):
+        by_configuration.setdefault(configurations[member]["configuration"], []).append(k)
+    config_val = {
+        c: ensemble_loss(val[ks], np.ones(len(ks)), prepared.y_val, metric, uniform.combiner)
+        for c, ks in by_configuration.items()
+    }
+    best = min(config_val, key=config_val.get)
+    one_hot = np.isin(np.arange(len(keys)), by_configuration[best]).astype(float)
+    best_single = EnsemblePredictor(uniform.preprocessor, uniform.groups, uniform.combiner, one_hot)
+
+    bins = config.evaluation.bins
+    scores = {
+        name: test_scores(p, test, prepared.y_test, bins)
+        for name, p in (("selected", selected), ("uniform", uniform), ("best_configuration", best_single))
+    }
+    tracker.log_metrics(
+        run_id,
+        {f"{PREFIX}{name}_test_{k}": v for name, values in scores.items() for k, v in values.items()}
+        | {
+            f"{PREFIX}members_chosen": float(np.count_nonzero(selection.counts)),
+            f"{PREFIX}rounds_kept": float(selection.best_round + 1),
+        },
+    )
+    tracker.log_metrics_at_steps(
+        run_id, {r: {f"{PREFIX}val_{metric}": v} for r, v in enumerate(selection.curve)}
+    )
+    hyper = {
+        k: v
+        for k, v in configurations[keys[by_configuration[best][0]][0]].items()
+        if k not in ("repeat", "lr_scale")
+    }
+    tracker.log_params(run_id, {f"{PREFIX}best_configuration": hyper, f"{PREFIX}metric": metric})
+    weights = selection.weights
+    rows = [
+        {
+            "model": k,
+            "member": m,
+            "cycle": str(c),
+            **{key: v for key, v in configurations[m].items() if key != "lr_scale"},
+            f"val_{metric}": ensemble_loss(val[[k]], [1.0], prepared.y_val, metric, uniform.combiner),
+            "count": selection.counts[k],
+            "weight": float(weights[k]),
+        }
+        for k, (m, c) in enumerate(keys)
+    ]
+    tracker.log_table(run_id, rows, "selection.json")
+    member_weight = np.bincount([m for m, _ in keys], weights=weights, minlength=trained["members"])
+    for n, member_run in enumerate(member_run_ids):
+        tracker.log_metrics(member_run, {f"{PREFIX}weight": float(member_weight[n])})
+    logger.info(
+        f"Ensemble selection on validation {metric}: {np.count_nonzero(selection.counts)} of {len(keys)} models in "
+        f"{selection.best_round + 1} rounds; test {metric}: "
+        + ", ".join(f"{name} {values[metric]:.4f}" for name, values in scores.items())
+    )
+    predictor_dir = selected.save(Path(run_dir) / "selected_predictor")
+    return {
+        "predictor_dir": str(predictor_dir),
+        "value": scores["selected"].get(evaluation["metric"], evaluation["value"]),
+        "selection": scores,
+    }

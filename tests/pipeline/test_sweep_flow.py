@@ -1,0 +1,88 @@
+"""A sweep through the train flow: one fused run of 4 configurations, each member run carrying its own
+hyper-parameters, the ensemble selection logged on the parent and the selected, weighted ensemble registered."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ensemble.data import PreparedData
+from ensemble.predictor import EnsemblePredictor
+from ensemble.selection import ensemble_loss
+from flows.train import train_flow
+from tests.pipeline.helpers import EPOCHS, tiny_config
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+SWEEP = {
+    "model.members": 4,
+    "sweep.learning_rate": [0.005, 0.02],
+    "sweep.weight_decay": [0.0, 1e-3],
+}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, migrated_store, prefect_api):
+    from tests.pipeline.helpers import private_tracking
+
+    root = tmp_path_factory.mktemp("sweep")
+    settings = private_tracking(root, migrated_store)
+    result = train_flow(tiny_config(root, **SWEEP), settings)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    prepared = PreparedData.load(next((root / "outputs" / "data").iterdir()))
+    return result, client, prepared
+
+
+def test_each_member_run_carries_its_configurations_hyper_parameters(swept):
+    result, client, _ = swept
+    params = {}
+    for run_id in result["member_run_ids"]:
+        run = client.get_run(run_id)
+        params[int(run.data.params["member"])] = run.data.params
+    assert [(p["learning_rate"], p["weight_decay"]) for _, p in sorted(params.items())] == [
+        ("0.005", "0.0"),
+        ("0.005", "0.001"),
+        ("0.02", "0.0"),
+        ("0.02", "0.001"),
+    ]
+    assert [params[n]["configuration"] for n in range(4)] == ["0", "1", "2", "3"]
+
+
+def test_parent_logs_the_selection_curve_and_three_ensembles_test_scores(swept):
+    result, client, _ = swept
+    parent = client.get_run(result["run_id"])
+    for name in ("selected", "uniform", "best_configuration"):
+        for metric in ("nll", "accuracy", "brier"):
+            assert f"selection/{name}_test_{metric}" in parent.data.metrics
+    curve = client.get_metric_history(result["run_id"], "selection/val_nll")
+    assert len(curve) >= 20 and sorted(m.step for m in curve) == list(range(len(curve)))
+    assert parent.data.params["selection/best_configuration.configuration"] in {"0", "1", "2", "3"}
+    assert parent.data.params["selection/metric"] == "nll"
+
+
+def test_registered_predictor_is_the_selection_with_its_logged_weights(swept, tmp_path):
+    result, client, prepared = swept
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    assert predictor.num_members == 4 * EPOCHS  # 4 members x 2 snapshots, the library of the selection
+    path = client.download_artifacts(result["run_id"], "selection.json", str(tmp_path))
+    with open(path) as file:
+        table = json.load(file)
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    np.testing.assert_allclose(predictor.weights, [row["weight"] for row in rows])
+    counts = np.array([row["count"] for row in rows])
+    np.testing.assert_allclose(predictor.weights, counts / counts.sum())
+    member_weights = [
+        client.get_run(r).data.metrics["selection/weight"] for r in result["member_run_ids"]
+    ]  # its models' weights, summed per member
+    assert sum(member_weights) == pytest.approx(1.0)
+
+    # On validation, the selection is at least as good as the best single model of the library.
+    val = np.concatenate([g.predict_members(prepared.x_val, log_probs=True) for g in predictor.groups])
+    single = min(ensemble_loss(val, np.eye(len(val))[k], prepared.y_val, "nll") for k in range(len(val)))
+    assert ensemble_loss(val, predictor.weights, prepared.y_val, "nll") <= single + 1e-9
+
+    version = client.get_model_version_by_alias("test-ensemble", "champion")
+    assert version.run_id == result["run_id"]
