@@ -3,10 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install lock run test lint bench ui clean
+.PHONY: install lock run test lint bench ui ui-check chromium clean
 
 LOCK   := requirements.lock
 # The lock pins the whole dependency set (every extra) for CPython 3.11 on x86_64 Linux; pip installs exactly it.
@@ -38,6 +39,12 @@ bench: install  ## performance scripts (about 40 min in all on 2 cores): each pr
 
 ui: install
 	$(BIN)/ensemble ui
+
+chromium:  ## headless Chromium from the Debian packages, for the MLflow UI check (tests/pipeline/test_mlflow_ui.py)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+ui-check: install chromium  ## the MLflow UI in a real browser: run names and grouped metric sections (a tiny run)
+	$(BIN)/python scripts/check_mlflow_ui.py --train
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts outputs .pytest_cache

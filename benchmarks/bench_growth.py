@@ -38,6 +38,7 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from ensemble import train  # noqa: E402
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
@@ -268,6 +269,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 fontsize=8,
             )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training FLOPs (cumulative)")
         ax.set_ylabel("test ensemble accuracy")
         ax.set_title(f"{name} (seed 0)")
@@ -299,7 +301,11 @@ def main() -> None:
     parser.add_argument("--teacher-width", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS / "growth.json")
     parser.add_argument("--plot", type=Path, default=RESULTS / "growth.png")
+    parser.add_argument("--replot", action="store_true", help="only redraw --plot from --out")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.plot)
+        return
     print(
         f"{args.members} members, Adam lr={args.lr}, batch {args.batch_size}, widths {args.start_width}..{args.cap}, "
         f"plateau val_accuracy min_delta={args.min_delta} patience={args.patience} (<= {args.epochs} epochs) + "

@@ -87,13 +87,13 @@ def start_server(env: dict) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("prefect server start did not answer within 120 s")
 
 
-def run_once(repo: Path, workdir: Path, env: dict, index: int) -> dict:
+def run_once(command: list[str], workdir: Path, env: dict, index: int) -> dict:
     """One `ensemble train` in a fresh process; its launch/exit times, CLI marks and output."""
     timings = workdir / f"timings-{index}.json"
     env = {**env, "ENSEMBLE_TIMINGS": str(timings)}
     launched = time.time()
     completed = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *COMMAND], cwd=workdir, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "flows.cli", *command], cwd=workdir, env=env, capture_output=True, text=True
     )
     exited = time.time()
     if completed.returncode != 0:
@@ -138,10 +138,10 @@ def phases(run: dict, flow: dict, tasks: list[dict]) -> list[tuple[str, float]]:
     return rows
 
 
-def report(run: dict, flow: dict, tasks: list[dict], loads: tuple[str, str]) -> None:
+def report(command: list[str], run: dict, flow: dict, tasks: list[dict], loads: tuple[str, str]) -> None:
     wall = run["exit"] - run["launch"]
     rows = phases(run, flow, tasks)
-    print(f"\n`ensemble {' '.join(COMMAND)}` (digits), last run: {wall:.2f} s wall")
+    print(f"\n`ensemble {' '.join(command)}` (digits), last run: {wall:.2f} s wall")
     print(f"load average before {loads[0]}, after {loads[1]} ({os.cpu_count()} CPUs)")
     width = max(len(name) for name, _ in rows)
     for name, seconds in rows:
@@ -163,8 +163,12 @@ def main() -> None:
     parser.add_argument("--server", action="store_true", help="start `prefect server start` and use it")
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout of the project to run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="passed to the command"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    command = COMMAND + [arg for value in args.set for arg in ("--set", value)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ENSEMBLE_", "PREFECT_API"))}
     env.update(PREFECT_HOME=str(workdir / "prefect-home"), PYTHONPATH=str(args.repo.resolve()))
     server = None
@@ -173,11 +177,11 @@ def main() -> None:
     try:
         loads = [Path("/proc/loadavg").read_text().split()[0]]
         for index in range(args.runs):
-            run = run_once(args.repo, workdir, env, index)
+            run = run_once(command, workdir, env, index)
             print(f"run {index + 1}: {run['exit'] - run['launch']:.2f} s wall")
         loads.append(Path("/proc/loadavg").read_text().split()[0])
         flow, tasks = prefect_records(workdir / "prefect-home")
-        report(run, flow, tasks, tuple(loads))
+        report(command, run, flow, tasks, tuple(loads))
     finally:
         if server is not None:
             server.terminate()

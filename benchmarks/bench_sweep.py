@@ -15,9 +15,15 @@ Each fit is timed twice: the whole `fit` (tracing and XLA compilation included) 
 after the first: compiled once, per-epoch cost).
 
 Part 2, selection (digits and breast_cancer, `--seeds` seeds each; the 64-member sweep above trained `--epochs`
-epochs on each): test NLL of the greedy ensemble selection (Caruana et al. 2004, on validation NLL, with
-replacement), of the uniform ensemble of all 64 members, and of the best single configuration (the configuration
-whose 2 seeds, averaged, have the best validation NLL). Everything is printed; nothing is written.
+epochs on each): test NLL of the selected ensemble (Caruana et al. 2004: greedy forward selection with replacement
+on validation NLL, bagged over 20 random halves of the members, as the pipeline registers it; the plain greedy
+selection's beside it), of the uniform ensemble of all 64 members, and of the best single configuration (the configuration
+whose 2 seeds, averaged, have the best validation NLL).
+
+Part 3, `--widths` only (why members of different widths are not masked units of one max-width run): steady
+seconds per epoch of 64 members at widths 8-8, 32-32 and 128-128 (three fused runs, one per width) against 192
+members at 128-128 (what masking the narrower members' units of a 128-wide layer would compute). Everything is
+printed; nothing is written.
 
     .venv/bin/python benchmarks/bench_sweep.py                 # ~10-20 min on the shared 2-core VM
     .venv/bin/python benchmarks/bench_sweep.py --quick         # fewer epochs and seeds (~5 min)
@@ -37,7 +43,7 @@ import tensorflow as tf  # noqa: E402
 
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
 from ensemble.fused import FusedMLP  # noqa: E402
-from ensemble.selection import ensemble_loss, greedy_selection  # noqa: E402
+from ensemble.selection import bagged_selection, ensemble_loss, greedy_selection  # noqa: E402
 from ensemble.sweep import SweepConfig, member_settings  # noqa: E402
 from ensemble.train import TrainConfig, fit  # noqa: E402
 
@@ -163,7 +169,10 @@ def scores(data, model: FusedMLP, repeats: int = 2) -> dict[str, float]:
     """Test NLL of the selected, uniform and best-configuration ensembles of a trained sweep."""
     val = model.predict_members(data.x_val, log_probs=True)  # (64, B, C)
     test = model.predict_members(data.x_test, log_probs=True)
-    selection = greedy_selection(val, data.y_val, "nll")
+    greedy = greedy_selection(val, data.y_val, "nll")
+    bagged = bagged_selection(
+        val, data.y_val, "nll", bags=20
+    )  # what the pipeline registers (sweep.selection_bags)
     configs = len(val) // repeats
     config_val = [
         ensemble_loss(val[c * repeats : (c + 1) * repeats], [1] * repeats, data.y_val, "nll")
@@ -173,10 +182,11 @@ def scores(data, model: FusedMLP, repeats: int = 2) -> dict[str, float]:
     best_weights = np.zeros(len(val))
     best_weights[best * repeats : (best + 1) * repeats] = 1
     return {
-        "selected": ensemble_loss(test, selection.counts, data.y_test, "nll"),
+        "selected": ensemble_loss(test, bagged.weights, data.y_test, "nll"),
+        "greedy": ensemble_loss(test, greedy.counts, data.y_test, "nll"),
         "uniform": ensemble_loss(test, np.ones(len(val)), data.y_test, "nll"),
         "best_configuration": ensemble_loss(test, best_weights, data.y_test, "nll"),
-        "chosen": int(np.count_nonzero(selection.counts)),
+        "chosen": int(np.count_nonzero(bagged.weights)),
         "best_lr": LEARNING_RATES[best // len(WEIGHT_DECAYS)],
         "best_decay": WEIGHT_DECAYS[best % len(WEIGHT_DECAYS)],
     }
@@ -195,10 +205,31 @@ def part_selection(epochs: int, seeds: int) -> None:
                 else "selected NOT <= both"
             )
             print(
-                f"{source:13s} seed {seed}: selected {s['selected']:.4f} ({s['chosen']} of 64 members)  "
+                f"{source:13s} seed {seed}: selected {s['selected']:.4f} ({s['chosen']} of 64 members; plain greedy "
+                f"{s['greedy']:.4f})  "
                 f"uniform {s['uniform']:.4f}  best configuration {s['best_configuration']:.4f} "
                 f"(lr {s['best_lr']:.2g}, decay {s['best_decay']:g})  [{verdict}; trained in {whole:.0f} s]"
             )
+
+
+def part_widths(epochs: int) -> None:
+    global HIDDEN
+    data = prepare_data(DataConfig(source="digits", seed=0))
+    print(f"\n== Widths: steady s/epoch, digits, batch 1, {epochs} epochs ==")
+    print(load())
+    steady, saved = {}, HIDDEN
+    for members, hidden in [(64, (8, 8)), (64, (32, 32)), (64, (128, 128)), (192, (128, 128))]:
+        HIDDEN = hidden
+        steady[members, hidden] = timed_fit(data, members, epochs)[2]
+        print(f"{members} members {hidden}: {steady[members, hidden]:.3f} s/epoch")
+    HIDDEN = saved
+    by_width = sum(v for (members, _), v in steady.items() if members == 64)
+    masked = steady[192, (128, 128)]
+    print(
+        f"one fused run per width: {by_width:.2f} s/epoch; one run with the narrow members masked in 128-wide "
+        f"layers (192 members at 128): {masked:.2f} s/epoch = {masked / by_width:.2f}x"
+    )
+    print(load())
 
 
 def main() -> None:
@@ -209,6 +240,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per data set (default 3)")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-selection", action="store_true")
+    parser.add_argument("--widths", action="store_true", help="also part 3 (~3 min)")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     if not args.skip_cost:
@@ -217,6 +249,8 @@ def main() -> None:
         )
     if not args.skip_selection:
         part_selection(args.epochs or (3 if args.quick else 10), args.seeds or (1 if args.quick else 3))
+    if args.widths:
+        part_widths(3)
 
 
 if __name__ == "__main__":

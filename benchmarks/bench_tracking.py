@@ -86,8 +86,20 @@ STUB_RETURNS = {  # what a Tracker method returns when tracking is off; every ot
     "child_runs": lambda self, *args, **kwargs: {},
     "open_child_runs": lambda self, parent, kind, params: [f"off-{uuid.uuid4().hex}" for _ in params],
     "log_metrics_async": lambda self, batches: [],
+    "unfinished_runs": lambda self: [],
+    "unfinished_children": lambda self, *args, **kwargs: [],
+    "latest_steps": lambda self, run_ids: {},
+    "model_version_url": lambda self, *args: "",
+    "experiment_url": lambda self: "",
     "log_model": lambda self, *args, **kwargs: "models:/off",
-    "register": lambda self, *args, **kwargs: {"name": "off", "version": "0", "alias": "off"},
+    "register": lambda self, *args, **kwargs: {
+        "name": "off",
+        "version": "0",
+        "alias": "off",
+        "champion_value": None,
+        "champion_version": None,
+        "reason": None,
+    },
     "run_url": lambda self, run_id: "",
 }
 

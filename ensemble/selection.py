@@ -149,3 +149,52 @@ def candidate_scores(preds, running, chosen: int, y, metric: str, combiner: str)
         total = preds if running is None else np.logaddexp(preds, running[None])
         log_probs = total - np.log(chosen + 1)
     return candidate_losses(log_probs, y, metric)
+
+
+@dataclass(frozen=True)
+class BaggedSelection:
+    """The result of `bagged_selection`.
+
+    Attributes:
+        weights: the average over bags of each bag's selection weights `(K,)` (sums to 1).
+        curve: the validation score of the average of bags `0..b`, per bag `(bags,)` (lower is better).
+        metric: the selection metric.
+    """
+
+    weights: list[float]
+    curve: list[float]
+    metric: str
+
+    def get_config(self) -> dict:
+        return asdict(self)
+
+
+def bagged_selection(
+    member_preds: np.ndarray,
+    y: np.ndarray,
+    metric: str = "nll",
+    bags: int = 20,
+    fraction: float = 0.5,
+    seed: int = 0,
+    rounds: int | None = None,
+    combiner: str = "mean",
+) -> BaggedSelection:
+    """Caruana et al.'s bagged ensemble selection: `greedy_selection` on `bags` random subsets of the library (each
+    holds `fraction` of the models, drawn without replacement), the resulting ensembles averaged.
+
+    A small validation split overfits plain greedy selection (it keeps few models that happen to fit those rows);
+    averaging over bags spreads the weight over models that are good on many subsets. Arguments as
+    `greedy_selection`; `seed` draws the subsets.
+    """
+    preds = np.asarray(member_preds, dtype="float64")
+    if int(bags) < 1 or not 0 < fraction <= 1:
+        raise ValueError(f"Need bags >= 1 and 0 < fraction <= 1. Received: bags={bags}, fraction={fraction}")
+    rng, models = np.random.default_rng(seed), preds.shape[0]
+    size = max(1, round(models * fraction))
+    total, curve = np.zeros(models), []
+    for _ in range(int(bags)):
+        subset = np.sort(rng.choice(models, size, replace=False))
+        chosen = greedy_selection(preds[subset], y, metric, rounds, combiner)
+        total[subset] += chosen.weights
+        curve.append(ensemble_loss(preds, total, y, metric, combiner))
+    return BaggedSelection((total / bags).tolist(), curve, metric)

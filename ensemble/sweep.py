@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-SWEEPABLE: dict[str, float | bool] = {
+SWEEPABLE: dict[str, float | bool | None] = {
     "learning_rate": None,  # None: the run's own learning rate (`base_learning_rate`)
     "weight_decay": 0.0,
     "init_scale": 1.0,

@@ -412,6 +412,9 @@ def exit_fast(code: int) -> NoReturn:
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
+    # Logging's exit handler, registered first, would run last: after a temporary Prefect server stopped, when
+    # Prefect's API log handler then retries for seconds. Flushed now, it sends while the server answers.
+    logging.shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

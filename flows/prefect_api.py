@@ -33,6 +33,11 @@ class TemporaryServer:
     def start_if_needed(cls) -> TemporaryServer | None:
         """Starts the server unless a Prefect API is configured or Prefect's temporary servers are disabled
         (`PREFECT_SERVER_EPHEMERAL_ENABLED=false`, then Prefect's own error stands)."""
+        started: list[TemporaryServer] = []
+        # Registered before Prefect is first imported (it registers its exit handlers then), so that it runs after
+        # them (last in, first out): they send the run's last logs and events while the server still answers;
+        # stopped before them, they retried for seconds.
+        atexit.register(lambda: [server.stop() for server in started])
         from prefect.settings import get_current_settings
 
         settings = get_current_settings()
@@ -64,8 +69,7 @@ class TemporaryServer:
         command += ["--log-level", "error", "--lifespan", "on"]
         server = cls(subprocess.Popen(command, env=environment), f"http://127.0.0.1:{port}/api")
         use_api(server.url)
-        # At exit, after Prefect's log and event workers (registered later, so run earlier) sent what they hold.
-        atexit.register(server.stop)
+        started.append(server)
         return server
 
     def wait_ready(self) -> None:

@@ -40,6 +40,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+UI_WORKFLOW = "workflowType=machine_learning"  # as `tasks.tracking.UI_WORKFLOW`
 REQUIRED_GROUPS = ("schedule", "test", "train", "val")  # every train run has them
 
 
@@ -253,9 +254,8 @@ def check(
             page = devtools_of(workdir / "chromium-profile", workdir / "chromium.log")
             try:
                 page.call("Page.enable")
-                page.open(
-                    f"{base}/#/experiments/{found.experiment_id}"
-                )  # where the UI's experiment list leads
+                # The experiment link the pipeline prints (`Tracker.experiment_url`): the Model training view.
+                page.open(f"{base}/#/experiments/{found.experiment_id}/runs?{UI_WORKFLOW}")
                 names = [parent.info.run_name]
                 _, missing = wait_for_text(page, names, 90)
                 failures += [f"run list: the run name {name!r} is not shown" for name in missing]
@@ -265,13 +265,13 @@ def check(
                 failures += [
                     f"run list: the member run {name!r} is not shown once expanded" for name in missing
                 ]
-                if "Training runs" not in text:
-                    failures.append("run list: the experiment did not open on its training runs")
+                where = page.evaluate("location.hash") or ""
+                if "/runs" not in where or UI_WORKFLOW not in where:
+                    failures.append(f"run list: the experiment link opened {where!r}, not its training runs")
                 if screenshots:
                     page.screenshot(screenshots / "run-list.png")
-                page.open(
-                    f"{base}/#/experiments/{found.experiment_id}/runs/{parent.info.run_id}/model-metrics"
-                )
+                run_page = f"{base}/#/experiments/{found.experiment_id}/runs/{parent.info.run_id}"
+                page.open(f"{run_page}/model-metrics?{UI_WORKFLOW}")
                 text, missing = wait_for_text(page, groups, 90, lines=True)
                 failures += [f"model-metrics page: no section {group!r}" for group in missing]
                 if screenshots:

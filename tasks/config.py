@@ -238,7 +238,7 @@ class SweepSection(Section):
     trained by `repeats` members. The run then has configurations x `repeats` members (`model.members` follows;
     setting it to another number is an error). `learning_rate` replaces SGDR's `lr_init` (`lr_min` scales with it)
     or, without snapshots, `optimizer.learning_rate`. `selection_metric`: the validation metric of the greedy
-    ensemble selection (`ensemble.selection`)."""
+    ensemble selection, `selection_bags` its bags (`ensemble.selection`)."""
 
     kind: Literal["grid", "random"] = "grid"
     learning_rate: list[float] | dict[str, float | bool] | None = None
@@ -249,6 +249,7 @@ class SweepSection(Section):
     samples: int = Field(8, ge=1)
     seed: int = 0
     selection_metric: Literal["nll", "accuracy", "brier", "rmse"] = "nll"
+    selection_bags: int = Field(20, ge=0)  # bagged selection over random halves of the models; 0: plain greedy
 
     @model_validator(mode="before")
     @classmethod

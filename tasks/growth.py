@@ -51,10 +51,12 @@ class RoundProgress(EpochProgress):
 
     def __init__(self, rounds: int, print_fn: Callable[[str], None] = print):
         super().__init__(0, print_fn)
-        self.rounds, self.round, self._first_epoch = rounds, 0, None
+        self.rounds, self.round, self._first_epoch, self._widths = rounds, 0, None, None
 
-    def on_train_begin(self, logs: dict | None = None) -> None:  # `grow_rounds` calls `fit` once per round
-        self.round, self._first_epoch = self.round + 1, None
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # `grow_rounds` calls `fit` once per round (twice with `anneal_epochs`: the anneal continues the round)
+        if tuple(self.model.hidden_units) != self._widths:
+            self.round, self._first_epoch, self._widths = self.round + 1, None, tuple(self.model.hidden_units)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         super().on_epoch_begin(epoch, logs)

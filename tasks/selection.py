@@ -1,13 +1,17 @@
 """Prefect task of a sweep's selection step: choose the registered ensemble from the swept members on validation.
 
-Greedy forward selection with replacement (`ensemble.selection`) over the evaluated ensemble's members (each
-member's final weights, or its snapshots), on `sweep.selection_metric` of the validation split. Scored on the test
-split beside it: the uniform ensemble of all members and the best single configuration (the configuration whose
-`repeats` members, averaged, score best on validation). Parent run: `selection/val_<metric>` at step = round (the
-selection curve), `selection/{selected,uniform,best_configuration}_test_<metric>`, `selection/members_chosen`,
-params `selection/best_configuration.*`, the table `selection.json` (every library model with its member,
-configuration, hyper-parameters, validation score, count and weight); member runs: `selection/weight` (the sum
-of its models' weights). The selected, weighted predictor is what gets registered.
+Greedy forward selection with replacement (Caruana et al. 2004; `ensemble.selection`), bagged over random halves of
+the models unless `sweep.selection_bags` is 0, over the evaluated ensemble's members (each member's final weights,
+or its snapshots), on `sweep.selection_metric` of the validation split. Scored on the test split beside it: the
+uniform ensemble of all members and the best single configuration (the configuration whose `repeats` members,
+averaged, score best on validation).
+
+Parent run: `selection/val_<metric>` at step = round (the greedy curve on all models), `selection/bagged_val_<metric>`
+at step = bag (the average of bags 0..b), `selection/{selected,uniform,best_configuration}_test_<metric>`,
+`selection/members_chosen`, params `selection/best_configuration.*` and `selection/metric`, the table
+`selection.json` (every model with its member, cycle, configuration, hyper-parameters, validation score, greedy
+count and registered weight). Member runs: `selection/weight` (the sum of its models' weights). The selected,
+weighted predictor is what gets registered.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from ensemble.data import PreparedData
 from ensemble.metrics import accuracy, brier, expected_calibration_error, gaussian_nll, mae, nll, r2, rmse
 from ensemble.predictor import EnsemblePredictor
-from ensemble.selection import check_metric, ensemble_loss, greedy_selection
+from ensemble.selection import bagged_selection, check_metric, ensemble_loss, greedy_selection
 from ensemble.snapshots import Snapshots
 from ensemble.uncertainty import weighted_log_combine
 from tasks.config import PipelineConfig
@@ -94,9 +98,12 @@ def select_ensemble_task(
         np.concatenate([g.predict_members(x, log_probs=True) for g in uniform.groups], axis=0)
         for x in (prepared.x_val, prepared.x_test)
     )  # (K, B, C) log-probabilities, or (K, B)
-    selection = greedy_selection(val, prepared.y_val, metric, combiner=uniform.combiner)
+    selection = greedy_selection(val, prepared.y_val, metric, combiner=uniform.combiner)  # the logged curve
+    bags = config.sweep.selection_bags
+    bagged = bagged_selection(val, prepared.y_val, metric, bags, combiner=uniform.combiner) if bags else None
+    weights = np.asarray(bagged.weights if bagged else selection.weights)  # (K,), what is registered
     selected = EnsemblePredictor(
-        uniform.preprocessor, uniform.groups, uniform.combiner, selection.counts, None, uniform.interval_level
+        uniform.preprocessor, uniform.groups, uniform.combiner, weights, None, uniform.interval_level
     )
     if prepared.task == "regression":
         selected.calibrate_interval(prepared.x_val, prepared.y_val)
@@ -123,20 +130,22 @@ def select_ensemble_task(
         run_id,
         {f"{PREFIX}{name}_test_{k}": v for name, values in scores.items() for k, v in values.items()}
         | {
-            f"{PREFIX}members_chosen": float(np.count_nonzero(selection.counts)),
+            f"{PREFIX}members_chosen": float(np.count_nonzero(weights)),
             f"{PREFIX}rounds_kept": float(selection.best_round + 1),
         },
     )
     tracker.log_metrics_at_steps(
         run_id, {r: {f"{PREFIX}val_{metric}": v} for r, v in enumerate(selection.curve)}
     )
+    if bagged is not None:  # the average of bags 0..b
+        curve = {b: {f"{PREFIX}bagged_val_{metric}": v} for b, v in enumerate(bagged.curve)}
+        tracker.log_metrics_at_steps(run_id, curve)
     hyper = {
         k: v
         for k, v in configurations[keys[by_configuration[best][0]][0]].items()
         if k not in ("repeat", "lr_scale")
     }
     tracker.log_params(run_id, {f"{PREFIX}best_configuration": hyper, f"{PREFIX}metric": metric})
-    weights = selection.weights
     rows = [
         {
             "model": k,
@@ -154,8 +163,8 @@ def select_ensemble_task(
     for n, member_run in enumerate(member_run_ids):
         tracker.log_metrics(member_run, {f"{PREFIX}weight": float(member_weight[n])})
     logger.info(
-        f"Ensemble selection on validation {metric}: {np.count_nonzero(selection.counts)} of {len(keys)} models in "
-        f"{selection.best_round + 1} rounds; test {metric}: "
+        f"Ensemble selection on validation {metric} ({bags or 'no'} bags): {np.count_nonzero(weights)} of "
+        f"{len(keys)} models weighted; test {metric}: "
         + ", ".join(f"{name} {values[metric]:.4f}" for name, values in scores.items())
     )
     predictor_dir = selected.save(Path(run_dir) / "selected_predictor")

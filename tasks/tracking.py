@@ -48,6 +48,7 @@ ENV_OVERRIDES = {
 DEFAULT_UI_URL = "http://127.0.0.1:5000"  # `ensemble ui` / `mlflow ui` on a local store
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs
 DESCRIPTION_TAG = "mlflow.note.content"  # a run's markdown description in the UI
+UI_WORKFLOW = "workflowType=machine_learning"  # the UI's "Model training" view (see `Tracker.experiment_url`)
 ASYNC_WORKERS_ENV = "MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE"
 MAX_PARAM_LENGTH = 6000
 INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer column"
@@ -259,16 +260,11 @@ class Tracker:
         self.log_metric_batch(run_id, batch)
 
     def log_series(self, run_id: str, key: str, values: Iterable[float], steps: Iterable[int]) -> None:
-        """One metric key at many steps (e.g. the learning rate of every optimiser step), in batched requests."""
+        """One metric key at many steps, in batched requests."""
         now = get_current_time_millis()
         self.log_metric_batch(
             run_id, [Metric(key, float(v), now, int(s)) for v, s in zip(values, steps, strict=True)]
         )
-
-    def log_metric_batches(self, batches: Mapping[str, list[Metric]]) -> None:
-        """Metrics of several runs (`{run_id: [Metric, ...]}`), one `log_metric_batch` per run with values."""
-        for run_id, metrics in batches.items():
-            self.log_metric_batch(run_id, metrics)
 
     def log_metric_batch(self, run_id: str, metrics: list[Metric]) -> None:
         """`log_batch` in chunks of 1000 metrics (MLflow's per-request limit)."""
@@ -523,9 +519,17 @@ class Tracker:
                 self.client.create_registered_model(name)
         return name
 
+    def experiment_url(self) -> str:
+        """The experiment's training runs in the MLflow UI (`TrackingSettings.ui_address`).
+
+        MLflow 3.17's UI opens an experiment in the workflow its GenAI / Model training switch last held (GenAI by
+        default, whatever the `mlflow.experimentKind` tag says); `workflowType=machine_learning` opens it on
+        the training runs."""
+        return f"{self.settings.ui_address}/#/experiments/{self.experiment_id()}/runs?{UI_WORKFLOW}"
+
     def run_url(self, run_id: str) -> str:
-        """Where the run shows in the MLflow UI (`TrackingSettings.ui_address`)."""
-        return f"{self.settings.ui_address}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+        """Where the run shows in the MLflow UI (`TrackingSettings.ui_address`), in the Model training workflow."""
+        return f"{self.settings.ui_address}/#/experiments/{self.experiment_id()}/runs/{run_id}?{UI_WORKFLOW}"
 
     def model_version_url(self, name: str, version: str) -> str:
         """Where a registered model version shows in the MLflow UI."""

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -108,10 +109,10 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     `parent_curves=True` (a task that trains every member): the member means per epoch (`PARENT_METRICS`) and
     `schedule/lr` at the steps `lr_stride` and `lr_keep` choose (`tasks.lr_curve`; `step` = global step).
 
-    The member runs are opened (or, on a retry, found: `Tracker.open_child_runs`), in member order, when training
-    begins. Values are buffered and queued at an epoch end once `interval_s` has passed since the last send (one
-    `log_batch(..., synchronous=False)` per run, holding all its pending values); MLflow's worker writes them
-    beside training. The rest is queued at the end of training, which then waits until all of it is written.
+    The member runs are opened (or, on a retry, found: `Tracker.open_child_runs`), in member order, on a thread
+    beside the first epoch. Values are buffered and queued at an epoch end once `interval_s` has passed since the
+    last send and MLflow has written the previous one (one `log_batch(..., synchronous=False)` per run, holding all
+    its pending values); MLflow's worker writes them beside training. The rest is queued at the end of training, which then waits until all of it is written.
 
     Place it before the `EpochCheckpoint` and call `flush()` when training fails: every epoch whose checkpoint
     exists has then been logged, so a task that resumes from the checkpoint logs each epoch once.
@@ -153,7 +154,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.tracker, self.run_id, self.member_params = tracker, run_id, dict(member_params)
         self.collector, self.parent_curves = collector, parent_curves
         self.lr_stride, self.lr_keep = int(lr_stride), set(lr_keep or ())
-        self.member_run_ids: list[str] | None = None  # in member order, once training began
+        self._opening: Future | None = None  # the member runs, in member order, opened beside training
         self._members: dict[int, list[Metric]] = defaultdict(list)  # member position -> pending values
         self._parent: list[Metric] = []
         self._steps: list[int] = []
@@ -164,9 +165,16 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.record = record
         self._logged_steps: dict[str, dict[str, int]] = {}  # run -> metric -> last step in the store
 
+    @property
+    def member_run_ids(self) -> list[str] | None:
+        """The member runs, in member order (waits until they are open); None before training."""
+        return None if self._opening is None else self._opening.result()
+
     def on_train_begin(self, logs: dict | None = None) -> None:
-        if self.member_run_ids is None:
-            self.member_run_ids = self.tracker.open_child_runs(self.run_id, "member", self.member_params)
+        if self._opening is None:  # opening 50 runs takes seconds of store time: beside the first epoch
+            opener = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open-member-runs")
+            self._opening = opener.submit(self.tracker.open_child_runs, self.run_id, "member", self.member_params)
+            opener.shutdown(wait=False)
         self._last_send = time.monotonic()
         if self.record is None or not self.record.epochs:
             self._logged_snapshots = set(self._snapshot_scores())
@@ -183,8 +191,14 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._buffer(epoch, logs or {}, get_current_time_millis())
-        if time.monotonic() - self._last_send >= self.interval_s:
+        if time.monotonic() - self._last_send >= self.interval_s and self._idle():
             self.send()
+
+    def _idle(self) -> bool:
+        """Whether the member runs are open and MLflow has written every earlier send: a send waits for that, so
+        the queue never holds more than one send (a slow store gets fewer, larger sends, not a backlog)."""
+        pending = (f for op in self._operations for f in getattr(op, "_operation_futures", ()))
+        return self._opening is not None and self._opening.done() and all(f.done() for f in pending)
 
     def _buffer(self, epoch: int, logs: dict, now: int) -> None:
         """Queue one epoch's values, the snapshot scores not queued yet and the learning rates of its steps."""
@@ -207,8 +221,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     def send(self) -> None:
         """Queue everything buffered: one asynchronous `log_batch` per member run with values, then the parent's."""
-        if self.member_run_ids is None:
-            return  # not begun
+        if self._opening is None or self._opening.exception() is not None:
+            return  # not begun, or the runs could not be opened: `flush` raises that
         runs = self.member_run_ids
         batches = {runs[n]: self._unlogged(runs[n], batch) for n, batch in sorted(self._members.items())}
         batches[self.run_id] = self._unlogged(self.run_id, self._parent)
@@ -222,6 +236,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.send()
         operations, self._operations = self._operations, []
         self.tracker.flush_async(operations)
+        if self._opening is not None:
+            self._opening.result()  # raises if the member runs could not be opened
 
     def _unlogged(self, run_id: str, metrics: list[Metric]) -> list[Metric]:
         last = self._logged_steps.get(run_id)

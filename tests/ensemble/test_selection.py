@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ensemble.selection import ensemble_loss, greedy_selection
+from ensemble.selection import bagged_selection, ensemble_loss, greedy_selection
 
 
 def library(members=5, rows=40, classes=3, seed=0):
@@ -81,3 +81,15 @@ def test_greedy_selection_rejects_bad_arguments(kwargs, match):
     preds, y = library()
     with pytest.raises(ValueError, match=match):
         greedy_selection(preds, y, **kwargs)
+
+
+def test_bagged_selection_averages_the_greedy_selections_of_its_random_subsets():
+    preds, y = library(members=6, seed=2)
+    bagged = bagged_selection(preds, y, bags=4, fraction=0.5, seed=7)
+    rng, expected = np.random.default_rng(7), np.zeros(6)
+    for _ in range(4):  # the same subsets, drawn the same way
+        subset = np.sort(rng.choice(6, 3, replace=False))
+        expected[subset] += greedy_selection(preds[subset], y).weights / 4
+    np.testing.assert_allclose(bagged.weights, expected)
+    assert sum(bagged.weights) == pytest.approx(1.0) and len(bagged.curve) == 4
+    assert bagged.curve[-1] == pytest.approx(ensemble_loss(preds, bagged.weights, y, "nll"))

@@ -3,8 +3,10 @@ growth, final widths on the member runs, and only a grown model that is not wors
 
 from __future__ import annotations
 
+import json
 import re
 import types
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -129,11 +131,76 @@ def test_growth_log_lines_count_epochs_within_each_round_and_format_every_value(
     value = r"\d\.\d{4}"
     assert re.fullmatch(
         rf"growth round 1: width 3, 2 epochs \(ended by epoch cap\), val_accuracy {value} -> {value}; "
-        rf"split to 6, val_accuracy {value} after the split",
+        rf"split to 6 \(layer 0: member 0 units \[0, 1, 2\]\), val_accuracy {value} after the split",
         first,
     )
     assert re.fullmatch(
         rf"growth round 2: width 6, 2 epochs \(ended by epoch cap\), val_accuracy {value} -> {value}; "
-        "last round, no split",
+        r"last round, no split \(growth stopped: max_rounds\)",
         last,
     )
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_splitting_growth_logs_the_units_each_split_chose(tmp_path, tracking):
+    config = growth_config(
+        tmp_path,
+        **{"model.hidden_units": [2], "growth.strategy": "splitting", "growth.units_per_split": None},
+    )
+    result = train_flow(config, tracking)
+    client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
+    table = json.loads(
+        Path(client.download_artifacts(result["run_id"], "growth_splits.json", str(tmp_path))).read_text()
+    )
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    split = client.get_metric_history(result["run_id"], "growth/units_split")
+    k = int(next(m.value for m in split if m.step == 0))
+    assert 1 <= k <= 2  # at most the width (a doubling), at least one unit with a negative index
+    assert len(rows) == MEMBERS * k and {r["member"] for r in rows} == set(range(MEMBERS))
+    assert all(r["round"] == 0 and r["layer"] == 0 and r["unit"] in (0, 1) for r in rows)
+    assert min(r["splitting_index"] for r in rows) < 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"growth.anneal_epochs": 2}, "growth.anneal_epochs needs snapshots.enabled=false"),
+        (
+            {"growth.strategy": "targeted", "growth.units_per_split": None},
+            "growth.units_per_split must be an int",
+        ),
+    ],
+)
+def test_growth_config_mistakes_fail_at_parse_time_with_one_line(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        growth_config(tmp_path, **overrides)
+    assert (
+        growth_config(
+            tmp_path, **{"growth.anneal_epochs": 2, "snapshots.enabled": False}
+        ).growth.anneal_epochs
+        == 2
+    )
+
+
+def test_growth_log_lines_count_the_anneal_epochs_within_their_round():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x, y_val=y)
+    lines = []
+    grow_rounds(
+        FusedMLP(2, 4, (3,), task="multiclass", num_classes=2, seed=0),
+        keras.optimizers.Adam(1e-2),
+        data,
+        TrainConfig(epochs=2, batch_size=16, train_metrics=False),
+        GrowthConfig(max_rounds=1, patience=5, anneal_epochs=1),  # 2 epochs to the cap, then 1 annealing
+        callbacks=[RoundProgress(2, lines.append)],
+    )
+    assert [line.split("  loss")[0] for line in lines] == [
+        "growth round 1/2 (width 3)  epoch 1/2",
+        "growth round 1/2 (width 3)  epoch 2/2",
+        "growth round 1/2 (width 3)  epoch 3/3",
+        "growth round 2/2 (width 6)  epoch 1/2",
+        "growth round 2/2 (width 6)  epoch 2/2",
+        "growth round 2/2 (width 6)  epoch 3/3",
+    ]

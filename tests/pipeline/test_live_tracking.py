@@ -50,6 +50,9 @@ class StoreProbe(keras.callbacks.Callback):
         self.tracker, self.parent, self.logger = tracker, parent, logger
         self.seen: list[dict] = []
 
+    def on_train_begin(self, logs=None):
+        assert self.logger.member_run_ids  # waits until the member runs are open: every epoch end then sends
+
     def on_epoch_end(self, epoch, logs=None):
         self.tracker.flush_async()
         client = self.tracker.client

@@ -105,7 +105,8 @@ def test_an_id_column_is_never_a_feature_and_is_kept_beside_the_batch_prediction
     scored_rows.to_csv(tmp_path / "batch.csv", index=False)
     predict_flow(str(tmp_path / "batch.csv"), str(tmp_path / "out.parquet"), "champion", None, settings)
     scored = pd.read_parquet(tmp_path / "out.parquet")
-    assert list(scored.columns)[:5] == ["name", "proba_0", "proba_1", "proba_2", "label"]  # then the uncertainty
+    # the ID column first, then the predictions and their uncertainty
+    assert list(scored.columns)[:5] == ["name", "proba_0", "proba_1", "proba_2", "label"]
     assert scored["name"].tolist() == scored_rows["name"].tolist()
     expected = predictor.predict(scored_rows.reset_index(drop=True))
     pd.testing.assert_frame_equal(scored, expected, check_dtype=False, atol=1e-6)

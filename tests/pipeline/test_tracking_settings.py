@@ -58,6 +58,7 @@ def test_links_go_to_the_configured_ui_address(tracking):
     run_id = tracker.start_run("a run")
     assert tracker.run_url(run_id) == (
         f"https://mlflow.example.org/#/experiments/{tracker.experiment_id()}/runs/{run_id}"
+        "?workflowType=machine_learning"
     )
     with pytest.raises(ValueError, match="ui_url.*http"):
         TrackingSettings(ui_url="mlflow.example.org")

@@ -128,6 +128,7 @@ def test_growth_stage_widens_members_and_logs_the_round_table(tmp_path, tracking
             "growth.epochs_per_round": 2,
             "growth.max_rounds": 2,
             "growth.patience": 1,
+            "growth.stop_without_gain": False,  # both splits, whatever a round gains
         },
     )
     result = train_flow(config, tracking)
