@@ -296,7 +296,9 @@ def summary(result: dict, settings: TrackingSettings | None = None) -> str:
     for key in keys:
         table.add_column(key, justify="right")
     members = int(metrics.get("num_members", 0)) or len(result["member_run_ids"])
-    table.add_row(f"ensemble ({members} models)", *(f"{metrics[k]:.4f}" for k in keys))
+    table.add_row(
+        f"ensemble ({members} models)" if members else "ensemble", *(f"{metrics[k]:.4f}" for k in keys)
+    )
     if best:
         table.add_row(f"best member (#{best['member']})", *(number(best.get(k)) for k in keys))
     if any(MEAN_MEMBER.get(k) in metrics for k in keys):

@@ -138,7 +138,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         member_params: dict[int, dict],
         collector: SnapshotCollector | None = None,
         parent_curves: bool = True,
-        interval_s: float = 2.0,
+        interval_s: float = 10.0,
         record: EpochCheckpoint | None = None,
         lr_stride: int = 1,
         lr_keep: set[int] | None = None,

@@ -66,8 +66,9 @@ def test_on_a_terminal_a_bar_counts_the_steps_of_the_epoch_and_of_the_fit_and_th
     text = screen.getvalue()
     assert re.search(r"training .*\d+/32 steps  ETA", text)  # 2 epochs x 16 steps
     assert re.search(r"epoch 2/2 .*\d+/16 steps  ETA", text)
-    assert text.rindex("\x1b[?25h") > text.rindex("\x1b[?25l")  # the cursor, hidden while the bar shows, is back
-    assert text.endswith("\x1b[2K")  # and the bar is erased: only the lines stay
+    # The cursor, hidden while the bar shows, is back; the bar is erased: only the lines stay.
+    assert text.rindex("\x1b[?25h") > text.rindex("\x1b[?25l")
+    assert text.endswith("\x1b[2K")
     assert len(re.findall(r"epoch \d/2  loss", text)) == 2  # the epoch lines, printed above the bar
 
 

@@ -199,3 +199,23 @@ def test_random_space_draws_reproducibly_from_choices_and_log_ranges():
 def test_sweep_config_rejects_bad_spaces_with_a_message_that_says_what_to_give(space, kind, match):
     with pytest.raises(ValueError, match=match):
         SweepConfig(space, kind=kind)
+
+
+def test_shards_of_a_sweep_train_their_members_as_one_run_does():
+    x, y = make_data(40, "binary")
+    settings = {"lr_scales": LR_SCALES, "weight_decay": WEIGHT_DECAY, "bagging": BAGGING}
+    whole = FusedMLP(MEMBERS, FEATURES, HIDDEN, task="binary", activation="tanh", seed=3)
+    fit(whole, x, y, optimizer=keras.optimizers.Adam(0.01), config=TrainConfig(epochs=1, **settings))
+    for offset, count in [(0, 2), (2, 2)]:
+        seeds = whole.member_seeds[offset : offset + count]
+        shard = FusedMLP(count, FEATURES, HIDDEN, task="binary", activation="tanh", member_seeds=seeds)
+        config = TrainConfig(epochs=1, member_offset=offset, **settings)
+        fit(shard, x, y, optimizer=keras.optimizers.Adam(0.01), config=config)
+        for n in range(count):
+            assert max_weight_difference(shard.member_weights(n), whole.member_weights(offset + n)) < 1e-6
+
+
+def test_sweep_config_get_config_round_trip():
+    sweep = SweepConfig({"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}, "random", 5, 2, 7)
+    assert SweepConfig(**sweep.get_config()) == sweep
+    assert SweepConfig(**sweep.get_config()).configurations() == sweep.configurations()

@@ -120,7 +120,7 @@ def test_cli_train_returns_0_and_closes_with_a_summary_table_the_registry_decisi
     assert (
         f"{tracking.registered_model_name} version {version.version}" in registry and "@champion" in registry
     )
-    assert re.search(rf"^MLflow UI: http://\S+/#/experiments/\d+/runs/{run.info.run_id}$", out, re.M)
+    assert re.search(rf"^MLflow UI: http://\S+/#/experiments/\d+/runs/{run.info.run_id}\b", out, re.M)
     assert f'mlflow models serve -m "models:/{tracking.registered_model_name}@champion"' in out
     assert "ensemble ui" in out
 
