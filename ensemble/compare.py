@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import keras
 import numpy as np
@@ -33,27 +32,23 @@ import numpy as np
 from ensemble.data import PreparedData
 from ensemble.flops import ensemble_flops, equal_flops_width, mlp_flops, pareto_front
 from ensemble.fused import FusedMLP
-from ensemble.metrics import evaluate_classification
+from ensemble.metrics import check_combiner, evaluate_classification, metrics_for
 from ensemble.train import TrainConfig, fit
 
-COMBINERS: tuple[str, ...] = ("mean", "geometric")
 KINDS: tuple[str, ...] = ("single", "ensemble", "equal_flops_single")
+_METRICS = metrics_for("classification")  # every classification metric of `ensemble.metrics.METRICS`
 ROW_KEYS: tuple[str, ...] = (
     "kind",
     "width",
     "members",
     "flops",
     "params",
-    "accuracy",
+    *_METRICS,
     "accuracy_std",
-    "nll",
-    "brier",
-    "ece",
     "subsets",
     "matches",
     "pareto",
 )
-_METRICS = ("accuracy", "nll", "brier", "ece")
 
 
 def _positive_int(value) -> bool:
@@ -72,8 +67,9 @@ class CompareConfig:
         epochs: training epochs of every model (no early stopping: all models get the same budget).
         batch_size: rows per member per Adam step.
         learning_rate: Adam learning rate.
-        combiner: `"mean"` (arithmetic mean of probabilities) or `"geometric"` (renormalised geometric mean,
-            the paper's eq. 1).
+        combiner: a name in `ensemble.metrics.COMBINERS`: `"mean"` (arithmetic mean of probabilities) or
+            `"geometric"` (renormalised geometric mean, the paper's eq. 1, the default here; the pipeline passes
+            its `evaluation.combiner`).
         seed: base seed of weights (member `k` uses `member_seed(seed, k)`) and data order.
         activation: hidden-layer activation.
         bins: ECE bins.
@@ -91,7 +87,7 @@ class CompareConfig:
     epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 1e-3
-    combiner: Literal["mean", "geometric"] = "geometric"
+    combiner: str = "geometric"
     seed: int = 0
     activation: str = "relu"
     bins: int = 15
@@ -129,10 +125,7 @@ class CompareConfig:
             raise ValueError(
                 f"Argument `learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}"
             )
-        if self.combiner not in COMBINERS:
-            raise ValueError(
-                f"Argument `combiner` must be one of {COMBINERS}. Received: combiner={self.combiner!r}"
-            )
+        check_combiner(self.combiner, "combiner")
         if not isinstance(self.seed, int | np.integer) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"Argument `seed` must be an int >= 0. Received: seed={self.seed!r}")
         if self.pool is not None and not (_positive_int(self.pool) and self.pool >= self.max_members):

@@ -14,12 +14,12 @@ The combiners follow Kondratyuk et al. (2020), "When Ensembling Smaller Models i
 Models": the arithmetic mean of the members' softmax outputs, or their renormalised geometric mean.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 _SUM_TOL = 1e-3
-COMBINERS = ("mean", "geometric")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,10 +132,13 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
         return peak + np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True))
 
 
-def _log_combine(log_probs: np.ndarray, method: str) -> np.ndarray:
-    """Ensemble log-probabilities `(B, C)` of validated member log-probabilities `(N, B, C)`."""
-    if method == "mean":  # log(sum_i p_i / N)
-        return _logsumexp(log_probs, axis=0)[0] - np.log(log_probs.shape[0])
+def _log_arithmetic_mean(log_probs: np.ndarray) -> np.ndarray:
+    """`log(sum_i p_i / N)`: the arithmetic mean of member probabilities, from log-probabilities `(N, B, C)`."""
+    return _logsumexp(log_probs, axis=0)[0] - np.log(log_probs.shape[0])  # (B, C)
+
+
+def _log_geometric_mean(log_probs: np.ndarray) -> np.ndarray:
+    """`log softmax(mean_i log p_i)`: the renormalised geometric mean of member probabilities `(N, B, C)`."""
     log_mean = log_probs.mean(axis=0)  # (B, C) log of the unnormalised geometric mean
     if (empty := ~np.isfinite(log_mean).any(axis=-1)).any():
         raise ValueError(
@@ -144,6 +147,26 @@ def _log_combine(log_probs: np.ndarray, method: str) -> np.ndarray:
             "`predict_members(x, log_probs=True)`), in which no probability rounds to 0."
         )
     return log_mean - _logsumexp(log_mean, axis=-1)  # (B, C)
+
+
+LOG_COMBINERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": _log_arithmetic_mean,
+    "geometric": _log_geometric_mean,
+}
+"""THE registry of combiners: name -> member log-probabilities `(N, B, C)` -> ensemble log-probabilities `(B, C)`.
+
+Adding a combiner is a change here only: `combine`, `evaluate_classification`, `EnsemblePredictor`,
+`ensemble.compare`, the snapshot curve (`tasks.snapshots`) and the config's `evaluation.combiner` all take their
+names from it. Combiners apply to class probabilities; a regression ensemble is always the members' mean
+(`combine_regression`)."""
+
+COMBINERS: tuple[str, ...] = tuple(LOG_COMBINERS)
+"""The combiner names of `LOG_COMBINERS`, in order."""
+
+
+def _log_combine(log_probs: np.ndarray, method: str) -> np.ndarray:
+    """Ensemble log-probabilities `(B, C)` of validated member log-probabilities `(N, B, C)`."""
+    return LOG_COMBINERS[method](log_probs)
 
 
 def _nll(log_probs: np.ndarray, y: np.ndarray) -> float:
@@ -156,9 +179,10 @@ def _nll(log_probs: np.ndarray, y: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_method(method: str) -> None:
-    if method not in COMBINERS:
-        raise ValueError(f"Argument `method` must be one of {COMBINERS}. Received: method={method!r}")
+def check_combiner(method: str, name: str = "method") -> None:
+    """Raises ValueError unless `method` names a combiner of `LOG_COMBINERS`; the message calls it `name`."""
+    if method not in LOG_COMBINERS:
+        raise ValueError(f"Argument `{name}` must be one of {COMBINERS}. Received: {name}={method!r}")
 
 
 def combine(
@@ -177,8 +201,10 @@ def combine(
     Returns:
         Ensemble probabilities `(B, C)`; every row sums to 1.
     """
-    _check_method(method)
-    member_log_probs = _select(_as_log_probs(member_probs, "member_probs", 3, log_probs), members)  # (N, B, C)
+    check_combiner(method)
+    member_log_probs = _select(
+        _as_log_probs(member_probs, "member_probs", 3, log_probs), members
+    )  # (N, B, C)
     return np.exp(_log_combine(member_log_probs, method))  # (B, C)
 
 
@@ -321,7 +347,7 @@ def normalized_disagreement(member_probs, y, method: str = "mean", log_probs: bo
     Returns:
         A finite value `>= 0`.
     """
-    _check_method(method)
+    check_combiner(method)
     member_log_probs = _as_log_probs(member_probs, "member_probs", 3, log_probs)  # (N, B, C)
     error = 1.0 - accuracy(np.exp(_log_combine(member_log_probs, method)), y)
     return float(disagreement(np.exp(member_log_probs)) / max(error, 1.0 / member_log_probs.shape[1]))
@@ -374,8 +400,10 @@ def evaluate_classification(
         `normalized_disagreement`, `oracle_accuracy` of the members; `mean_member_accuracy`, `mean_member_nll`,
         `best_member_accuracy`; and `num_members` (an int).
     """
-    _check_method(method)
-    member_log_probs = _select(_as_log_probs(member_probs, "member_probs", 3, log_probs), members)  # (N, B, C)
+    check_combiner(method)
+    member_log_probs = _select(
+        _as_log_probs(member_probs, "member_probs", 3, log_probs), members
+    )  # (N, B, C)
     probs = np.exp(member_log_probs)  # (N, B, C)
     combined_log = _log_combine(member_log_probs, method)  # (B, C)
     combined = np.exp(combined_log)  # (B, C)
@@ -483,9 +511,66 @@ def evaluate_regression(member_preds, y, members: Sequence[int] | None = None) -
 # Which way is better
 # ---------------------------------------------------------------------------------------------------------------
 
-HIGHER_IS_BETTER = {
-    "classification": {"accuracy": True, "nll": False, "brier": False, "ece": False},
-    "regression": {"rmse": False, "mae": False, "r2": True},
+KINDS: tuple[str, ...] = ("classification", "regression")
+
+
+def task_kind(task: str) -> str:
+    """`"regression"` or `"classification"` (`"binary"`, `"multiclass"`): the kind of task a metric is for."""
+    return "regression" if task == "regression" else "classification"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What the pipeline needs to know about one ensemble metric.
+
+    Attributes:
+        name: the key in `evaluate_classification` / `evaluate_regression`'s result.
+        kind: `"classification"` or `"regression"` (see `task_kind`).
+        higher_is_better: whether a higher value is a better model.
+    """
+
+    name: str
+    kind: str
+    higher_is_better: bool
+
+
+METRICS: dict[str, MetricInfo] = {
+    info.name: info
+    for info in (
+        MetricInfo("accuracy", "classification", True),
+        MetricInfo("nll", "classification", False),
+        MetricInfo("brier", "classification", False),
+        MetricInfo("ece", "classification", False),
+        MetricInfo("rmse", "regression", False),
+        MetricInfo("mae", "regression", False),
+        MetricInfo("r2", "regression", True),
+    )
 }
-"""The metrics a model version can be judged on, per kind of task, and whether a higher value is better: the one
-home of each metric's direction."""
+"""THE registry of the metrics a model version can be judged on: name -> kind of task and direction.
+
+Adding a metric is a change here (and in `evaluate_classification` / `evaluate_regression`, which compute it):
+`evaluation.metric`'s validation, the champion gate (`EvaluationSection.higher_is_better`) and the summaries take
+their names and directions from it."""
+
+DEFAULT_METRICS = {"classification": "accuracy", "regression": "rmse"}
+"""The metric of each kind of task when none is configured (`evaluation.metric: null`)."""
+
+
+def metrics_for(kind: str) -> tuple[str, ...]:
+    """The names in `METRICS` of one kind of task (`"classification"` or `"regression"`), in registry order."""
+    if kind not in KINDS:
+        raise ValueError(f"Argument `kind` must be one of {KINDS}. Received: kind={kind!r}")
+    return tuple(name for name, info in METRICS.items() if info.kind == kind)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher value of `metric` (a name in `METRICS`) is better."""
+    if metric not in METRICS:
+        raise ValueError(f"Argument `metric` must be one of {tuple(METRICS)}. Received: metric={metric!r}")
+    return METRICS[metric].higher_is_better
+
+
+HIGHER_IS_BETTER = {
+    kind: {name: METRICS[name].higher_is_better for name in metrics_for(kind)} for kind in KINDS
+}
+"""`METRICS` as `{kind: {name: higher is better}}` (derived; edit `METRICS`)."""

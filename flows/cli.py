@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
+    from flows.prefect_api import TemporaryServer
     from tasks.config import PipelineConfig
     from tasks.tracking import TrackingSettings
 
@@ -191,7 +192,9 @@ def run(args: argparse.Namespace, marks: PhaseMarks | None = None) -> int:
     return run_command(args, config, server, marks)
 
 
-def run_command(args: argparse.Namespace, config: PipelineConfig | None, server, marks: PhaseMarks) -> int:
+def run_command(
+    args: argparse.Namespace, config: PipelineConfig | None, server: TemporaryServer | None, marks: PhaseMarks
+) -> int:
     """`run` once the input is checked (and Prefect's temporary server is starting, `server`, if needed)."""
     if not args.debug:
         quiet_runtime()
@@ -265,7 +268,7 @@ def run_command(args: argparse.Namespace, config: PipelineConfig | None, server,
     return 0
 
 
-def prefect_api_ready(server, marks: PhaseMarks) -> None:
+def prefect_api_ready(server: TemporaryServer | None, marks: PhaseMarks) -> None:
     """Marks the end of the imports, then waits for Prefect's temporary server (if this command started one)."""
     marks.mark("imports")
     if server is not None:

@@ -84,8 +84,9 @@ def train_flow(
         member_run_ids = trained["member_run_ids"]
         snapshot_group = None
         if config.snapshots.enabled:
+            combiner = config.evaluation.combiner  # the snapshot curve combines as the test scores do
             snapshot_group = collect_snapshots_task(
-                settings, run_id, data_dir, trained, config.snapshots, run_dir
+                settings, run_id, data_dir, trained, config.snapshots, run_dir, combiner=combiner
             )
         if config.growth.enabled:
             trained = growth_task(

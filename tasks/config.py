@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ensemble.data import DataConfig
-from ensemble.metrics import HIGHER_IS_BETTER
+from ensemble.metrics import DEFAULT_METRICS, METRICS, check_combiner, metrics_for, task_kind
 
 
 class Section(BaseModel):
@@ -274,26 +274,26 @@ class SweepSection(Section):
         return SweepConfig(space, self.kind, self.samples, self.repeats, self.seed)
 
 
-DEFAULT_METRICS = {"classification": "accuracy", "regression": "rmse"}
-"""The gating metric of each kind of task when `evaluation.metric` is not set (directions: `HIGHER_IS_BETTER`)."""
-
-
-def task_kind(task: str) -> str:
-    """`"regression"` or `"classification"` (binary, multiclass): the key of `HIGHER_IS_BETTER`/`DEFAULT_METRICS`."""
-    return "regression" if task == "regression" else "classification"
-
-
 class EvaluationSection(Section):
-    combiner: Literal["mean", "geometric"] = "mean"
+    """How the ensemble is scored: combiners and metrics come from the registries `ensemble.metrics.LOG_COMBINERS`
+    and `ensemble.metrics.METRICS` (names, kind of task, direction)."""
+
+    combiner: str = "mean"  # a name in `ensemble.metrics.COMBINERS`; for class probabilities (regression: mean)
     bins: int = Field(15, ge=1)
     # The test metric that decides whether a new model version becomes champion; None follows the task
     # (`DEFAULT_METRICS`: accuracy for classes, rmse for regression), resolved by `for_task` once it is known.
     metric: str | None = None
 
+    @field_validator("combiner")
+    @classmethod
+    def _known_combiner(cls, value: str) -> str:
+        check_combiner(value, "combiner")
+        return value
+
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str | None) -> str | None:
-        known = [name for names in HIGHER_IS_BETTER.values() for name in names]
+        known = list(METRICS)
         if value is not None and value not in known:
             raise ValueError(f"unknown metric {value!r}; use one of {known}, or null to follow the task")
         return value
@@ -303,9 +303,9 @@ class EvaluationSection(Section):
         if self.metric is None or task == "auto":
             return
         kind = task_kind(task)
-        if self.metric not in HIGHER_IS_BETTER[kind]:
-            other = "regression" if kind == "classification" else "classification"
-            *rest, last = HIGHER_IS_BETTER[kind]
+        if METRICS[self.metric].kind != kind:
+            other = METRICS[self.metric].kind
+            *rest, last = metrics_for(kind)
             raise ValueError(
                 f"evaluation.metric={self.metric!r} is a {other} metric but the data is a {task} task; use "
                 f"{', '.join(rest)} or {last} (or leave it unset: {DEFAULT_METRICS[kind]})"
@@ -319,8 +319,7 @@ class EvaluationSection(Section):
 
     def higher_is_better(self, task: str) -> bool:
         """Whether a higher `metric` (resolved for `task`) is better."""
-        metric = self.for_task(task).metric
-        return HIGHER_IS_BETTER[task_kind(task)][metric]
+        return METRICS[self.for_task(task).metric].higher_is_better
 
 
 class RegistrySection(Section):

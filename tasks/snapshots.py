@@ -3,7 +3,8 @@
 Each member run already holds its snapshots' `snapshot/val_loss` / `snapshot/val_accuracy` at `step` = cycle,
 logged live as each cycle ended (`tasks.train.MlflowEpochLogger`; step-indexed metrics, so the UI plots a member's
 snapshots as a curve). This step logs the parent run's snapshot table and `snapshot/ensemble_val_accuracy` (or
-`_val_rmse`) of the ensemble of cycles `0..k` at `step` = k. The snapshots' test scores (`snapshot/test_*` on the
+`_val_rmse`) of the ensemble of cycles `0..k` at `step` = k, its members combined with the configured
+`evaluation.combiner` (as the test scores and the served model combine them; regression: the mean). The snapshots' test scores (`snapshot/test_*` on the
 member runs, `step` = cycle) come later, from `tasks.evaluate`.
 """
 
@@ -16,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
 from ensemble.fused import load_fused
-from ensemble.metrics import accuracy, combine, combine_regression, rmse
+from ensemble.metrics import accuracy, check_combiner, combine, combine_regression, rmse
 from ensemble.predictor import stack_weight_sets
 from ensemble.snapshots import Snapshots
 from tasks.config import SnapshotSection
@@ -31,8 +32,14 @@ def collect_snapshots_task(
     trained: dict,
     snapshots: SnapshotSection,
     run_dir: str,
+    *,
+    combiner: str,
 ) -> str:
-    """Stack the kept snapshots into one fused model `(N x M members)`; returns its `.keras` path."""
+    """Stack the kept snapshots into one fused model `(N x M members)`; returns its `.keras` path.
+
+    `combiner`: a name in `ensemble.metrics.COMBINERS` (`evaluation.combiner`), for the validation curve.
+    """
+    check_combiner(combiner, "combiner")
     tracker = Tracker(settings)
     collected = Snapshots.load(trained["snapshot_dir"])
     prepared = PreparedData.load(data_dir)
@@ -42,14 +49,15 @@ def collect_snapshots_task(
         for m, c in keys
     ]
     tracker.log_table(run_id, table, "snapshots.json")
-    preds = collected.predict_members(prepared.x_val)  # (K, B, C) or (K, B), K in `keys` order
+    preds = collected.predict_members(prepared.x_val, log_probs=True)  # (K, B, C) / (K, B), `keys` order
     curve = {}  # step k -> metrics of the ensemble of cycles 0..k
     for k, cycle in enumerate(collected.cycles):
         chosen = [i for i, (_, c) in enumerate(keys) if c <= cycle]
         if prepared.task == "regression":
             value = {"snapshot/ensemble_val_rmse": rmse(combine_regression(preds[chosen])[0], prepared.y_val)}
         else:
-            value = {"snapshot/ensemble_val_accuracy": accuracy(combine(preds[chosen]), prepared.y_val)}
+            probs = combine(preds[chosen], method=combiner, log_probs=True)  # (B, C)
+            value = {"snapshot/ensemble_val_accuracy": accuracy(probs, prepared.y_val)}
         curve[k] = {**value, "snapshot/count": len(chosen)}
     tracker.log_metrics_at_steps(run_id, curve)
     template = load_fused(trained["model_path"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -90,3 +91,30 @@ def test_registered_predictor_is_the_selection_with_its_logged_weights(swept, tm
 
     version = client.get_model_version_by_alias("test-ensemble", "champion")
     assert version.run_id == result["run_id"]
+
+
+def test_a_regression_sweep_registers_a_selection_that_answers_with_a_conformal_interval(
+    tmp_path, tracking, prefect_api
+):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(240, 3)), columns=["x0", "x1", "x2"])
+    frame["y"] = 2 * frame["x0"] - frame["x1"] + 0.3 * rng.normal(size=240)
+    frame.to_csv(tmp_path / "houses.csv", index=False)
+    config = tiny_config(
+        tmp_path, **SWEEP, **{"data.source": str(tmp_path / "houses.csv"), "data.target": "y"}
+    )
+    result = train_flow(config, tracking)
+
+    parent = MlflowClient(tracking.tracking_uri, tracking.tracking_uri).get_run(result["run_id"])
+    assert {"selection/selected_test_rmse", "selection/uniform_test_rmse"} <= set(parent.data.metrics)
+    assert parent.data.params["selection/metric"] == "rmse"
+    predictor = EnsemblePredictor.load(result["predictor_dir"])
+    prepared = PreparedData.load(next((tmp_path / "outputs" / "data").iterdir()))
+    answer = predictor.predict(prepared.raw["test"][prepared.feature_names])
+    assert list(answer.columns) == ["prediction", "spread", "lower", "upper"]
+    half = predictor.interval_half_width
+    np.testing.assert_allclose(answer["upper"] - answer["prediction"], half)
+    val_mean, _ = predictor.combine_members(
+        np.concatenate([g.predict_members(prepared.x_val) for g in predictor.groups])
+    )
+    assert np.mean(np.abs(prepared.y_val - val_mean) <= half) >= 0.9  # split conformal on validation
