@@ -119,9 +119,7 @@ class EpochProgress(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         now = time.perf_counter()
         self._started, self._last_line, self._epoch, self._done = now, now, epoch, 0
-        if (
-            self._fit_first_epoch is None
-        ):  # the first epoch of this `fit` (a resumed run or a growth round starts later)
+        if self._fit_first_epoch is None:  # this `fit`'s first epoch (a resumed run, a growth round: not 0)
             self._fit_first_epoch, self._fit_started = epoch, now
             self._start_bar(epoch)
         if self._bar is not None:

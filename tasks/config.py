@@ -20,6 +20,27 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+PIPELINE_CHOICES: dict[str, str] = {
+    "model.members": "capped at 100,000 (FusedMLP takes any number >= 1)",
+    "snapshots.cycle_length": "whole epochs, null = fit `cycles` into the epochs (SGDRSchedule.from_epochs takes "
+    "any epochs > 0 and no default), so every cycle and its snapshot end at an epoch end",
+    "snapshots.lr_min": "1e-4, not SGDRSchedule's 0.0: the floor the pipeline's default runs have always used",
+    "growth.min_delta": "0.005, not GrowthConfig's 0.0 (Keras' EarlyStopping): validation accuracy of a few hundred "
+    "rows moves in steps of ~0.4 %, and `stop_without_gain` ends growth on a gain below it",
+    "growth.max_rounds": ">= 1 (GrowthConfig: >= 0): `growth.enabled` with no split is a config mistake",
+    "growth.units_per_split": "4, not GrowthConfig's None, so `strategy: targeted` works as it is; with "
+    "`splitting` it caps the units split per layer and round (null: up to the width)",
+    "growth.stop_without_gain": "true, not GrowthConfig's false: the pipeline stops growing once a round gains "
+    "nothing on validation (issue 17)",
+}
+"""Every default or bound of a section that deliberately differs from the library argument it feeds, and why.
+
+Every other field that a section shares with a library config (`ensemble.data.DataConfig`, `FusedMLP`,
+`TrainConfig`, `SGDRSchedule`, `SnapshotCollector`, `GrowthConfig`, `ensemble.metrics`) has the library's default
+and accepts exactly the values the library accepts: `tests/pipeline/test_config_matches_library.py` compares them
+and fails on any difference not listed here (and on an entry here that no longer differs)."""
+
+
 class DataSection(Section):
     """Where the data comes from and how it is split (see `ensemble.data.DataConfig`)."""
 
@@ -31,7 +52,7 @@ class DataSection(Section):
     seed: int = 0
     standardize: bool = True
     max_classes: int = Field(50, ge=2)
-    train_rows: int | None = Field(None, ge=2)
+    train_rows: int | None = Field(None, ge=1)
     features: list[str] | None = None
     drop: list[str] = Field(default_factory=list)
     id_column: str | None = None
@@ -146,16 +167,16 @@ class SnapshotSection(Section):
     cycle_length: int | None = Field(None, ge=1)
     cycle_length_multiplier: float = Field(1.0, ge=1)
     lr_init: float = Field(0.01, gt=0)
-    lr_min: float = Field(1e-4, ge=0)
+    lr_min: float = Field(1e-4, ge=0)  # a pipeline choice (`PIPELINE_CHOICES`)
     lr_multiplier: float = Field(1.0, gt=0)
     skip_first: int = Field(0, ge=0)
     keep_best: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _min_below_init(self) -> SnapshotSection:
-        if self.lr_min >= self.lr_init:
+        if self.lr_min > self.lr_init:
             raise ValueError(
-                f"lr_min must be < lr_init. Received: lr_min={self.lr_min}, lr_init={self.lr_init}"
+                f"lr_min must be <= lr_init. Received: lr_min={self.lr_min}, lr_init={self.lr_init}"
             )
         return self
 
@@ -211,17 +232,17 @@ class GrowthSection(Section):
     enabled: bool = False
     epochs_per_round: int = Field(20, ge=1)  # cap; a plateau usually ends a round sooner
     monitor: Literal["val_accuracy", "val_ensemble_accuracy", "val_loss"] = "val_accuracy"
-    min_delta: float = Field(0.005, ge=0)
-    patience: int = Field(2, ge=1)  # epochs, or cycles with SGDR
+    min_delta: float = Field(0.005, ge=0)  # a pipeline choice (`PIPELINE_CHOICES`), as the next three marked
+    patience: int = Field(2, ge=0)  # epochs, or cycles with SGDR (0 acts as 1, as in Keras' EarlyStopping)
     max_width: int = Field(256, ge=1)
-    max_rounds: int = Field(3, ge=1)
+    max_rounds: int = Field(3, ge=1)  # pipeline choice
     strategy: Literal["all", "targeted", "splitting"] = "all"
-    units_per_split: int | None = Field(4, ge=1)  # null with splitting: up to the width (doubling at most)
-    noise: float = Field(1e-3, ge=0)
+    units_per_split: int | None = Field(4, ge=1)  # pipeline choice; null with splitting: up to the width
+    noise: float = Field(0.01, ge=0)
     lr_width_scaling: bool = True  # learning rate x (hidden units before / after) at each split
     delta: float = Field(0.1, ge=0)  # splitting: copies at theta +/- delta |theta| v
     anneal_epochs: int = Field(0, ge=0)  # without snapshots: epochs annealing the rate before each split
-    stop_without_gain: bool = True  # stop after a round that gained nothing on validation
+    stop_without_gain: bool = True  # pipeline choice: stop after a round that gained nothing on validation
 
     @model_validator(mode="after")
     def _units_for_targeted(self) -> GrowthSection:
