@@ -35,11 +35,12 @@ import numpy as np
 from ensemble.flops import ensemble_flops, training_flops
 from ensemble.fused import FusedMLP
 from ensemble.growth import SLOT_MODES, SlotMode, all_units, grow_model, scale_learning_rate, top_units
+from ensemble.metrics import EPOCH_SCORES, monitor_mode
 from ensemble.schedules import MAX_STEPS
 from ensemble.splitting import SplittingIndex, most_negative_units, splitting_index
 from ensemble.train import TrainConfig, evaluate_members, fit, schedule_cycle_ends
 
-MONITORS: tuple[str, ...] = ("val_accuracy", "val_ensemble_accuracy", "val_loss")
+MONITORS: tuple[str, ...] = tuple(EPOCH_SCORES)  # the registry `ensemble.metrics.EPOCH_SCORES`
 STRATEGIES: tuple[str, ...] = ("all", "targeted", "splitting")
 ANNEAL_TO = 0.01  # `anneal_epochs` ends a round at this fraction of the learning rate
 
@@ -150,8 +151,8 @@ class GrowthConfig:
 
     @property
     def mode(self) -> str:
-        """`"min"` for a loss, `"max"` for an accuracy."""
-        return "min" if self.monitor.endswith("loss") else "max"
+        """`"min"` for a loss, `"max"` for an accuracy (`ensemble.metrics.monitor_mode`)."""
+        return monitor_mode(self.monitor)
 
     def get_config(self) -> dict:
         return asdict(self)

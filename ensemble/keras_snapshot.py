@@ -297,8 +297,8 @@ def predict_ensemble(
     Args:
         models: the snapshot models (e.g. `load_snapshots(...)`, or its last K).
         x: inputs accepted by every model, batch `B`.
-        method: `"mean"` or `"geometric"` (`ensemble.metrics.combine`) for probability outputs `(B, C)` with
-            C >= 2; other outputs (a sigmoid `(B, 1)`, regression) are averaged (`"mean"` only).
+        method: a combiner of `ensemble.metrics.COMBINERS` (`"mean"`, `"geometric"`) for probability outputs
+            `(B, C)` with C >= 2; other outputs (a sigmoid `(B, 1)`, regression) are averaged (`"mean"` only).
 
     Returns:
         Combined probabilities `(B, C)`, or the mean output.

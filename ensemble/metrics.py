@@ -155,10 +155,11 @@ LOG_COMBINERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 """THE registry of combiners: name -> member log-probabilities `(N, B, C)` -> ensemble log-probabilities `(B, C)`.
 
-Adding a combiner is a change here only: `combine`, `evaluate_classification`, `EnsemblePredictor`,
-`ensemble.compare`, the snapshot curve (`tasks.snapshots`) and the config's `evaluation.combiner` all take their
-names from it. Combiners apply to class probabilities; a regression ensemble is always the members' mean
-(`combine_regression`)."""
+Adding a combiner is a change here: `combine`, `evaluate_classification`, `EnsemblePredictor`, `ensemble.compare`,
+the snapshot curve (`tasks.snapshots`) and the config's `evaluation.combiner` all take their names from it. Not yet
+`ensemble.uncertainty.weighted_log_combine` (the member weights of a selected ensemble) and the greedy selection's
+incremental scores (`ensemble.selection`), which branch on "geometric" themselves. Combiners apply to class
+probabilities; a regression ensemble is always the members' mean (`combine_regression`)."""
 
 COMBINERS: tuple[str, ...] = tuple(LOG_COMBINERS)
 """The combiner names of `LOG_COMBINERS`, in order."""
@@ -508,7 +509,7 @@ def evaluate_regression(member_preds, y, members: Sequence[int] | None = None) -
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Which way is better
+# Registries: the metrics a model is judged on, the scores callbacks monitor, which way is better
 # ---------------------------------------------------------------------------------------------------------------
 
 KINDS: tuple[str, ...] = ("classification", "regression")
@@ -568,6 +569,25 @@ def higher_is_better(metric: str) -> bool:
     if metric not in METRICS:
         raise ValueError(f"Argument `metric` must be one of {tuple(METRICS)}. Received: metric={metric!r}")
     return METRICS[metric].higher_is_better
+
+
+EPOCH_SCORES: dict[str, bool] = {
+    "val_accuracy": True,  # the members' mean accuracy
+    "val_ensemble_accuracy": True,  # accuracy of the members' mean probabilities
+    "val_loss": False,  # the members' mean training loss on the validation rows (NLL, or MSE for regression)
+}
+"""THE registry of the validation scores `ensemble.train.fit` logs at epoch ends that callbacks may monitor:
+name -> whether higher is better. `SnapshotCollector(keep_best=...)` ranks by the per-member ones, growth rounds
+(`GrowthConfig.monitor`) detect plateaus on any of them."""
+
+
+def monitor_mode(monitor: str) -> str:
+    """`"max"` when a higher `monitor` (a name in `EPOCH_SCORES`) is better, else `"min"`."""
+    if monitor not in EPOCH_SCORES:
+        raise ValueError(
+            f"Argument `monitor` must be one of {tuple(EPOCH_SCORES)}. Received: monitor={monitor!r}"
+        )
+    return "max" if EPOCH_SCORES[monitor] else "min"
 
 
 HIGHER_IS_BETTER = {

@@ -19,11 +19,11 @@ import numpy as np
 from keras import ops
 
 from ensemble.fused import HEAD_ACTIVATIONS, outputs_to_log_probs, outputs_to_predictions
-from ensemble.metrics import combine, combine_regression
+from ensemble.metrics import accuracy, check_combiner, combine, combine_regression, monitor_mode, rmse
 from ensemble.train import evaluate_members
 
 Key = tuple[int, int]  # (member, cycle)
-MONITORS = {"val_loss": "min", "val_accuracy": "max"}
+MONITORS = {name: monitor_mode(name) for name in ("val_loss", "val_accuracy")}  # the per-member scores
 PARTIAL_CYCLE = ("error", "ignore")
 
 
@@ -177,6 +177,29 @@ class Snapshots:
         if self.model_config["task"] == "regression":
             return combine_regression(member_preds)[0]
         return combine(member_preds, method=method, log_probs=True)
+
+    def growing_ensemble_scores(self, x, y, *, method: str) -> list[dict[str, float]]:
+        """Scores of the ensemble of cycles `0..k` for each stored cycle k (ascending): `accuracy` of the members'
+        probabilities combined with `method` (a name in `ensemble.metrics.COMBINERS`, no default: pass the
+        run's combiner) or, for regression, `rmse` of their mean; `count`: the snapshots in it.
+
+        Args:
+            x: features `(B, d)`.
+            y: labels or targets `(B,)`.
+            method: the combiner; checked for every task, used for class probabilities.
+        """
+        check_combiner(method)
+        keys = self.keys()  # sorted by (cycle, member)
+        preds = self.predict_members(x, log_probs=True)  # (K, B, C) or (K, B), in `keys` order
+        scores = []
+        for cycle in self.cycles:
+            chosen = [i for i, (_, c) in enumerate(keys) if c <= cycle]
+            if self.model_config["task"] == "regression":
+                score = {"rmse": rmse(combine_regression(preds[chosen])[0], y)}
+            else:
+                score = {"accuracy": accuracy(combine(preds[chosen], method=method, log_probs=True), y)}
+            scores.append({**score, "count": len(chosen)})
+        return scores
 
     def member_model(self, member: int, cycle: int) -> keras.Sequential:
         """Snapshot (member, cycle) as a plain `keras.Sequential` (same layout as `FusedMLP.member_model`)."""

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ensemble.data import DataConfig
-from ensemble.metrics import DEFAULT_METRICS, METRICS, check_combiner, metrics_for, task_kind
+from ensemble.metrics import DEFAULT_METRICS, METRICS, check_combiner, metrics_for, monitor_mode, task_kind
 
 
 class Section(BaseModel):
@@ -21,10 +21,11 @@ class Section(BaseModel):
 
 
 PIPELINE_CHOICES: dict[str, str] = {
-    "model.members": "capped at 100,000 (FusedMLP takes any number >= 1)",
     "snapshots.cycle_length": "whole epochs, null = fit `cycles` into the epochs (SGDRSchedule.from_epochs takes "
     "any epochs > 0 and no default), so every cycle and its snapshot end at an epoch end",
-    "snapshots.lr_min": "1e-4, not SGDRSchedule's 0.0: the floor the pipeline's default runs have always used",
+    "snapshots.lr_min": "1e-4, not SGDRSchedule's 0.0: the floor the pipeline's default runs have always used; and "
+    "< lr_init strictly (SGDRSchedule allows lr_min = lr_init: a constant rate, which anneals nothing to snapshot)",
+    "snapshots.lr_init": "> lr_min strictly, the other side of `snapshots.lr_min`'s rule",
     "growth.min_delta": "0.005, not GrowthConfig's 0.0 (Keras' EarlyStopping): validation accuracy of a few hundred "
     "rows moves in steps of ~0.4 %, and `stop_without_gain` ends growth on a gain below it",
     "growth.max_rounds": ">= 1 (GrowthConfig: >= 0): `growth.enabled` with no split is a config mistake",
@@ -75,10 +76,10 @@ class DataSection(Section):
 class ModelSection(Section):
     """The member architecture (see `ensemble.fused.FusedMLP`)."""
 
-    members: int = Field(8, ge=1, le=100_000)
+    members: int = Field(8, ge=1, le=100_000)  # the cap is the pipeline's own (FusedMLP takes any N >= 1)
     hidden_units: list[int] = Field(default_factory=lambda: [32, 32])
     activation: str = "relu"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("hidden_units")
     @classmethod
@@ -174,9 +175,9 @@ class SnapshotSection(Section):
 
     @model_validator(mode="after")
     def _min_below_init(self) -> SnapshotSection:
-        if self.lr_min > self.lr_init:
+        if self.lr_min >= self.lr_init:  # a pipeline choice (`PIPELINE_CHOICES`)
             raise ValueError(
-                f"lr_min must be <= lr_init. Received: lr_min={self.lr_min}, lr_init={self.lr_init}"
+                f"lr_min must be < lr_init. Received: lr_min={self.lr_min}, lr_init={self.lr_init}"
             )
         return self
 
@@ -231,7 +232,7 @@ class GrowthSection(Section):
 
     enabled: bool = False
     epochs_per_round: int = Field(20, ge=1)  # cap; a plateau usually ends a round sooner
-    monitor: Literal["val_accuracy", "val_ensemble_accuracy", "val_loss"] = "val_accuracy"
+    monitor: str = "val_accuracy"  # a name in `ensemble.metrics.EPOCH_SCORES`
     min_delta: float = Field(0.005, ge=0)  # a pipeline choice (`PIPELINE_CHOICES`), as the next three marked
     patience: int = Field(2, ge=0)  # epochs, or cycles with SGDR (0 acts as 1, as in Keras' EarlyStopping)
     max_width: int = Field(256, ge=1)
@@ -243,6 +244,12 @@ class GrowthSection(Section):
     delta: float = Field(0.1, ge=0)  # splitting: copies at theta +/- delta |theta| v
     anneal_epochs: int = Field(0, ge=0)  # without snapshots: epochs annealing the rate before each split
     stop_without_gain: bool = True  # pipeline choice: stop after a round that gained nothing on validation
+
+    @field_validator("monitor")
+    @classmethod
+    def _known_monitor(cls, value: str) -> str:
+        monitor_mode(value)  # raises, naming the registered scores
+        return value
 
     @model_validator(mode="after")
     def _units_for_targeted(self) -> GrowthSection:
@@ -378,6 +385,17 @@ class PipelineConfig(Section):
     def _cycles_fit_epochs(self) -> PipelineConfig:
         if self.snapshots.enabled:
             self.snapshots.check_fits(self.train.epochs)
+        return self
+
+    @model_validator(mode="after")
+    def _ensemble_monitor_combines_as_evaluated(self) -> PipelineConfig:
+        growth, combiner = self.growth, self.evaluation.combiner
+        if growth.enabled and growth.monitor == "val_ensemble_accuracy" and combiner != "mean":
+            raise ValueError(
+                "growth.monitor=val_ensemble_accuracy scores the members' mean probabilities (the training loop's "
+                f"compiled scores), not evaluation.combiner={combiner!r}. Set growth.monitor to "
+                "val_accuracy or val_loss, or evaluation.combiner to mean"
+            )
         return self
 
     @model_validator(mode="after")

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ensemble.metrics import METRICS
 from tasks.config import PipelineConfig
 
-KEY_METRICS = ("accuracy", "nll", "brier", "ece", "rmse", "mae", "r2", "oracle_accuracy", "num_members")
+KEY_METRICS = (*METRICS, "oracle_accuracy", "num_members")  # the registry's metrics, then two about the members
 
 
 def data_name(source: str) -> str:

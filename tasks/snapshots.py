@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
 from ensemble.fused import load_fused
-from ensemble.metrics import accuracy, check_combiner, combine, combine_regression, rmse
+from ensemble.metrics import check_combiner
 from ensemble.predictor import stack_weight_sets
 from ensemble.snapshots import Snapshots
 from tasks.config import SnapshotSection
@@ -49,16 +49,12 @@ def collect_snapshots_task(
         for m, c in keys
     ]
     tracker.log_table(run_id, table, "snapshots.json")
-    preds = collected.predict_members(prepared.x_val, log_probs=True)  # (K, B, C) / (K, B), `keys` order
-    curve = {}  # step k -> metrics of the ensemble of cycles 0..k
-    for k, cycle in enumerate(collected.cycles):
-        chosen = [i for i, (_, c) in enumerate(keys) if c <= cycle]
-        if prepared.task == "regression":
-            value = {"snapshot/ensemble_val_rmse": rmse(combine_regression(preds[chosen])[0], prepared.y_val)}
-        else:
-            probs = combine(preds[chosen], method=combiner, log_probs=True)  # (B, C)
-            value = {"snapshot/ensemble_val_accuracy": accuracy(probs, prepared.y_val)}
-        curve[k] = {**value, "snapshot/count": len(chosen)}
+    name = "rmse" if prepared.task == "regression" else "accuracy"
+    scores = collected.growing_ensemble_scores(prepared.x_val, prepared.y_val, method=combiner)
+    curve = {  # step k -> metrics of the ensemble of cycles 0..k
+        k: {f"snapshot/ensemble_val_{name}": score[name], "snapshot/count": score["count"]}
+        for k, score in enumerate(scores)
+    }
     tracker.log_metrics_at_steps(run_id, curve)
     template = load_fused(trained["model_path"])
     group = stack_weight_sets(template, [collected.weights[key] for key in keys], name="snapshot_ensemble")

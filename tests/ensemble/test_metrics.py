@@ -125,7 +125,9 @@ def test_geometric_mean_of_exact_zeros_in_every_class_asks_for_log_probabilities
         metrics.combine(member_probs, "geometric")
     logits = np.array([[[0.0, -800.0]], [[-700.0, 0.0]]])  # what rounded to those probabilities
     log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
-    np.testing.assert_allclose(metrics.combine(log_probs, "geometric", log_probs=True), [[1.0, np.exp(-50.0)]])
+    np.testing.assert_allclose(
+        metrics.combine(log_probs, "geometric", log_probs=True), [[1.0, np.exp(-50.0)]]
+    )
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -149,7 +151,9 @@ def test_geometric_mean_of_softmax_members_is_the_softmax_of_their_mean_logits()
     exact_nll = -np.mean(_log_softmax(logits.mean(axis=0))[np.arange(50), y])
     result = metrics.evaluate_classification(_log_softmax(logits), y, "geometric", log_probs=True)
     assert result["nll"] == pytest.approx(exact_nll, rel=1e-12)
-    assert metrics.evaluate_classification(_softmax(logits), y, "geometric")["nll"] == pytest.approx(exact_nll)
+    assert metrics.evaluate_classification(_softmax(logits), y, "geometric")["nll"] == pytest.approx(
+        exact_nll
+    )
 
 
 def test_nll_from_log_probabilities_is_exact_where_probabilities_underflow():
@@ -168,7 +172,9 @@ def test_metrics_from_log_probabilities_equal_those_from_probabilities(method):
     from_probs = metrics.evaluate_classification(np.exp(log_probs), y, method)
     assert from_logs == pytest.approx(from_probs, rel=1e-12)
     np.testing.assert_allclose(
-        metrics.combine(log_probs, method, log_probs=True), metrics.combine(np.exp(log_probs), method), rtol=1e-12
+        metrics.combine(log_probs, method, log_probs=True),
+        metrics.combine(np.exp(log_probs), method),
+        rtol=1e-12,
     )
 
 
@@ -346,3 +352,57 @@ def test_r2_hand_example_and_constant_targets():
     assert metrics.r2([3.0, 3.0], [3.0, 3.0]) == 1.0 and metrics.r2([2.0, 4.0], [3.0, 3.0]) == 0.0
     result = metrics.evaluate_regression(np.array([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]]), np.array([2.5, 3.0]))
     assert result["r2"] == pytest.approx(1 - 0.625 / 0.0625)  # ensemble mean [2, 4]: mse 0.625, var(y) 0.0625
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registries: combiners and metrics (name, kind of task, direction)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", metrics.COMBINERS)
+def test_every_registered_combiner_combines_to_probabilities(method):
+    member_probs = np.stack([PROBS, PROBS[::-1]])  # (2, 4, 3)
+    combined = metrics.combine(member_probs, method=method)
+    np.testing.assert_allclose(combined.sum(axis=-1), 1.0)
+    assert metrics.evaluate_classification(member_probs, Y, method=method)["num_members"] == 2
+
+
+def test_registered_metrics_are_what_each_kind_of_evaluation_computes():
+    member_probs = np.stack([PROBS, PROBS[::-1]])
+    classification = metrics.evaluate_classification(member_probs, Y)
+    regression = metrics.evaluate_regression(np.array([[1.0, 2.0], [2.0, 3.0]]), np.array([1.5, 2.0]))
+    assert set(metrics.metrics_for("classification")) <= set(classification)
+    assert set(metrics.metrics_for("regression")) <= set(regression)
+    assert set(metrics.METRICS) == {
+        *metrics.metrics_for("classification"),
+        *metrics.metrics_for("regression"),
+    }
+
+
+@pytest.mark.parametrize("name", metrics.METRICS)
+def test_registered_direction_ranks_a_perfect_model_above_a_poor_one(name):
+    """A model that is right everywhere must score better, in the registered direction, than one that is not."""
+    info = metrics.METRICS[name]
+    if info.kind == "classification":
+        y = np.array([0, 1, 2, 0, 1, 2])
+        good = np.eye(3)[y] * 0.9 + 0.1 / 3  # (B, C), right and confident
+        poor = np.roll(good, 1, axis=-1) * 0.5 + 0.5 / 3  # (B, C), wrong and unsure
+        scored = {
+            k: metrics.evaluate_classification(p[None], y)[name] for k, p in (("good", good), ("poor", poor))
+        }
+    else:
+        y = np.array([0.0, 1.0, 2.0, 3.0])
+        pred = {"good": y + np.array([0.01, -0.01, 0.01, -0.01]), "poor": y[::-1]}
+        scored = {k: metrics.evaluate_regression(p[None], y)[name] for k, p in pred.items()}
+    better = scored["good"] > scored["poor"] if info.higher_is_better else scored["good"] < scored["poor"]
+    assert better, (name, scored)
+    assert metrics.higher_is_better(name) is info.higher_is_better
+
+
+def test_unknown_combiner_and_metric_are_refused_with_the_registered_names():
+    with pytest.raises(
+        ValueError, match=r"`method` must be one of \('mean', 'geometric'\). Received: method='max'"
+    ):
+        metrics.combine(np.stack([PROBS]), method="max")
+    with pytest.raises(ValueError, match=r"`metric` must be one of \('accuracy', 'nll', .*'r2'\)"):
+        metrics.higher_is_better("f1")

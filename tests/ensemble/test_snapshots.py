@@ -6,7 +6,7 @@ import pytest
 
 from ensemble.data import DataConfig, prepare_data
 from ensemble.fused import FusedMLP
-from ensemble.metrics import accuracy, combine
+from ensemble.metrics import COMBINERS, accuracy, combine
 from ensemble.plots import plot_learning_rate
 from ensemble.schedules import SGDRSchedule
 from ensemble.snapshots import SnapshotCollector, Snapshots, select_best
@@ -122,6 +122,36 @@ def test_predict_combines_any_subset_with_the_ensemble_combiner(run, blobs):
     for method in ("mean", "geometric"):
         got = snapshots.predict(x_test, members=[0, 2], cycles=[2, 3], method=method)
         np.testing.assert_allclose(got, combine(one_by_one, method=method), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", COMBINERS)
+def test_growing_ensemble_scores_combine_the_cycles_so_far_with_the_given_combiner(run, blobs, method):
+    _, _, _, everything, _ = run
+    _, x_test, y_test = blobs
+    snapshots = everything.snapshots
+    got = snapshots.growing_ensemble_scores(x_test, y_test, method=method)
+    expected = []
+    for k in range(len(snapshots.cycles)):  # reference: member by member, then the combiner
+        keys = snapshots.keys(cycles=snapshots.cycles[: k + 1])
+        one_by_one = np.stack([snapshots.predict_members(x_test, [m], [c])[0] for m, c in keys])  # (K, B, C)
+        expected.append(
+            {"accuracy": accuracy(combine(one_by_one, method=method), y_test), "count": len(keys)}
+        )
+    assert [s["count"] for s in got] == [MEMBERS * (k + 1) for k in range(len(snapshots.cycles))]
+    assert [s["count"] for s in got] == [e["count"] for e in expected]
+    np.testing.assert_allclose([s["accuracy"] for s in got], [e["accuracy"] for e in expected], atol=1e-12)
+
+
+def test_growing_ensemble_scores_differ_between_combiners_and_refuse_an_unknown_one(run, blobs):
+    """The run's combiner matters here (the snapshot curve used the mean whatever the config said, issue 19)."""
+    _, _, _, everything, _ = run
+    _, x_test, y_test = blobs
+    curves = {m: everything.snapshots.growing_ensemble_scores(x_test, y_test, method=m) for m in COMBINERS}
+    assert curves["mean"] != curves["geometric"]
+    with pytest.raises(
+        ValueError, match=r"must be one of \('mean', 'geometric'\). Received: method='median'"
+    ):
+        everything.snapshots.growing_ensemble_scores(x_test, y_test, method="median")
 
 
 def test_member_model_predicts_like_the_snapshot(run, blobs):

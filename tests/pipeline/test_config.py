@@ -6,6 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from ensemble.metrics import COMBINERS, EPOCH_SCORES, METRICS
 from flows.cli import build_parser, load_pipeline_config
 from tasks.config import PipelineConfig, load_config, parse_assignment
 
@@ -203,3 +204,48 @@ def test_config_round_trips_through_model_dump():
     """A deployment stores `config.model_dump()` as its parameters; it must validate back to the same config."""
     config = load_config(overrides={"model.members": 4, "snapshots.keep_best": 2, "data.source": "wine"})
     assert PipelineConfig.model_validate(config.model_dump()) == config
+
+
+@pytest.mark.parametrize("combiner", COMBINERS)
+def test_evaluation_combiner_accepts_every_registered_combiner(combiner):
+    assert load_config(overrides={"evaluation.combiner": combiner}).evaluation.combiner == combiner
+
+
+def test_evaluation_combiner_outside_the_registry_is_rejected_with_its_names():
+    with pytest.raises(
+        ValidationError, match=r"must be one of \('mean', 'geometric'\). Received: combiner='median'"
+    ):
+        load_config(overrides={"evaluation.combiner": "median"})
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_champion_gate_direction_and_task_follow_the_metric_registry(metric):
+    info = METRICS[metric]
+    task, other = ("regression", "multiclass") if info.kind == "regression" else ("multiclass", "regression")
+    evaluation = load_config(overrides={"evaluation.metric": metric}).evaluation
+    assert evaluation.higher_is_better(task) is info.higher_is_better
+    with pytest.raises(ValueError, match=f"is a {info.kind} metric but the data is a {other} task"):
+        evaluation.for_task(other)
+
+
+@pytest.mark.parametrize("monitor", EPOCH_SCORES)
+def test_growth_monitor_accepts_every_registered_epoch_score(monitor):
+    assert load_config(overrides={"growth.monitor": monitor}).growth.monitor == monitor
+
+
+def test_growth_monitor_outside_the_registry_is_rejected_with_its_names():
+    with pytest.raises(
+        ValidationError, match=r"must be one of \('val_accuracy', 'val_ensemble_accuracy', 'val_loss'\)"
+    ):
+        load_config(overrides={"growth.monitor": "val_nll"})
+
+
+def test_growth_on_the_mean_ensemble_accuracy_with_another_combiner_is_rejected():
+    """`val_ensemble_accuracy` combines by the mean in the training loop: with another combiner, growth would
+    decide on a different ensemble than the one evaluated and served."""
+    growth = {"growth.enabled": True, "growth.monitor": "val_ensemble_accuracy"}
+    with pytest.raises(ValidationError, match="not evaluation.combiner='geometric'. Set growth.monitor"):
+        load_config(overrides={**growth, "evaluation.combiner": "geometric"})
+    mean = load_config(overrides={**growth, "evaluation.combiner": "mean"})
+    assert mean.growth.monitor == "val_ensemble_accuracy"
+    load_config(overrides={**growth, "growth.monitor": "val_accuracy", "evaluation.combiner": "geometric"})
