@@ -299,9 +299,16 @@ def summary(result: dict, settings: TrackingSettings | None = None) -> str:
     for key in keys:
         table.add_column(key, justify="right")
     members = int(metrics.get("num_members", 0)) or len(result["member_run_ids"])
-    table.add_row(
-        f"ensemble ({members} models)" if members else "ensemble", *(f"{metrics[k]:.4f}" for k in keys)
-    )
+    # A sweep registers its selection; `metrics` are then the uniform ensemble's.
+    selection = result.get("selection") or {}
+    label = "uniform ensemble" if selection else "ensemble"
+    table.add_row(f"{label} ({members} models)" if members else label, *(f"{metrics[k]:.4f}" for k in keys))
+    for name, label in (
+        ("selected", "selected ensemble (registered)"),
+        ("best_configuration", "best configuration"),
+    ):
+        if name in selection:
+            table.add_row(label, *(number(selection[name].get(k)) for k in keys))
     if best:
         table.add_row(f"best member (#{best['member']})", *(number(best.get(k)) for k in keys))
     if any(MEAN_MEMBER.get(k) in metrics for k in keys):

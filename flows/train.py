@@ -105,7 +105,7 @@ def train_flow(
             groups,
             config.evaluation,
             run_dir,
-            model_path=trained["model_path"],  # member runs' test_* come from each member's final weights
+            model_path=trained["model_path"],  # member runs' test/* come from each member's final weights
             snapshot_dir=trained["snapshot_dir"],
         )
         if config.sweep is not None:  # a sweep registers its greedy ensemble selection (tasks.selection)
@@ -146,6 +146,7 @@ def train_flow(
         # For `ensemble train`'s closing summary: the ensemble against its best member, where to look.
         "metric": evaluation["metric"],
         "best_member": evaluation.get("best_member"),
+        "selection": evaluation.get("selection"),  # a sweep's registered selection (`metrics`: uniform)
         "run_url": tracker.run_url(run_id),
     }
 
@@ -207,7 +208,12 @@ def describe_run(
     registry = (registration or {}).get("decision") or "Not registered (`registry.enabled` is false)."
     growth = [f"Growth: {trained['growth_reason']}."] if trained.get("growth_reason") else []
     text = parent_description(
-        title, evaluation["metrics"], evaluation["metric"], evaluation.get("best_member"), registry, growth
+        title,
+        evaluation["metrics"],
+        evaluation["metric"],
+        evaluation.get("best_member"),
+        registry,
+        growth + selection_lines(evaluation.get("selection"), evaluation["metric"]),
     )
     tracker.describe_run(run_id, text)
     links = [f"MLflow run: [{title}]({tracker.run_url(run_id)})"]
@@ -219,6 +225,26 @@ def describe_run(
         key="run-summary",
         description="What this flow run trained, how it scored and what the registry did with it",
     )
+
+
+def selection_lines(selection: dict | None, metric: str) -> list[str]:
+    """A sweep's three ensembles on the gating metric: the `ensemble` column above is the uniform one, while the
+    registered model is the selection (`tasks.selection`)."""
+    values = {
+        name: (selection or {}).get(name, {}).get(metric)
+        for name in ("selected", "uniform", "best_configuration")
+    }
+    if values["selected"] is None:
+        return []
+    others = "; ".join(
+        f"{name.replace('_', ' ')} {value:.4f}"
+        for name, value in values.items()
+        if name != "selected" and value is not None
+    )
+    return [
+        "",
+        f"Sweep: the registered model is the selected ensemble, test {metric} {values['selected']:.4f} ({others}).",
+    ]
 
 
 def build_task_runner(runner: RunnerSection) -> TaskRunner:

@@ -61,8 +61,11 @@ def test_scores(
 
 def library_members(predictor: EnsemblePredictor, trained: dict) -> list[tuple[int, int | str]]:
     """(member, cycle) of each of the predictor's pooled models: its snapshots (sorted by cycle, member, as
-    `tasks.snapshots` stacks them) or each member's final weights (`cycle` "final")."""
-    if trained.get("snapshot_dir") and predictor.num_members != trained["members"]:
+    `tasks.snapshots` stacks them) or each member's final weights (`cycle` "final").
+
+    With snapshots the pool is the snapshots even when there are as many as members (`keep_best: 1`: each
+    member's best cycle, sorted by cycle, so model k need not be member k)."""
+    if trained.get("snapshot_dir"):
         keys = Snapshots.load(trained["snapshot_dir"]).keys()
         if len(keys) == predictor.num_members:
             return list(keys)

@@ -4,8 +4,8 @@ Each member run already holds its snapshots' `snapshot/val_loss` / `snapshot/val
 logged live as each cycle ended (`tasks.train.MlflowEpochLogger`; step-indexed metrics, so the UI plots a member's
 snapshots as a curve). This step logs the parent run's snapshot table and `snapshot/ensemble_val_accuracy` (or
 `_val_rmse`) of the ensemble of cycles `0..k` at `step` = k, its members combined with the configured
-`evaluation.combiner` (as the test scores and the served model combine them; regression: the mean). The snapshots' test scores (`snapshot/test_*` on the
-member runs, `step` = cycle) come later, from `tasks.evaluate`.
+`evaluation.combiner` (as the test scores and the served model combine them; regression: the mean). The
+snapshots' test scores (`snapshot/test_*` on the member runs, `step` = cycle) come later, from `tasks.evaluate`.
 """
 
 from __future__ import annotations

@@ -352,7 +352,7 @@ class Tracker:
         activating the run: with the run active, MLflow's `log_model` reads back the whole history of every
         metric of the run to link their step-0 values to the model, which for the per-step learning rate of a
         50-member, 30-epoch run (37,710 points) took 1.6 s of a 1.8 s call. The model is then linked to the
-        run as its output, and the run's `test_*` metrics (the model's evaluation) to the model.
+        run as its output, and the run's `test/*` metrics (the model's evaluation) to the model.
         """
         self._use_fluent_uris()
         run = self.client.get_run(run_id)
@@ -493,11 +493,13 @@ class Tracker:
             return None
 
     def _version_metric(self, version: ModelVersion, metric: str) -> float | None:
-        """`test_<metric>` of a version: its tag, else its run's metric; None if neither has it."""
+        """`test_<metric>` of a version: its tag, else its run's metric (`test/<metric>`, or `test_<metric>` as runs
+        logged it before the metric names were grouped); None if none has it."""
         tagged = version.tags.get(f"test_{metric}")
         if tagged is not None:
             return float(tagged)
-        return self.client.get_run(version.run_id).data.metrics.get(f"{TEST_PREFIX}{metric}")
+        metrics = self.client.get_run(version.run_id).data.metrics
+        return metrics.get(f"{TEST_PREFIX}{metric}", metrics.get(f"test_{metric}"))
 
     def model_name(self, name: str | None = None) -> str:
         """`name`, else `registered_model_name` (mlflow.yaml / $ENSEMBLE_REGISTERED_MODEL).

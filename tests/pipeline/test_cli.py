@@ -364,6 +364,24 @@ def test_the_printed_serve_command_names_the_store_unless_it_is_the_default():
     assert expected in summary(result, apart)
 
 
+def test_the_summary_of_a_sweep_shows_the_registered_selection_beside_the_uniform_ensemble():
+    """A sweep registers its selection; the run's `metrics` are the uniform ensemble's: both rows, named."""
+    from flows.cli import summary
+
+    selection = {
+        "selected": {"accuracy": 0.95, "nll": 0.2},
+        "uniform": {"accuracy": 0.9, "nll": 0.3},
+        "best_configuration": {"accuracy": 0.93, "nll": 0.25},
+    }
+    metrics = {"accuracy": 0.9, "nll": 0.3, "num_members": 4}
+    result = {"run_id": "r", "member_run_ids": ["a", "b"], "metrics": metrics, "registration": None}
+    rows = summary_table(summary({**result, "selection": selection}))
+    assert rows["uniform ensemble (4 models)"] == ["0.9000", "0.3000"]
+    assert rows["selected ensemble (registered)"] == ["0.9500", "0.2000"]
+    assert rows["best configuration"] == ["0.9300", "0.2500"]
+    assert "ensemble (4 models)" in summary_table(summary(result))  # no sweep: one ensemble row, as before
+
+
 def test_a_worker_loading_the_train_flow_prints_none_of_tensorflows_native_notes(tmp_path):
     """A Prefect worker's flow run imports `flows.train` (no CLI): TensorFlow loads without its C++ start-up notes."""
     from tests.pipeline.helpers import TF_NATIVE_NOTE
