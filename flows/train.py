@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import ensemble.tensorflow_quietly  # noqa: F401  (first: a worker's flow run prints none of TF's native notes)
+from ensemble.selection import check_metric
 from ensemble.shards import shard_ranges
 from tasks.config import PipelineConfig, RunnerSection
 from tasks.data import log_data_task, prepare_data_task
@@ -79,6 +80,8 @@ def train_flow(
         summary = log_data_task(settings, run_id, data_dir, config.data.source)
         # An inferred task is known only now: fail before training (evaluate_task resolves the default metric).
         config.evaluation.check_task(summary["task"])
+        if config.sweep is not None:  # `selection_metric: rmse` on classes, before training, not after it
+            check_metric(config.sweep.selection_metric, summary["task"])
         run_dir = str(Path(config.output_dir).resolve() / "runs" / run_id)
         trained = train_members(config, data_dir, run_dir, settings, run_id)  # logged live while it trains
         member_run_ids = trained["member_run_ids"]
@@ -241,9 +244,10 @@ def selection_lines(selection: dict | None, metric: str) -> list[str]:
         for name, value in values.items()
         if name != "selected" and value is not None
     )
+    beside = f" ({others})" if others else ""
     return [
         "",
-        f"Sweep: the registered model is the selected ensemble, test {metric} {values['selected']:.4f} ({others}).",
+        f"Sweep: the registered model is the selected ensemble, test {metric} {values['selected']:.4f}{beside}.",
     ]
 
 
