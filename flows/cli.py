@@ -40,7 +40,13 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one "
 # MLflow's usage telemetry fetches its config from the internet from a background thread; runs stay offline.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-UI_HINT = "Open the MLflow UI with `ensemble ui` (http://127.0.0.1:5000)."
+
+
+def ui_hint(settings) -> str:
+    """Where to browse the runs: the tracking server itself, or `ensemble ui` on a local store."""
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        return f"Browse the runs at {settings.ui_address}."
+    return f"Open the MLflow UI with `ensemble ui` ({settings.ui_address})."
 TIMINGS_ENV = "ENSEMBLE_TIMINGS"
 """A file: the CLI writes its phase edges there as JSON (`benchmarks/bench_startup.py` reads them)."""
 FLOW_COMMANDS = ("train", "compare", "predict")  # they run a flow in this process
@@ -202,6 +208,9 @@ def run_command(
 
     settings = TrackingSettings.load()
     if args.command == "ui":
+        if settings.tracking_uri.startswith(("http://", "https://")):
+            print(f"The store is the tracking server {settings.tracking_uri}: its UI is at {settings.ui_address}.")
+            return 0
         command = [
             "mlflow",
             "ui",
@@ -256,7 +265,7 @@ def run_command(
         prefect_api_ready(server, marks)
         result = compare_flow(config, settings, grid={} if args.grid else None)
         print(
-            f"\nComparison run {result['run_id']}: child runs tagged comparison={result['run_id']}. {UI_HINT}"
+            f"\nComparison run {result['run_id']}: child runs tagged comparison={result['run_id']}. {ui_hint(settings)}"
         )
         return 0
     from flows.train import train_flow
@@ -336,7 +345,7 @@ def summary(result: dict, settings: TrackingSettings | None = None) -> str:
         lines.append(
             f'  {store_environment(settings)}mlflow models serve -m "{uri}" --env-manager local -p 5001'
         )
-    lines.append(UI_HINT)
+    lines.append(ui_hint(settings))
     return "\n".join(lines)
 
 

@@ -273,6 +273,14 @@ def test_every_subcommand_help_shows_the_default_of_every_option_that_has_one(co
         assert f"(default: {defaults.train.epochs}, or train.epochs of --config)" in text
 
 
+def test_cli_ui_on_a_tracking_server_points_at_it_instead_of_serving_a_store(cli_env, monkeypatch, capsys):
+    """`mlflow ui --backend-store-uri http://...` would fail: a tracking server is its own UI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    monkeypatch.setenv("ENSEMBLE_MLFLOW_UI_URL", "http://mlflow.example.test:8080/")
+    assert main(["ui"]) == 0
+    assert "its UI is at http://mlflow.example.test:8080." in capsys.readouterr().out
+
+
 def test_cli_predict_with_a_missing_input_file_exits_2_naming_it(tmp_path, cli_env, capsys):
     missing = tmp_path / "rows.csv"
     assert main(["predict", "--input", str(missing), "--output", str(tmp_path / "out.parquet")]) == 2
