@@ -218,7 +218,9 @@ def tracking(root: Path, members: int, epochs: int, steps: int) -> None:
     admin.execute(f'CREATE DATABASE "{name}"')
     server = None
     try:
-        server, url = start_mlflow_server(urlsplit(admin_uri)._replace(scheme="postgresql+psycopg", path=f"/{name}").geturl(), root)
+        server, url = start_mlflow_server(
+            urlsplit(admin_uri)._replace(scheme="postgresql+psycopg", path=f"/{name}").geturl(), root
+        )
         settings = TrackingSettings(tracking_uri=url, artifact_location=None, experiment_name="bench")
         report("mlflow server + PostgreSQL", settings, members, epochs, steps)
     finally:

@@ -54,7 +54,10 @@ _CONFIG_RULES = {  # argument -> (is valid, what it must be)
     "standardize": (lambda v: isinstance(v, bool), "a bool"),
     "max_classes": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
     "train_rows": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or None"),
-    "features": (lambda v: v is None or (_is_names(v) and v != ()), "a non-empty list of column names or None"),
+    "features": (
+        lambda v: v is None or (_is_names(v) and v != ()),
+        "a non-empty list of column names or None",
+    ),
     "drop": (_is_names, "a list of column names"),
     "id_column": (lambda v: v is None or (isinstance(v, str) and v != ""), "a column name or None"),
 }
@@ -96,7 +99,10 @@ class DataConfig:
     id_column: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("features", "drop"):  # lists (YAML, JSON) -> tuples: the config stays hashable and frozen
+        for name in (
+            "features",
+            "drop",
+        ):  # lists (YAML, JSON) -> tuples: the config stays hashable and frozen
             if isinstance(value := getattr(self, name), list):
                 object.__setattr__(self, name, tuple(value))
         for name, (is_valid, what) in _CONFIG_RULES.items():
@@ -111,7 +117,9 @@ class DataConfig:
         for name in ("features", "drop"):
             roles[name] = list(getattr(self, name) or ())
             if len(set(roles[name])) != len(roles[name]):
-                raise ValueError(f"Argument `{name}` must not repeat a column. Received: {name}={roles[name]}")
+                raise ValueError(
+                    f"Argument `{name}` must not repeat a column. Received: {name}={roles[name]}"
+                )
         for first, second in itertools.combinations(roles, 2):
             if both := sorted(set(roles[first]) & set(roles[second])):
                 raise ValueError(
@@ -122,7 +130,11 @@ class DataConfig:
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, JSON-ready (`features` and `drop` as lists)."""
         config = dataclasses.asdict(self)
-        return {**config, "features": None if self.features is None else list(self.features), "drop": list(self.drop)}
+        return {
+            **config,
+            "features": None if self.features is None else list(self.features),
+            "drop": list(self.drop),
+        }
 
 
 def _bundled_frame(name: str) -> pd.DataFrame:
@@ -153,7 +165,9 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
         return _bundled_frame(source), target or "target"
     path = _data_file(source)
     try:
-        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path, engine="pyarrow")
+        frame = (
+            pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path, engine="pyarrow")
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError) as error:
         raise DataError(f"Could not read {path}: {error}") from error
     return frame, _required_target(path, target, list(frame.columns))
@@ -237,7 +251,11 @@ def feature_columns(
 ) -> list[str]:
     """The feature columns of a frame with `columns`: `features` (in that order), or every column but the
     target, `id_column` and `drop` (in frame order). DataError naming a column that is not in the frame."""
-    named = {"features": list(features or ()), "drop": list(drop), "id_column": [id_column] if id_column else []}
+    named = {
+        "features": list(features or ()),
+        "drop": list(drop),
+        "id_column": [id_column] if id_column else [],
+    }
     for name, wanted in named.items():
         if missing := [c for c in wanted if c not in columns]:
             raise DataError(
@@ -489,7 +507,9 @@ class PreparedData:
         for name in _SPLITS:
             arrays[f"x_{name}"] = preprocessor.transform(frames[name])  # (n_split, d)
             arrays[f"y_{name}"] = preprocessor.encode_labels(frames[name][preprocessor.target])  # (n_split,)
-        return cls(**arrays, preprocessor=preprocessor, config=config, raw=frames, warnings=list(warnings or []))
+        return cls(
+            **arrays, preprocessor=preprocessor, config=config, raw=frames, warnings=list(warnings or [])
+        )
 
     def save(self, directory: str | Path) -> dict[str, Path]:
         """Writes `{train,val,test}.parquet` (raw features + original target) and `metadata.json`."""

@@ -24,7 +24,9 @@ def _import_with_fd2_muted() -> None:
     try:
         import tensorflow
 
-        tensorflow.config.list_physical_devices("GPU")  # device probing ("failed call to cuInit") happens here
+        tensorflow.config.list_physical_devices(
+            "GPU"
+        )  # device probing ("failed call to cuInit") happens here
     finally:
         os.dup2(saved, 2)
         os.close(null)

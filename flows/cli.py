@@ -41,12 +41,17 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one "
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+def ui_hint(settings: TrackingSettings | None) -> str:
+    """Where to browse the runs: the tracking server itself, or `ensemble ui` on a local store (None: the default)."""
+    if settings is None:
+        from tasks.tracking import DEFAULT_UI_URL
 
-def ui_hint(settings) -> str:
-    """Where to browse the runs: the tracking server itself, or `ensemble ui` on a local store."""
+        return f"Open the MLflow UI with `ensemble ui` ({DEFAULT_UI_URL})."
     if settings.tracking_uri.startswith(("http://", "https://")):
         return f"Browse the runs at {settings.ui_address}."
     return f"Open the MLflow UI with `ensemble ui` ({settings.ui_address})."
+
+
 TIMINGS_ENV = "ENSEMBLE_TIMINGS"
 """A file: the CLI writes its phase edges there as JSON (`benchmarks/bench_startup.py` reads them)."""
 FLOW_COMMANDS = ("train", "compare", "predict")  # they run a flow in this process
@@ -209,7 +214,9 @@ def run_command(
     settings = TrackingSettings.load()
     if args.command == "ui":
         if settings.tracking_uri.startswith(("http://", "https://")):
-            print(f"The store is the tracking server {settings.tracking_uri}: its UI is at {settings.ui_address}.")
+            print(
+                f"The store is the tracking server {settings.tracking_uri}: its UI is at {settings.ui_address}."
+            )
             return 0
         command = [
             "mlflow",

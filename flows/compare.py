@@ -69,7 +69,9 @@ def compare_flow(
             for candidate in plan_candidates_task(data_dir, config.model)
         ]
         scoring = {"combiner": config.evaluation.combiner, "bins": config.evaluation.bins}  # as candidates
-        plotted = rows + (grid_task(settings, run_id, data_dir, scoring | grid, run_dir) if grid is not None else [])
+        plotted = rows + (
+            grid_task(settings, run_id, data_dir, scoring | grid, run_dir) if grid is not None else []
+        )
         plot_comparison_task(settings, run_id, plotted, run_dir)
         summary = summarize_comparison_task(settings, run_id, rows, run_dir)
         create_table_artifact(

@@ -30,7 +30,7 @@ from tasks.growth import growth_task
 from tasks.lr_curve import growth_epochs
 from tasks.recovery import open_parent_run, resume_key
 from tasks.registry import register_task, registered_model_name
-from tasks.selection import select_ensemble_task
+from tasks.selection import SELECTED_TEST_PREFIX, select_ensemble_task
 from tasks.snapshots import collect_snapshots_task
 from tasks.tracking import Tracker, TrackingSettings
 from tasks.train import log_training_task, merge_shards_task, train_task
@@ -127,6 +127,7 @@ def train_flow(
                 evaluation["value"],
                 evaluation["higher_is_better"],
                 registered_model_name(config.registry, settings, config.data.source),
+                evaluation_prefix=SELECTED_TEST_PREFIX if config.sweep is not None else None,
             )
             if registration["reason"]:
                 logger.warning(f"Registered without an alias: {registration['reason']}")

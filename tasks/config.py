@@ -69,7 +69,9 @@ class DataSection(Section):
 
     @model_validator(mode="after")
     def _one_role_per_column(self) -> DataSection:
-        DataConfig(**self.model_dump())  # the library's checks of `features`, `drop`, `id_column`, at parse time
+        DataConfig(
+            **self.model_dump()
+        )  # the library's checks of `features`, `drop`, `id_column`, at parse time
         return self
 
 
@@ -277,7 +279,9 @@ class SweepSection(Section):
     samples: int = Field(8, ge=1)
     seed: int = 0
     selection_metric: Literal["nll", "accuracy", "brier", "rmse"] = "nll"
-    selection_bags: int = Field(20, ge=0)  # bagged selection over random halves of the models; 0: plain greedy
+    selection_bags: int = Field(
+        20, ge=0
+    )  # bagged selection over random halves of the models; 0: plain greedy
 
     @model_validator(mode="before")
     @classmethod
@@ -306,7 +310,9 @@ class EvaluationSection(Section):
     """How the ensemble is scored: combiners and metrics come from the registries `ensemble.metrics.LOG_COMBINERS`
     and `ensemble.metrics.METRICS` (names, kind of task, direction)."""
 
-    combiner: str = "mean"  # a name in `ensemble.metrics.COMBINERS`; for class probabilities (regression: mean)
+    combiner: str = (
+        "mean"  # a name in `ensemble.metrics.COMBINERS`; for class probabilities (regression: mean)
+    )
     bins: int = Field(15, ge=1)
     # The test metric that decides whether a new model version becomes champion; None follows the task
     # (`DEFAULT_METRICS`: accuracy for classes, rmse for regression), resolved by `for_task` once it is known.
@@ -361,7 +367,9 @@ class RegistrySection(Section):
     @classmethod
     def _valid_name(cls, value: str | None) -> str | None:
         if value is not None and (not value.strip() or any(c in value for c in "/:@")):
-            raise ValueError(f"a registered model name must be non-empty without '/', ':' or '@'. Received: {value!r}")
+            raise ValueError(
+                f"a registered model name must be non-empty without '/', ':' or '@'. Received: {value!r}"
+            )
         return value
 
 
@@ -422,7 +430,9 @@ class PipelineConfig(Section):
                 f"model.members={self.model.members} but the sweep expands to {members} members (configurations x "
                 f"sweep.repeats={self.sweep.repeats}); remove model.members or set it to {members}"
             )
-        object.__setattr__(self, "model", self.model.model_copy(update={"members": members}))  # frozen section
+        object.__setattr__(
+            self, "model", self.model.model_copy(update={"members": members})
+        )  # frozen section
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,11 @@ from typing import Any
 from ensemble.metrics import METRICS
 from tasks.config import PipelineConfig
 
-KEY_METRICS = (*METRICS, "oracle_accuracy", "num_members")  # the registry's metrics, then two about the members
+KEY_METRICS = (
+    *METRICS,
+    "oracle_accuracy",
+    "num_members",
+)  # the registry's metrics, then two about the members
 
 
 def data_name(source: str) -> str:

@@ -82,7 +82,9 @@ def evaluate_task(
         key="mlflow-run",
         description="Where this flow run's parameters, metrics and model are tracked (mlflow.yaml's `ui_url`)",
     )
-    if prepared.task == "regression":  # the served prediction interval: split-conformal on the validation rows
+    if (
+        prepared.task == "regression"
+    ):  # the served prediction interval: split-conformal on the validation rows
         predictor.calibrate_interval(prepared.x_val, prepared.y_val)
     predictor_dir = predictor.save(Path(run_dir) / "predictor")
     finals = [row for row in rows if row["cycle"] == FINAL and row.get(evaluation.metric) is not None]

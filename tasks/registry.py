@@ -40,6 +40,7 @@ def register_task(
     value: float,
     higher_is_better: bool,
     model_name: str,
+    evaluation_prefix: str | None = None,
 ) -> dict:
     """Log the ensemble as an MLflow pyfunc (raw columns in; probabilities + label out) and register it.
 
@@ -51,7 +52,8 @@ def register_task(
     schema and the new `test_<metric>` beats the champion's; else, compared, the challenger alias; not compared
     (another task or schema, or a champion without `test_<metric>`), no alias and a `reason`
     (`tasks.tracking.Tracker.register`). The version's description says why it got its alias (or none), with
-    its value and the previous champion's, then the serving contract. The logged model is named after the run.
+    its value and the previous champion's, then the serving contract. The logged model is named after the run;
+    the run's metrics that start with `evaluation_prefix` (default `test/`) are linked to it as its evaluation.
     Returns `{"name", "version", "alias", "model_uri", "champion_value", "champion_version", "reason",
     "decision"}` (`decision`: that sentence, in Markdown).
     """
@@ -70,6 +72,7 @@ def register_task(
         code_paths=CODE_PATHS,
         pip_requirements=inference_requirements(),
         metadata={"serving_contract": contract},
+        evaluation_prefix=evaluation_prefix,
     )
     identity = model_identity(prepared.task, example)
     registered = tracker.register(model_uri, run_id, metric, value, higher_is_better, model_name, identity)

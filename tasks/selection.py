@@ -33,6 +33,9 @@ from tasks.tracking import Tracker, TrackingSettings
 from tasks.train import sweep_members
 
 PREFIX = "selection/"
+SELECTED_TEST_PREFIX = (
+    f"{PREFIX}selected_test_"  # the registered selection's test scores (linked to its model)
+)
 
 
 def test_scores(

@@ -339,6 +339,7 @@ class Tracker:
         pip_requirements: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         name: str | None = None,
+        evaluation_prefix: str | None = None,
     ) -> str:
         """Log a pyfunc model ("model from code": `python_model` is the path of the file that calls
         `mlflow.models.set_model`) with signature and input example as the output of `run_id`; returns its URI.
@@ -352,7 +353,8 @@ class Tracker:
         activating the run: with the run active, MLflow's `log_model` reads back the whole history of every
         metric of the run to link their step-0 values to the model, which for the per-step learning rate of a
         50-member, 30-epoch run (37,710 points) took 1.6 s of a 1.8 s call. The model is then linked to the
-        run as its output, and the run's `test/*` metrics (the model's evaluation) to the model.
+        run as its output, and the run's metrics that start with `evaluation_prefix` (the model's evaluation;
+        default `test/`; a sweep registers its selection, whose scores are `selection/selected_test_*`) to the model.
         """
         self._use_fluent_uris()
         run = self.client.get_run(run_id)
@@ -378,7 +380,7 @@ class Tracker:
         evaluation = [
             Metric(m.key, m.value, m.timestamp, m.step, run_id=run_id, model_id=model.model_id)
             for key in run.data.metrics
-            if key.startswith(TEST_PREFIX)
+            if key.startswith(evaluation_prefix or TEST_PREFIX)
             for m in self.client.get_metric_history(run_id, key)
         ]
         if evaluation:

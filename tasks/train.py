@@ -173,7 +173,9 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self._opening is None:  # opening 50 runs takes seconds of store time: beside the first epoch
             opener = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open-member-runs")
-            self._opening = opener.submit(self.tracker.open_child_runs, self.run_id, "member", self.member_params)
+            self._opening = opener.submit(
+                self.tracker.open_child_runs, self.run_id, "member", self.member_params
+            )
             opener.shutdown(wait=False)
         self._last_send = time.monotonic()
         if self.record is None or not self.record.epochs:
@@ -249,14 +251,19 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
 
 def build_optimizer(
-    section: OptimizerSection, snapshots: SnapshotSection | None, steps_per_epoch: int, epochs: int | None = None
+    section: OptimizerSection,
+    snapshots: SnapshotSection | None,
+    steps_per_epoch: int,
+    epochs: int | None = None,
 ) -> keras.optimizers.Optimizer:
     """The Keras optimiser; with snapshots on, its learning rate is the SGDR schedule of a run of `epochs` epochs
     (`sgdr_schedule`)."""
     learning_rate = section.learning_rate
     if snapshots is not None and snapshots.enabled:
         if epochs is None or epochs < 1:
-            raise ValueError(f"Argument `epochs` must be >= 1 with snapshots on (SGDR). Received: epochs={epochs}")
+            raise ValueError(
+                f"Argument `epochs` must be >= 1 with snapshots on (SGDR). Received: epochs={epochs}"
+            )
         learning_rate = sgdr_schedule(snapshots, steps_per_epoch, epochs)
     if section.name == "adam":
         return keras.optimizers.Adam(learning_rate)
@@ -271,7 +278,9 @@ def sgdr_schedule(snapshots: SnapshotSection, steps_per_epoch: int, epochs: int)
     """The SGDR schedule of the snapshot section for a run of `epochs` epochs: its first cycle lasts
     `snapshots.cycle_length_for(epochs)` epochs. Growth rounds continue the same schedule (the optimiser's), so
     they end at the same cycle ends."""
-    arguments = snapshots.model_dump(include=SGDR_FIELDS) | {"cycle_length": snapshots.cycle_length_for(epochs)}
+    arguments = snapshots.model_dump(include=SGDR_FIELDS) | {
+        "cycle_length": snapshots.cycle_length_for(epochs)
+    }
     return SGDRSchedule.from_epochs(steps_per_epoch=steps_per_epoch, **arguments)
 
 

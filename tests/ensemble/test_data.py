@@ -438,7 +438,9 @@ def test_column_roles_are_validated_with_the_config(kwargs, match):
 
 
 def test_columns_that_are_not_in_the_data_are_named_with_the_available_ones():
-    with pytest.raises(DataError, match=r"`drop` names columns that are not in the data: \['rows'\]. Available"):
+    with pytest.raises(
+        DataError, match=r"`drop` names columns that are not in the data: \['rows'\]. Available"
+    ):
         prepare(sorted_by_class(), drop=("rows",), id_column="name")
     with pytest.raises(DataError, match=r"Feature columns must be numeric.*'name'"):
         prepare(sorted_by_class())  # a string column is not a feature: name it in `id_column` or `drop`

@@ -126,7 +126,9 @@ def test_predict_members_shapes_and_chunking():
     assert linear.predict_members(x).shape == (2, 10)
 
 
-@pytest.mark.parametrize(("task", "logit"), [("binary", -1000.0), ("binary", 1000.0), ("multiclass", -1000.0)])
+@pytest.mark.parametrize(
+    ("task", "logit"), [("binary", -1000.0), ("binary", 1000.0), ("multiclass", -1000.0)]
+)
 def test_confident_members_give_exact_log_probabilities_without_overflow(task, logit):
     model = FusedMLP(2, 3, (4,), task=task, num_classes=3, seed=0)
     model.head.kernel.assign(np.zeros(model.head.kernel.shape))
@@ -152,9 +154,13 @@ def test_predict_members_log_probabilities_are_the_logs_of_the_member_models_pro
     x = np.random.default_rng(1).normal(size=(7, 4)).astype("float32")
     log_probs = model.predict_members(x, log_probs=True)  # (N, B, C)
     for n in range(3):
-        np.testing.assert_allclose(np.exp(log_probs[n]), model.member_model(n).predict(x, verbose=0), atol=1e-6)
+        np.testing.assert_allclose(
+            np.exp(log_probs[n]), model.member_model(n).predict(x, verbose=0), atol=1e-6
+        )
     regression = FusedMLP(2, 4, (5,), task="regression")
-    np.testing.assert_array_equal(regression.predict_members(x, log_probs=True), regression.predict_members(x))
+    np.testing.assert_array_equal(
+        regression.predict_members(x, log_probs=True), regression.predict_members(x)
+    )
 
 
 def test_predict_members_rejects_wrong_feature_count():

@@ -68,8 +68,13 @@ def test_equal_flops_single_is_the_widest_uniform_mlp_within_the_ensemble_flops(
     single = by_kind["equal_flops_single"]
     width = int(single.data.params["width"])
     depth = len(HIDDEN)
-    assert single.data.metrics["cost/flops_per_sample"] == mlp_flops(WINE_FEATURES, [width] * depth, WINE_CLASSES)
-    assert single.data.metrics["cost/flops_per_sample"] <= by_kind["ensemble"].data.metrics["cost/flops_per_sample"]
+    assert single.data.metrics["cost/flops_per_sample"] == mlp_flops(
+        WINE_FEATURES, [width] * depth, WINE_CLASSES
+    )
+    assert (
+        single.data.metrics["cost/flops_per_sample"]
+        <= by_kind["ensemble"].data.metrics["cost/flops_per_sample"]
+    )
     wider = mlp_flops(WINE_FEATURES, [width + 1] * depth, WINE_CLASSES)
     assert wider > budget  # one unit wider would cost more than the ensemble
     assert width > max(HIDDEN)

@@ -91,6 +91,13 @@ def test_registered_predictor_is_the_selection_with_its_logged_weights(swept, tm
 
     version = client.get_model_version_by_alias("test-ensemble", "champion")
     assert version.run_id == result["run_id"]
+    # The logged model's evaluation is the selection's, not the uniform ensemble's `test/*` of the same run.
+    run = client.get_run(result["run_id"])
+    (output,) = run.outputs.model_outputs
+    model_metrics = {m.key: m.value for m in client.get_logged_model(output.model_id).metrics}
+    parent = run.data.metrics
+    assert model_metrics and all(key.startswith("selection/selected_test_") for key in model_metrics)
+    assert model_metrics["selection/selected_test_nll"] == parent["selection/selected_test_nll"]
 
 
 def test_a_regression_sweep_registers_a_selection_that_answers_with_a_conformal_interval(
