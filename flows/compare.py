@@ -7,9 +7,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import FlowRunContext
 
-from flows.train import prefect_tags
+from flows.train import prefect_tags, running_flow_config
 from tasks.compare import (
     candidate_task,
     grid_task,
@@ -25,10 +24,7 @@ from tasks.tracking import Tracker, TrackingSettings
 
 def flow_run_title() -> str:
     """The flow run's name: the config's `run_name`, else `compare <data> <members>x<units>`."""
-    context = FlowRunContext.get()
-    config = (context.parameters if context else {}).get("config") or PipelineConfig()
-    if isinstance(config, dict):  # a deployment's parameters arrive as JSON
-        config = PipelineConfig.model_validate(config)
+    config = running_flow_config()
     return config.run_name or compare_title(config)
 
 

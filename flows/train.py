@@ -36,12 +36,18 @@ from tasks.tracking import Tracker, TrackingSettings
 from tasks.train import log_training_task, merge_shards_task, train_task
 
 
-def flow_run_title() -> str:
-    """The flow run's name: the config's `run_name`, else what the run is (`tasks.describe.run_title`)."""
+def running_flow_config() -> PipelineConfig:
+    """The `config` parameter of the flow run being named (the default config when it has none)."""
     context = FlowRunContext.get()
     config = (context.parameters if context else {}).get("config") or PipelineConfig()
     if isinstance(config, dict):  # a deployment's parameters arrive as JSON
         config = PipelineConfig.model_validate(config)
+    return config
+
+
+def flow_run_title() -> str:
+    """The flow run's name: the config's `run_name`, else what the run is (`tasks.describe.run_title`)."""
+    config = running_flow_config()
     return config.run_name or run_title(config)
 
 

@@ -3,8 +3,11 @@ for module-scoped fixtures (the per-test `tracking` fixture of conftest.py canno
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from tasks.config import PipelineConfig, load_config
@@ -41,4 +44,23 @@ def private_tracking(root: Path, migrated_store: Path) -> TrackingSettings:
         artifact_location=str(Path(root) / "mlartifacts"),
         experiment_name="tests",
         registered_model_name="test-ensemble",
+    )
+
+
+SLOW_IMPORTS = ("tensorflow", "prefect", "mlflow", "sklearn")
+
+
+def cli_in_a_fresh_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`ensemble <args>` in a new interpreter; its stdout's last line lists which of `SLOW_IMPORTS` it loaded."""
+    code = (
+        "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
+        f"print(*[m for m in {SLOW_IMPORTS!r} if m in sys.modules]); sys.exit(code)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )

@@ -27,6 +27,7 @@ from prefect.settings import get_current_settings
 
 from flows.cli import build_parser, main
 from tasks.config import PipelineConfig
+from tests.pipeline.helpers import cli_in_a_fresh_process
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -324,18 +325,7 @@ CHEAP_MISTAKES = {  # case -> (arguments, named in the error, slow modules loade
 def test_cli_mistakes_in_config_or_data_header_load_neither_tensorflow_nor_prefect_nor_mlflow(case, tmp_path):
     """In a fresh process: one stderr line, status 2, and none of the slow imports (nor a store written)."""
     args, named, loaded = CHEAP_MISTAKES[case]
-    code = (
-        "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
-        "print(*[m for m in ('tensorflow', 'prefect', 'mlflow', 'sklearn') if m in sys.modules]); sys.exit(code)"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", code, "train", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
+    completed = cli_in_a_fresh_process(["train", *args], tmp_path)
     assert completed.returncode == 2, completed.stderr
     [line] = completed.stderr.splitlines()
     assert line.startswith("error: ") and named in line

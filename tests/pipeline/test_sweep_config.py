@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
 from tasks.config import load_config
 from tasks.train import member_params, sweep_members
+from tests.pipeline.helpers import cli_in_a_fresh_process
 
 
 def test_sweep_sets_the_members_to_configurations_times_repeats():
@@ -95,18 +91,7 @@ def test_bad_sweeps_are_config_errors_naming_the_problem(case):
     "setting", ["sweep.learning_rate=[]", "sweep.clipnorm=[1.0]", "sweep.weight_decay=[-1]"]
 )
 def test_cli_rejects_a_bad_sweep_in_one_line_before_loading_tensorflow_prefect_or_mlflow(setting, tmp_path):
-    code = (
-        "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
-        "print(*[m for m in ('tensorflow', 'prefect', 'mlflow') if m in sys.modules]); sys.exit(code)"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", code, "train", "--data", "digits", "--set", setting],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
+    completed = cli_in_a_fresh_process(["train", "--data", "digits", "--set", setting], tmp_path)
     assert completed.returncode == 2, completed.stderr
     [line] = completed.stderr.splitlines()
     assert line.startswith("error: invalid config: sweep") and setting.split("=")[0] in line
