@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 BIN = Path(sys.executable).parent
 
@@ -102,3 +104,18 @@ def mlflow_server(
     ]
     url = f"http://127.0.0.1:{port}"
     return url, running(command, f"{url}/health", log)
+
+
+def prefect_api_session() -> requests.Session:
+    """HTTP calls to a Prefect server that retry what Prefect's own client retries: 408, 429, 502 and 503, for every
+    method (its SQLite database answers 503 "Service Unavailable" while the server's services hold it)."""
+    retry = Retry(
+        total=6,
+        backoff_factor=0.5,
+        status_forcelist=(408, 429, 502, 503),
+        allowed_methods=None,
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session

@@ -15,9 +15,19 @@ import pytest
 import requests
 from sklearn.datasets import load_wine
 
-from tests.pipeline.servers import BIN, child_env, free_port, running, spawn, stop, store_client
+from tests.pipeline.servers import (
+    BIN,
+    child_env,
+    free_port,
+    prefect_api_session,
+    running,
+    spawn,
+    stop,
+    store_client,
+)
 
 REPO = Path(__file__).resolve().parents[2]
+PREFECT_API = prefect_api_session()  # retries 503 as Prefect's own client does
 TINY = [  # 2 members, 2 one-epoch SGDR cycles: a scheduled run trains in about a second
     *("--set", "model.members=2", "--set", "model.hidden_units=[8]", "--set", "train.epochs=2"),
     *("--set", "train.batch_size=8", "--set", "snapshots.cycle_length=1"),
@@ -55,9 +65,9 @@ def project_dir(root: Path, migrated_store: Path) -> Path:
 
 def flow_runs(api: str, deployment: str) -> list[dict]:
     flow_name, name = deployment.split("/")
-    deployment_id = requests.get(f"{api}/deployments/name/{flow_name}/{name}", timeout=10).json()["id"]
+    deployment_id = PREFECT_API.get(f"{api}/deployments/name/{flow_name}/{name}", timeout=10).json()["id"]
     body = {"deployments": {"id": {"any_": [deployment_id]}}}
-    return requests.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+    return PREFECT_API.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
 
 
 def wait_for(condition, timeout: float, what: str, process: subprocess.Popen, log: Path):
@@ -107,7 +117,7 @@ def test_served_interval_schedule_fires_survives_a_failed_run_and_stops_on_ctrl_
     output = log.read_text()
     assert served.returncode == 0, output[-6000:]
     assert "Stopped serving 'train-ensemble/every-15s': its schedule is paused" in output
-    deployment = requests.get(f"{api}/deployments/name/train-ensemble/every-15s", timeout=10).json()
+    deployment = PREFECT_API.get(f"{api}/deployments/name/train-ensemble/every-15s", timeout=10).json()
     assert deployment["paused"] is True
 
     client = store_client(f"sqlite:///{work / 'mlflow.db'}")
@@ -184,20 +194,20 @@ def test_prefect_deploy_all_creates_every_deployment_and_a_worker_runs_one(
     ]
     for name in names:
         flow_name, deployment = name.split("/")
-        assert requests.get(f"{api}/deployments/name/{flow_name}/{deployment}", timeout=10).ok, name
+        assert PREFECT_API.get(f"{api}/deployments/name/{flow_name}/{deployment}", timeout=10).ok, name
 
     # A run of the deployment now, with a tiny config (its cron has queued the nightly ones for later).
-    deployment_id = requests.get(
+    deployment_id = PREFECT_API.get(
         f"{api}/deployments/name/train-ensemble/nightly-retraining", timeout=10
     ).json()["id"]
-    created = requests.post(
+    created = PREFECT_API.post(
         f"{api}/deployments/{deployment_id}/create_flow_run",
         json={"parameters": {"config": TINY_PARAMS}},
         timeout=10,
     )
     assert created.ok, created.text
     output = run_worker_once("default", prefect_server, cwd=tmp_path)  # the worker runs elsewhere
-    run = requests.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()
+    run = PREFECT_API.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()
     assert run["state_type"] == "COMPLETED", output[-6000:]
 
     client = store_client(f"sqlite:///{work / 'mlflow.db'}")
@@ -229,14 +239,14 @@ def test_schedule_without_serving_binds_a_work_pool_that_a_worker_runs(
     assert made.returncode == 0, made.stdout + made.stderr
     assert "prefect worker start --pool nightly-pool" in made.stdout
     api = prefect_server["PREFECT_API_URL"]
-    deployment = requests.get(f"{api}/deployments/name/train-ensemble/pooled", timeout=10).json()
+    deployment = PREFECT_API.get(f"{api}/deployments/name/train-ensemble/pooled", timeout=10).json()
     assert deployment["work_pool_name"] == "nightly-pool"
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
 
-    created = requests.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10)
+    created = PREFECT_API.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10)
     assert created.ok, created.text
     output = run_worker_once("nightly-pool", prefect_server, cwd=tmp_path)
-    run = requests.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()  # not the cron's runs
+    run = PREFECT_API.get(f"{api}/flow_runs/{created.json()['id']}", timeout=10).json()  # not the cron's runs
     assert run["state_type"] == "COMPLETED", output[-6000:]
     client = store_client(f"sqlite:///{work / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("scheduled").experiment_id])
