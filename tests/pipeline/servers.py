@@ -119,3 +119,9 @@ def prefect_api_session() -> requests.Session:
     session = requests.Session()
     session.mount("http://", HTTPAdapter(max_retries=retry))
     return session
+
+
+def invoke(url: str, frame) -> requests.Response:
+    """POST `frame` (a pandas DataFrame) to a served model's `/invocations` as MLflow's `dataframe_split`."""
+    payload = {"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}}
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)

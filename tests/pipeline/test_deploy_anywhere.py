@@ -33,7 +33,7 @@ from flows.train import train_flow
 from tasks.contract import STATUS_CODES
 from tasks.requirements import INFERENCE_PACKAGES, LOCK_FILE, inference_requirements, read_lock
 from tests.pipeline.helpers import private_tracking, tiny_config
-from tests.pipeline.test_serving import free_port, invoke, stop
+from tests.pipeline.servers import free_port, invoke, stop
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 

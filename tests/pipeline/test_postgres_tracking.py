@@ -8,11 +8,7 @@ it is skipped, saying why, when no server answers.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from flows.train import train_flow
 from tasks.tracking import TrackingSettings
 from tests.pipeline.helpers import EPOCHS, MEMBERS, tiny_config
-from tests.pipeline.servers import free_port
+from tests.pipeline.servers import free_port, spawn, stop, wait_healthy
 
 POSTGRES_URI_ENV = "ENSEMBLE_TEST_POSTGRES_URI"
 DEFAULT_POSTGRES_URI = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -67,28 +63,16 @@ def mlflow_server(postgres_database, tmp_path_factory):
         *("--artifacts-destination", str(root / "artifacts")),
         *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
     ]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = spawn(command, log_path)
     url = f"http://127.0.0.1:{port}"
 
     def wait_ready(timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while server.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}")
+        wait_healthy(f"{url}/health", server, log_path, timeout)
 
-    yield url, log_path, wait_ready
-    os.killpg(server.pid, signal.SIGTERM)
     try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        yield url, log_path, wait_ready
+    finally:
+        stop(server)
 
 
 def test_four_concurrent_flows_lose_nothing_on_a_postgres_backed_server(tmp_path, mlflow_server, request):

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from ensemble.data import DataError, PreparedData
 from ensemble.predictor import EnsemblePredictor
 from flows.train import train_flow
 from tests.pipeline.helpers import TF_NATIVE_NOTE, private_tracking, tiny_config
-from tests.pipeline.servers import free_port, stop
+from tests.pipeline.servers import free_port, invoke, spawn, stop, wait_healthy
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -27,21 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_CLI = str(Path(sys.executable).with_name("mlflow"))
 START_TIMEOUT_S = 120
 ROWS = 5
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-        for path in ("/ping", "/health"):
-            try:
-                if requests.get(url + path, timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow models serve not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -73,27 +56,19 @@ def server_url(trained):
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     log = root / "serve.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [MLFLOW_CLI, "models", "serve", "-m", "models:/test-ensemble@champion", "--env-manager", "local"]
-            + ["-h", "127.0.0.1", "-p", str(port)],
-            cwd=root,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = spawn(
+        [MLFLOW_CLI, "models", "serve", "-m", "models:/test-ensemble@champion", "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port)],
+        log,
+        cwd=root,
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(url, server, log)
+        wait_healthy(f"{url}/ping", server, log, timeout=START_TIMEOUT_S)
         yield url
     finally:
         stop(server)
-
-
-def invoke(url: str, frame: pd.DataFrame) -> requests.Response:
-    payload = {"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}}
-    return requests.post(f"{url}/invocations", json=payload, timeout=60)
 
 
 def test_served_champion_answers_like_the_in_process_predictor(trained, server_url):
