@@ -132,13 +132,26 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
         return peak + np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True))
 
 
-def _log_arithmetic_mean(log_probs: np.ndarray) -> np.ndarray:
-    """`log(sum_i p_i / N)`: the arithmetic mean of member probabilities, from log-probabilities `(N, B, C)`."""
-    return _logsumexp(log_probs, axis=0)[0] - np.log(log_probs.shape[0])  # (B, C)
+def _log_arithmetic_mean(log_probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """`log(sum_i w_i p_i)`: the (weighted) arithmetic mean of member probabilities, from log-probabilities
+    `(N, B, C)`; `weights (N,)` positive, summing to 1 (None: 1 / N each)."""
+    if weights is None:
+        return _logsumexp(log_probs, axis=0)[0] - np.log(log_probs.shape[0])  # (B, C)
+    return _logsumexp(log_probs + np.log(weights)[:, None, None], axis=0)[0]  # (B, C)
 
 
-def _log_geometric_mean(log_probs: np.ndarray) -> np.ndarray:
-    """`log softmax(mean_i log p_i)`: the renormalised geometric mean of member probabilities `(N, B, C)`."""
+def _log_geometric_mean(log_probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """`log softmax(sum_i w_i log p_i)`: the renormalised (weighted) geometric mean of member probabilities
+    `(N, B, C)`; `weights (N,)` positive, summing to 1 (None: 1 / N each).
+
+    Weighted, a class that has probability 0 in some member stays at a vanishing share (log p = -1e300) rather than
+    failing, as a selected ensemble must answer every row."""
+    if weights is not None:
+        mixed = (weights[:, None, None] * np.where(np.isfinite(log_probs), log_probs, -1e300)).sum(
+            axis=0
+        )  # (B, C)
+        mixed -= mixed.max(axis=-1, keepdims=True)
+        return mixed - np.log(np.exp(mixed).sum(axis=-1, keepdims=True))
     log_mean = log_probs.mean(axis=0)  # (B, C) log of the unnormalised geometric mean
     if (empty := ~np.isfinite(log_mean).any(axis=-1)).any():
         raise ValueError(
@@ -149,16 +162,17 @@ def _log_geometric_mean(log_probs: np.ndarray) -> np.ndarray:
     return log_mean - _logsumexp(log_mean, axis=-1)  # (B, C)
 
 
-LOG_COMBINERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+LOG_COMBINERS: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
     "mean": _log_arithmetic_mean,
     "geometric": _log_geometric_mean,
 }
-"""THE registry of combiners: name -> member log-probabilities `(N, B, C)` -> ensemble log-probabilities `(B, C)`.
+"""THE registry of combiners: name -> (member log-probabilities `(N, B, C)`, optional member weights `(N,)`) ->
+ensemble log-probabilities `(B, C)`.
 
 Adding a combiner is a change here: `combine`, `evaluate_classification`, `EnsemblePredictor`, `ensemble.compare`,
-the snapshot curve (`tasks.snapshots`) and the config's `evaluation.combiner` all take their names from it. Not yet
-`ensemble.uncertainty.weighted_log_combine` (the member weights of a selected ensemble) and the greedy selection's
-incremental scores (`ensemble.selection`), which branch on "geometric" themselves. Combiners apply to class
+the snapshot curve (`tasks.snapshots`), `ensemble.uncertainty.weighted_log_combine` (the member weights of a selected
+ensemble) and the config's `evaluation.combiner` all take their names and formulas from it. Not yet the greedy
+selection's incremental scores (`ensemble.selection`), which keep running sums and branch on "geometric" themselves. Combiners apply to class
 probabilities; a regression ensemble is always the members' mean (`combine_regression`)."""
 
 COMBINERS: tuple[str, ...] = tuple(LOG_COMBINERS)

@@ -22,6 +22,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from ensemble.metrics import LOG_COMBINERS, check_combiner
+
 UNCERTAINTY_COLUMNS = ("predictive_entropy", "mean_member_entropy", "mutual_information", "disagreement")
 
 
@@ -46,23 +48,14 @@ def check_weights(weights, members: int) -> np.ndarray:
 def weighted_log_combine(log_probs: np.ndarray, weights, method: str = "mean") -> np.ndarray:
     """Ensemble log-probabilities `(B, C)` of member log-probabilities `(K, B, C)` with weights `(K,)`.
 
-    `"mean"`: log sum_k w_k p_k; `"geometric"`: the normalised sum_k w_k log p_k. With uniform weights these are
-    `ensemble.metrics.combine`'s combiners.
+    `"mean"`: log sum_k w_k p_k; `"geometric"`: the normalised sum_k w_k log p_k (`ensemble.metrics.LOG_COMBINERS`,
+    the combiners of `ensemble.metrics.combine`, given the weights).
     """
+    check_combiner(method, "method")
     log_probs = np.asarray(log_probs, dtype="float64")
-    w = check_weights(weights, log_probs.shape[0])[:, None, None]  # (K, 1, 1)
-    used = w[:, 0, 0] > 0  # a zero-weight member contributes nothing (not even -inf * 0)
-    log_probs, w = log_probs[used], w[used]
-    if method == "mean":
-        scored = log_probs + np.log(w)  # (K, B, C)
-        peak = scored.max(axis=0, keepdims=True)
-        peak = np.where(np.isfinite(peak), peak, 0.0)
-        return (peak + np.log(np.exp(scored - peak).sum(axis=0, keepdims=True)))[0]
-    if method != "geometric":
-        raise ValueError(f"Argument `method` must be 'mean' or 'geometric'. Received: method={method!r}")
-    mixed = (w * np.where(np.isfinite(log_probs), log_probs, -1e300)).sum(axis=0)  # (B, C)
-    mixed -= mixed.max(axis=-1, keepdims=True)
-    return mixed - np.log(np.exp(mixed).sum(axis=-1, keepdims=True))
+    w = check_weights(weights, log_probs.shape[0])
+    used = w > 0  # a zero-weight member contributes nothing (not even -inf * 0)
+    return LOG_COMBINERS[method](log_probs[used], w[used])
 
 
 def entropy(log_probs: np.ndarray) -> np.ndarray:
