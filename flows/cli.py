@@ -293,7 +293,6 @@ def prefect_api_ready(server: TemporaryServer | None, marks: PhaseMarks) -> None
     marks.mark("prefect_api")
 
 
-SUMMARY_METRICS = ("accuracy", "nll", "brier", "ece", "rmse", "mae", "r2")
 MEAN_MEMBER = {"accuracy": "mean_member_accuracy", "nll": "mean_member_nll", "rmse": "mean_member_rmse"}
 
 
@@ -308,8 +307,10 @@ def summary(result: dict, settings: TrackingSettings | None = None) -> str:
     from rich.console import Console
     from rich.table import Table
 
+    from ensemble.metrics import METRICS  # the metrics a version is judged on, in registry order
+
     metrics, best = result["metrics"], result.get("best_member") or {}
-    keys = [k for k in SUMMARY_METRICS if k in metrics]
+    keys = [k for k in METRICS if k in metrics]
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("test split")
     for key in keys:
