@@ -144,10 +144,10 @@ def growth_config(args, strategy: str, seed: int, max_rounds: int) -> GrowthConf
         strategy=strategy,
         units_per_split=4 if strategy == "targeted" else None,
         anneal_epochs=args.anneal_epochs,
-        stop_without_gain=True,
+        stop_without_gain=args.stop_without_gain,
         lr_width_scaling=args.lr_width_scaling,
         delta=args.delta,
-        noise=args.noise,
+        noise=args.splitting_noise if strategy == "splitting" else args.noise,
         seed=seed,
     )
 
@@ -297,6 +297,19 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--delta", type=float, default=0.1, help="splitting: step along the eigenvector")
     parser.add_argument("--noise", type=float, default=1.0, help="outgoing-weight offsets of the copies")
+    parser.add_argument(
+        "--splitting-noise",
+        type=float,
+        default=0.0,
+        help="`noise` of `splitting`, whose directions already break the symmetry (offsets on copies with "
+        "different incoming weights change the function to first order in delta)",
+    )
+    parser.add_argument(
+        "--stop-without-gain",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="stop growing after a round without validation gain (otherwise at the width cap)",
+    )
     parser.add_argument("--lr-width-scaling", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--teacher-width", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS / "growth.json")

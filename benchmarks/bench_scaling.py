@@ -47,7 +47,11 @@ import numpy as np  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 from mlflow.utils.time import get_current_time_millis  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId  # noqa: E402
+from prefect.client.schemas.filters import (  # noqa: E402
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
 from prefect.client.schemas.sorting import TaskRunSort  # noqa: E402
 
 from flows.train import train_flow  # noqa: E402
@@ -60,10 +64,14 @@ DEFAULT_POSTGRES_URI = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # -- 1. sharding ------------------------------------------------------------------------------------------------
 def training_span(flow_run_id: str) -> float:
-    """Seconds from the first training task's start to the end of the last training/merge task of a flow run."""
+    """Seconds from the first training task's start to the end of the last training/merge task of a flow run
+    (shards train in its `train-shards` subflow)."""
     with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
         runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id, *(r.id for r in subflows)])),
             sort=TaskRunSort.EXPECTED_START_TIME_ASC,
             limit=200,
         )

@@ -84,6 +84,7 @@ STUB_RETURNS = {  # what a Tracker method returns when tracking is off; every ot
     "experiment_id": lambda self: "0",
     "start_run": lambda self, *args, **kwargs: f"off-{uuid.uuid4().hex}",
     "child_runs": lambda self, *args, **kwargs: {},
+    "run": lambda self, run_id, *args, **kwargs: contextlib.nullcontext(run_id),
     "open_child_runs": lambda self, parent, kind, params: [f"off-{uuid.uuid4().hex}" for _ in params],
     "log_metrics_async": lambda self, batches: [],
     "unfinished_runs": lambda self: [],

@@ -2,8 +2,16 @@
 
 Layout: `model.keras` (architecture + weights), `optimizer.json` (Keras optimiser config, schedule included),
 `optimizer.npz` (every optimiser variable: iterations, slots), `state.json` (epoch, step and caller extras such as
-the data order). `EpochCheckpoint` adds the run's record so far: `record.json` (every epoch's logs, every step's
-learning rate) and `snapshots/` (the snapshots collected so far).
+the data order). `EpochCheckpoint` adds the run's record so far: `record.jsonl` (`ensemble.record`: one row per
+epoch with its logs, the learning rate of each of its steps and its cycle ends) and `snapshots/` (`model.json` and
+one `cycle-0003.npz` per cycle: that cycle's member weights `(K, ...)` and scores).
+
+A checkpoint is replaced as a whole and atomically, but an epoch rewrites only what changes: the weights, the
+optimiser state, `state.json`. The record is appended to (one row) and a cycle's snapshots are written once; the
+new checkpoint takes the earlier rows and snapshot files over from the previous one by hard link (a copy where the
+file system has none), so what an epoch writes does not grow with the epoch number. The record file is shared with
+the previous checkpoint, so `state.json` names its length (`record_bytes`): a row appended after it (a crash before
+the swap) is not part of that checkpoint and is cut off when the run resumes.
 The data order of an epoch is a pure function of `(seed, member, epoch)` (`ensemble.train.epoch_indices`), so
 weights + optimiser state + epoch are all a resumed run needs to continue exactly.
 """
@@ -13,26 +21,31 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from ensemble.fused import FusedMLP, load_fused
+from ensemble.member_model import MemberModel, find_model_class, load_member_model, model_class_name
+from ensemble.record import RECORD_FILE, RunRecord, RunRecorder
 from ensemble.snapshots import SnapshotCollector, Snapshots
 
-RECORD_FILE = "record.json"
 SNAPSHOT_DIR = "snapshots"
+SNAPSHOT_CONFIG = "model.json"  # in SNAPSHOT_DIR: the snapshots' `model_class` and `model_config`
+LEGACY_RECORD_FILE = "record.json"  # the whole record rewritten each epoch (checkpoints of earlier versions)
+Key = tuple[int, int]  # (member, cycle)
 
 
 def save_checkpoint(
     directory: str | Path,
-    model: FusedMLP,
+    model: MemberModel,
     optimizer: keras.optimizers.Optimizer,
     epoch: int,
     *,
-    write_extra: Callable[[Path], object] | None = None,
+    write_extra: Callable[[Path], dict | None] | None = None,
     **extra,
 ) -> Path:
     """Write a checkpoint atomically (a crash mid-write leaves the previous one intact).
@@ -43,7 +56,7 @@ def save_checkpoint(
         optimizer: its optimiser, built on `model.trainable_variables`.
         epoch: number of epochs completed.
         write_extra: called with the new checkpoint's (temporary) directory to add files of its own, so they are
-            replaced together with the weights.
+            replaced together with the weights; a dict it returns is added to `state.json`.
         **extra: JSON-serialisable values stored in `state.json`.
     """
     directory = Path(directory)
@@ -57,9 +70,8 @@ def save_checkpoint(
     config = keras.optimizers.serialize(optimizer)
     (tmp / "optimizer.json").write_text(json.dumps(config))
     np.savez(tmp / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in optimizer.variables])
-    if write_extra is not None:
-        write_extra(tmp)
-    state = {"epoch": int(epoch), "step": int(optimizer.iterations), **extra}
+    written = write_extra(tmp) if write_extra is not None else None
+    state = {"epoch": int(epoch), "step": int(optimizer.iterations), **extra, **(written or {})}
     (tmp / "state.json").write_text(json.dumps(state))  # written last: marks the checkpoint complete
     if directory.exists():
         os.replace(directory, old)
@@ -85,13 +97,13 @@ def _sibling(directory: Path, suffix: str) -> Path:
     return directory.with_name(f"{directory.name}.{suffix}")
 
 
-def load_checkpoint(directory: str | Path) -> tuple[FusedMLP, keras.optimizers.Optimizer, dict]:
+def load_checkpoint(directory: str | Path) -> tuple[MemberModel, keras.optimizers.Optimizer, dict]:
     """Load `(model, optimizer, state)`; the optimiser is rebuilt on the model's variables with its saved state."""
     directory = Path(directory)
     recover_checkpoint(directory)
     if not (directory / "state.json").is_file():
         raise FileNotFoundError(f"No checkpoint in {directory}: state.json is missing.")
-    model = load_fused(directory / "model.keras")
+    model = load_member_model(directory / "model.keras")
     optimizer = keras.optimizers.deserialize(json.loads((directory / "optimizer.json").read_text()))
     optimizer.build(model.trainable_variables)
     with np.load(directory / "optimizer.npz") as saved:
@@ -111,22 +123,24 @@ def has_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / "state.json").is_file()
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
+class EpochCheckpoint(RunRecorder):
     """Saves a checkpoint after every epoch, so a killed run resumes from the last completed epoch and ends with
     the same record as an uninterrupted run.
 
-    Besides weights and optimiser state, each checkpoint holds the record so far: every epoch's logs, the learning
-    rate of every optimiser step (`fit`'s `on_steps_end`) and, with a `collector`, the snapshots collected so far.
+    Besides weights and optimiser state, each checkpoint holds the run's record so far (`self.record`: every
+    epoch's logs, the learning rate of every optimiser step, the cycle ends) and, with a `collector`, the snapshots
+    collected so far. Each epoch appends one row to the record and writes only the cycles' snapshots not written
+    before (see the module docstring).
 
     Args:
-        directory: where `save_checkpoint` writes (overwritten each epoch).
+        directory: where `save_checkpoint` writes (replaced each epoch).
         optimizer: the optimiser `fit` uses (a callback sees only the model).
         collector: a `SnapshotCollector` of the same run whose snapshots are saved (and restored) with the weights.
         **state: JSON values stored in every checkpoint's `state.json` (e.g. the data order, to check on resume).
 
     Attributes:
-        epochs: every epoch's `(epoch, logs)`, per-member arrays as lists, resumed epochs included.
-        steps: global step numbers `(S,)`; learning_rates: the learning rate each of those steps used `(S,)`.
+        record: the `RunRecord` so far, resumed epochs included; `epochs`, `steps` (global step numbers `(S,)`)
+            and `learning_rates` (the learning rate each of those steps used `(S,)`) are its lists.
     """
 
     def __init__(
@@ -141,41 +155,217 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.optimizer = optimizer
         self.collector = collector
         self.state = state
-        self.epochs: list[tuple[int, dict]] = []
-        self.steps: list[int] = []
-        self.learning_rates: list[float] = []
+        self._on_disk = self._written = OnDisk()  # what the checkpoint in `directory` holds of the record
+        self._keys: set[Key] = set()  # the collector's snapshot keys at the last epoch end
+        self._cycle_steps: dict[int, int] = {}
+
+    @property
+    def epochs(self) -> list[tuple[int, dict]]:
+        return self.record.epochs
+
+    @property
+    def steps(self) -> list[int]:
+        return self.record.steps
+
+    @property
+    def learning_rates(self) -> list[float]:
+        return self.record.learning_rates
 
     def resume(self) -> None:
         """Continue the record of the checkpoint in `directory` (call before `fit` resumes from it)."""
-        record = read_record(self.directory)
-        self.epochs, self.steps, self.learning_rates = (
-            record["epochs"],
-            record["steps"],
-            record["learning_rates"],
-        )
-        if self.collector is not None and record["snapshots"] is not None:
-            self.collector.snapshots, self.collector.cycle_ends = record["snapshots"], record["cycle_ends"]
-
-    def on_steps_end(self, logs: dict) -> None:
-        self.steps.extend(logs["steps"])
-        self.learning_rates.extend(logs["learning_rates"])
+        saved = load_record(self.directory)
+        self.record, self._on_disk = saved.record, saved.on_disk
+        if self.collector is not None and saved.snapshots is not None:
+            self.collector.snapshots, self.collector.cycle_ends = (
+                saved.snapshots,
+                list(saved.record.cycle_ends),
+            )
+            self._keys, self._cycle_steps = set(saved.snapshots.weights), dict(saved.snapshots.steps)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epochs.append((epoch, {key: plain(value) for key, value in (logs or {}).items()}))
+        self.record.end_epoch(epoch, logs or {}, **self.snapshot_events())
         save_checkpoint(
             self.directory, self.model, self.optimizer, epoch + 1, write_extra=self.write_record, **self.state
         )
+        self._on_disk = self._written
 
-    def write_record(self, directory: Path) -> None:
-        collector = self.collector
-        write_record(
-            directory,
-            self.epochs,
-            self.steps,
-            self.learning_rates,
-            snapshots=collector.snapshots if collector is not None else None,
-            cycle_ends=collector.cycle_ends if collector is not None else (),
-        )
+    def snapshot_events(self) -> dict:
+        """`{"snapshots": {"added": [[m, c], ...], "dropped": [...], "steps": [[c, step], ...]}}`: how the
+        collector's snapshots changed since the last epoch end (nothing when they did not)."""
+        snapshots = self.collector.snapshots if self.collector is not None else None
+        if snapshots is None:
+            return {}
+        keys, steps = set(snapshots.weights), dict(snapshots.steps)
+        events = {
+            "added": sorted(keys - self._keys),
+            "dropped": sorted(self._keys - keys),
+            "steps": sorted((c, s) for c, s in steps.items() if self._cycle_steps.get(c) != s),
+        }
+        self._keys, self._cycle_steps = keys, steps
+        events = {name: [list(item) for item in items] for name, items in events.items() if items}
+        return {"snapshots": events} if events else {}
+
+    def write_record(self, directory: Path) -> dict:
+        """Into the new checkpoint `directory`: the record (the previous checkpoint's rows by hard link, then the
+        rows it lacks) and the snapshots (files of the previous one by hard link, new cycles written)."""
+        previous, on_disk = self.directory, self._on_disk
+        if not (previous / RECORD_FILE).is_file() or on_disk.rows > len(self.record.epochs):
+            on_disk = OnDisk()  # nothing to continue: write everything
+        if on_disk.rows:
+            carry(previous / RECORD_FILE, directory / RECORD_FILE)
+            os.truncate(directory / RECORD_FILE, on_disk.record_bytes)  # rows past the previous checkpoint
+        size = self.record.append_to(directory / RECORD_FILE, on_disk.rows)
+        snapshots = self.collector.snapshots if self.collector is not None else None
+        cycles = {} if snapshots is None else write_snapshots(directory, snapshots, previous, on_disk.cycles)
+        self._written = OnDisk(len(self.record.epochs), size, cycles)
+        return {"record_bytes": size}
+
+
+@dataclass(frozen=True)
+class OnDisk:
+    """What a checkpoint holds of a run's record: its first `rows` rows in `record_bytes` bytes, and a snapshot
+    file per cycle `{cycle: members it holds}`."""
+
+    rows: int = 0
+    record_bytes: int = 0
+    cycles: dict[int, set[int]] | None = None
+
+    def __post_init__(self):
+        if self.cycles is None:
+            object.__setattr__(self, "cycles", {})
+
+
+@dataclass(frozen=True)
+class SavedRecord:
+    """A checkpoint's record (`load_record`): the `RunRecord`, its `Snapshots` (None without), what is on disk."""
+
+    record: RunRecord
+    snapshots: Snapshots | None
+    on_disk: OnDisk
+
+
+def carry(source: Path, target: Path) -> None:
+    """`target` becomes a hard link of `source` (no bytes written), or a copy where links are not supported."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def cycle_file(cycle: int) -> str:
+    return f"cycle-{int(cycle):04d}.npz"
+
+
+def write_snapshots(
+    directory: Path,
+    snapshots: Snapshots,
+    previous: Path | None = None,
+    on_disk: dict[int, set[int]] | None = None,
+) -> dict[int, set[int]]:
+    """`directory/snapshots/`: `model.json` (model class and config) and one `cycle-0003.npz` per cycle with kept snapshots (arrays
+    `members (K,)`, `w0 .. w{J-1}` `(K, ...)` in `Snapshots.weights` order, `score_<name> (K,)`). A cycle file of
+    `previous/snapshots/` that holds every kept member of its cycle (`on_disk`) is taken over by hard link.
+
+    Returns `{cycle: members}` of the cycle files written or taken over.
+    """
+    folder, before, on_disk = directory / SNAPSHOT_DIR, None, on_disk or {}
+    folder.mkdir(parents=True, exist_ok=True)
+    if previous is not None and (previous / SNAPSHOT_DIR / SNAPSHOT_CONFIG).is_file():
+        before = previous / SNAPSHOT_DIR
+        carry(before / SNAPSHOT_CONFIG, folder / SNAPSHOT_CONFIG)
+    else:
+        model = {
+            "model_class": model_class_name(snapshots.model_class),
+            "model_config": snapshots.model_config,
+        }
+        (folder / SNAPSHOT_CONFIG).write_text(json.dumps(model))
+    kept: dict[int, set[int]] = defaultdict(set)
+    for member, cycle in snapshots.weights:
+        kept[cycle].add(member)
+    files = {}
+    for cycle, members in sorted(kept.items()):
+        name = cycle_file(cycle)
+        if before is not None and members <= on_disk.get(cycle, set()) and (before / name).is_file():
+            carry(before / name, folder / name)
+            files[cycle] = on_disk[cycle]
+            continue
+        ordered = sorted(members)
+        weights = [snapshots.weights[(m, cycle)] for m in ordered]
+        arrays = {"members": np.asarray(ordered, "int64")}
+        arrays |= {f"w{j}": np.stack([w[j] for w in weights]) for j in range(len(weights[0]))}  # (K, ...)
+        for score in sorted({s for m in ordered for s in snapshots.scores.get((m, cycle), {})}):
+            arrays[f"score_{score}"] = np.asarray([snapshots.scores[(m, cycle)][score] for m in ordered])
+        np.savez(folder / name, **arrays)
+        files[cycle] = set(ordered)
+    return files
+
+
+def read_snapshots(folder: Path, record: RunRecord) -> tuple[Snapshots | None, dict[int, set[int]]]:
+    """The snapshots the record's events keep (`EpochCheckpoint.snapshot_events`), from `write_snapshots`' files;
+    None when the checkpoint has none. Also `{cycle: members}` of the cycle files."""
+    if not (folder / SNAPSHOT_CONFIG).is_file():
+        return None, {}
+    keys: set[Key] = set()
+    steps: dict[int, int] = {}
+    for note in record.notes:
+        events = note.get("snapshots", {})
+        keys |= {(int(m), int(c)) for m, c in events.get("added", [])}
+        keys -= {(int(m), int(c)) for m, c in events.get("dropped", [])}
+        steps |= {int(c): int(s) for c, s in events.get("steps", [])}
+    weights, scores, files = {}, {}, {}
+    for cycle in sorted({c for _, c in keys}):
+        path = folder / cycle_file(cycle)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"The record of {folder.parent} keeps snapshots of cycle {cycle}; {path} is missing."
+            )
+        with np.load(path, allow_pickle=False) as arrays:
+            members = arrays["members"].tolist()
+            stacked = [
+                arrays[f"w{j}"]
+                for j in range(sum(name[:1] == "w" and name[1:].isdigit() for name in arrays.files))
+            ]
+            named = {
+                name[len("score_") :]: arrays[name] for name in arrays.files if name.startswith("score_")
+            }
+        files[cycle] = set(members)
+        for i, member in enumerate(members):
+            if (member, cycle) in keys:
+                weights[(member, cycle)] = [w[i] for w in stacked]
+                if named:
+                    scores[(member, cycle)] = {name: float(values[i]) for name, values in named.items()}
+    model = json.loads((folder / SNAPSHOT_CONFIG).read_text())
+    model_class = find_model_class(model["model_class"])
+    return Snapshots(model["model_config"], weights, steps, scores, model_class), files
+
+
+def load_record(directory: str | Path) -> SavedRecord:
+    """The record and snapshots of the checkpoint in `directory`, up to the record length its `state.json` names.
+
+    Raises:
+        FileNotFoundError: the checkpoint holds no record.
+    """
+    directory = Path(directory)
+    recover_checkpoint(directory)
+    state_file = directory / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    path = directory / RECORD_FILE
+    if path.is_file():
+        length = state.get("record_bytes")
+        if length is None:  # written without one: up to the last complete line
+            data = path.read_bytes()
+            length = data.rfind(b"\n") + 1
+        record = RunRecord.read(path, length)
+        snapshots, cycles = read_snapshots(directory / SNAPSHOT_DIR, record)
+        return SavedRecord(record, snapshots, OnDisk(len(record.epochs), int(length), cycles))
+    if (directory / LEGACY_RECORD_FILE).is_file():  # rewritten, not continued, by the next save
+        legacy = json.loads((directory / LEGACY_RECORD_FILE).read_text())
+        epochs = [(int(epoch), logs) for epoch, logs in legacy["epochs"]]
+        record = RunRecord.from_flat(epochs, legacy["steps"], legacy["learning_rates"], legacy["cycle_ends"])
+        snapshot_dir = directory / SNAPSHOT_DIR
+        snapshots = Snapshots.load(snapshot_dir) if (snapshot_dir / "snapshots.json").is_file() else None
+        return SavedRecord(record, snapshots, OnDisk())
+    raise FileNotFoundError(f"No training record in {directory}: {RECORD_FILE} is missing.")
 
 
 def write_record(
@@ -185,42 +375,42 @@ def write_record(
     learning_rates: list[float],
     snapshots: Snapshots | None = None,
     cycle_ends: Sequence[int] = (),
-) -> None:
-    """Write a run's record into a checkpoint directory: `record.json` and, if given, `snapshots/`.
+) -> dict:
+    """Write a whole run's record into a new checkpoint directory (e.g. merged shards): `record.jsonl` and, if
+    given, `snapshots/` (all of them noted as taken in the last epoch's row). Returns `{"record_bytes": ...}` for
+    `state.json` (`save_checkpoint` adds what its `write_extra` returns).
 
     Args:
         epochs: every epoch's `(epoch, logs)` (arrays are stored as lists).
-        steps: global step numbers `(S,)`; learning_rates: the learning rate each step used `(S,)`.
+        steps: global step numbers `(S,)`; learning_rates: the learning rate each step used `(S,)` (split over
+            the epochs as `RunRecord.from_flat` does).
         snapshots: the snapshots collected so far; cycle_ends: every cycle end seen, skipped ones included.
     """
     directory = Path(directory)
-    record = {
-        "epochs": [(int(e), {k: plain(v) for k, v in logs.items()}) for e, logs in epochs],
-        "steps": [int(s) for s in steps],
-        "learning_rates": [float(lr) for lr in learning_rates],
-        "cycle_ends": [int(s) for s in cycle_ends],
-    }
+    record = RunRecord.from_flat(epochs, steps, learning_rates, cycle_ends)
     if snapshots is not None:
-        snapshots.save(directory / SNAPSHOT_DIR)
-    (directory / RECORD_FILE).write_text(json.dumps(record))
+        if not record.notes:
+            raise ValueError("Argument `snapshots` needs at least one epoch in `epochs` to record them in.")
+        record.notes[-1] = {
+            "snapshots": {
+                "added": [list(key) for key in sorted(snapshots.weights)],
+                "steps": [[c, s] for c, s in sorted(snapshots.steps.items())],
+            }
+        }
+        write_snapshots(directory, snapshots)
+    return {"record_bytes": record.append_to(directory / RECORD_FILE)}
 
 
 def read_record(directory: str | Path) -> dict:
-    """What `write_record` wrote: `epochs`, `steps`, `learning_rates`, `cycle_ends` and `snapshots` (or None)."""
-    directory = Path(directory)
-    if not (directory / RECORD_FILE).is_file():
-        raise FileNotFoundError(f"No training record in {directory}: {RECORD_FILE} is missing.")
-    record = json.loads((directory / RECORD_FILE).read_text())
-    record["epochs"] = [(int(epoch), logs) for epoch, logs in record["epochs"]]
-    snapshot_dir = directory / SNAPSHOT_DIR
-    record["snapshots"] = Snapshots.load(snapshot_dir) if snapshot_dir.is_dir() else None
-    return record
-
-
-def plain(value):
-    """Arrays and NumPy scalars (also inside lists) as JSON-ready Python values; floats round-trip exactly."""
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
+    """A checkpoint's record as plain lists: `epochs`, `steps`, `learning_rates`, `cycle_ends`, `snapshots` (or
+    None), and the `record` itself (`load_record`)."""
+    saved = load_record(directory)
+    record = saved.record
+    return {
+        "epochs": record.epochs,
+        "steps": record.steps,
+        "learning_rates": record.learning_rates,
+        "cycle_ends": record.cycle_ends,
+        "snapshots": saved.snapshots,
+        "record": record,
+    }

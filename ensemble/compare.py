@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import keras
 import numpy as np
 
+from ensemble.checks import check_int, is_int
 from ensemble.data import PreparedData
 from ensemble.flops import ensemble_flops, equal_flops_width, mlp_flops, pareto_front
 from ensemble.fused import FusedMLP
@@ -49,10 +50,6 @@ ROW_KEYS: tuple[str, ...] = (
     "matches",
     "pareto",
 )
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True)
@@ -101,21 +98,18 @@ class CompareConfig:
         object.__setattr__(self, "equal_flops_members", tuple(self.equal_flops_members))
         positive = ("base_width", "max_members", "depth", "epochs", "batch_size", "bins", "equal_flops_seeds")
         for name in (*positive, "subsets"):
-            if not _positive_int(getattr(self, name)):
-                raise ValueError(
-                    f"Argument `{name}` must be an int >= 1. Received: {name}={getattr(self, name)!r}"
-                )
+            check_int(getattr(self, name), name)
         multipliers = self.width_multipliers
         if (
             not multipliers
-            or not all(_positive_int(m) for m in multipliers)
+            or not all(is_int(m, 1) for m in multipliers)
             or len(set(multipliers)) != len(multipliers)
         ):
             raise ValueError(
                 "Argument `width_multipliers` must be a non-empty tuple of distinct ints >= 1. "
                 f"Received: width_multipliers={multipliers!r}"
             )
-        if not all(_positive_int(n) and 2 <= n <= self.max_members for n in self.equal_flops_members):
+        if not all(is_int(n, 1) and 2 <= n <= self.max_members for n in self.equal_flops_members):
             raise ValueError(
                 f"Every entry of `equal_flops_members` must be an int in [2, max_members={self.max_members}] "
                 f"(pass `equal_flops_members=()` to train none). Received: equal_flops_members="
@@ -126,9 +120,8 @@ class CompareConfig:
                 f"Argument `learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}"
             )
         check_combiner(self.combiner, "combiner")
-        if not isinstance(self.seed, int | np.integer) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"Argument `seed` must be an int >= 0. Received: seed={self.seed!r}")
-        if self.pool is not None and not (_positive_int(self.pool) and self.pool >= self.max_members):
+        check_int(self.seed, "seed", minimum=0)
+        if self.pool is not None and not (is_int(self.pool, 1) and self.pool >= self.max_members):
             raise ValueError(
                 f"Argument `pool` must be None or an int >= max_members={self.max_members}. "
                 f"Received: pool={self.pool!r}"

@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ensemble.checks import is_int as _is_int  # the library's one integer check
+
 
 class DataError(ValueError):
     """The data cannot be used as given; the message names the file, column or value to fix."""
@@ -30,10 +32,6 @@ TaskType = Literal["binary", "multiclass", "regression"]
 _TASKS = ("auto", "binary", "multiclass", "regression")
 _EXTENSIONS = (".csv", ".parquet", ".pq")
 _SPLITS = ("train", "val", "test")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _is_names(value: Any) -> bool:

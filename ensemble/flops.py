@@ -8,14 +8,8 @@ Kondratyuk et al. (2020), where "a single large model of equal FLOPs" is the bas
 
 import math
 from collections.abc import Sequence
-from numbers import Integral
 
-
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    """Returns `value` as an int after checking it is an integer `>= minimum`."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value!r}")
-    return int(value)
+from ensemble.checks import check_int
 
 
 def mlp_flops(input_dim: int, hidden_units: Sequence[int], output_dim: int) -> int:
@@ -30,16 +24,16 @@ def mlp_flops(input_dim: int, hidden_units: Sequence[int], output_dim: int) -> i
         `sum over layers (2 * in * out + out)`: multiply-adds count 2 FLOPs, bias adds 1; activations are free.
     """
     dims = [
-        _check_int(input_dim, "input_dim"),
-        *(_check_int(units, f"hidden_units[{i}]") for i, units in enumerate(hidden_units)),
-        _check_int(output_dim, "output_dim"),
+        check_int(input_dim, "input_dim"),
+        *(check_int(units, f"hidden_units[{i}]") for i, units in enumerate(hidden_units)),
+        check_int(output_dim, "output_dim"),
     ]
     return sum(2 * d_in * d_out + d_out for d_in, d_out in zip(dims[:-1], dims[1:], strict=True))
 
 
 def ensemble_flops(input_dim: int, hidden_units: Sequence[int], output_dim: int, members: int) -> int:
     """Forward FLOPs per sample of `members` identical MLPs: `members * mlp_flops(...)`."""
-    return _check_int(members, "members") * mlp_flops(input_dim, hidden_units, output_dim)
+    return check_int(members, "members") * mlp_flops(input_dim, hidden_units, output_dim)
 
 
 def equal_flops_width(input_dim: int, depth: int, output_dim: int, target_flops: int) -> int:
@@ -57,7 +51,7 @@ def equal_flops_width(input_dim: int, depth: int, output_dim: int, target_flops:
     Returns:
         The width `w >= 1` with `mlp_flops(input_dim, [w] * depth, output_dim) <= target_flops` maximal.
     """
-    _check_int(depth, "depth")
+    check_int(depth, "depth")
 
     def cost(width: int) -> int:
         return mlp_flops(input_dim, [width] * depth, output_dim)
@@ -87,8 +81,8 @@ def training_flops(forward_flops_per_sample: int, samples: int) -> int:
         forward_flops_per_sample: Forward FLOPs of one sample, e.g. from `ensemble_flops`.
         samples: Number of samples processed, i.e. epochs * training-set size.
     """
-    forward = _check_int(forward_flops_per_sample, "forward_flops_per_sample", minimum=0)
-    return 3 * forward * _check_int(samples, "samples", minimum=0)
+    forward = check_int(forward_flops_per_sample, "forward_flops_per_sample", minimum=0)
+    return 3 * forward * check_int(samples, "samples", minimum=0)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:

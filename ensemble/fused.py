@@ -13,16 +13,14 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar
 
 import keras
 import numpy as np
 from keras import ops
 
-Task = Literal["binary", "multiclass", "regression"]
-TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
-HEAD_ACTIVATIONS: dict[str, str] = {"binary": "sigmoid", "multiclass": "softmax", "regression": "linear"}
-
+from ensemble.flops import ensemble_flops
+from ensemble.outputs import HEAD_ACTIVATIONS, TASKS, Task, outputs_to_log_probs, outputs_to_predictions
 
 _WEIGHTS_FOLLOW = threading.local()
 
@@ -182,7 +180,13 @@ class FusedMLP(keras.Model):
 
     Call: `x (N, B, d) -> raw outputs (N, B, out)` (logits for classification). Use `predict_members` for
     probabilities.
+
+    Implements `ensemble.member_model.MemberModel`: stacked weights are `get_weights()`, `[W_0 (N, d, H_0),
+    b_0 (N, H_0), ..., W_head (N, H, out), b_head (N, out)]`; a member's are the same without the N axis.
     """
+
+    # `get_config()` keys that the class methods below read (snapshots check a stored config for them).
+    CONFIG_KEYS: ClassVar[tuple[str, ...]] = ("task", "activation", "num_classes", "input_dim")
 
     def __init__(
         self,
@@ -261,6 +265,63 @@ class FusedMLP(keras.Model):
         model.set_weights(list(weights))
         return model
 
+    @classmethod
+    def stacked_config(
+        cls, config: dict, weights: Sequence[np.ndarray], member_seeds: Sequence[int] | None = None
+    ) -> dict:
+        """`config` changed to describe a model holding the stacked `weights` `(K, ...)`: K members, the hidden
+        widths of the weights (a growth round may have widened them), and `member_seeds` (None: drawn from the
+        config's `seed`, as for a new model)."""
+        return {
+            **config,
+            "members": int(weights[0].shape[0]),
+            "hidden_units": [int(bias.shape[-1]) for bias in weights[1:-2:2]],
+            "member_seeds": None if member_seeds is None else [int(s) for s in member_seeds],
+        }
+
+    @classmethod
+    def stacked_outputs(cls, config: dict, weights: Sequence[np.ndarray], x) -> np.ndarray:
+        """Raw outputs of K members held as stacked weights, on one shared batch, in NumPy (as `call`, without
+        building a model: snapshots predict with any subset of their weight sets this way).
+
+        Args:
+            config: a `get_config()` (activation, input_dim); the widths come from `weights`.
+            weights: stacked weights `[W_0 (K, d, H), b_0 (K, H), ..., W_head (K, H, out), b_head (K, out)]`.
+            x: features `(B, d)`.
+
+        Returns:
+            Raw outputs (logits for classification) `(K, B, out)`.
+        """
+        x = np.asarray(x, "float32")
+        if x.ndim != 2 or x.shape[1] != config["input_dim"]:
+            raise ValueError(
+                f"Argument `x` must have shape (B, {config['input_dim']}). Received: x.shape={x.shape}"
+            )
+        act = keras.activations.get(config["activation"])
+        h = np.broadcast_to(x, (weights[0].shape[0], *x.shape))  # (K, B, d)
+        for kernel, bias in zip(weights[:-2:2], weights[1:-2:2], strict=True):
+            h = ops.convert_to_numpy(act(np.matmul(h, kernel) + bias[:, None, :]))  # (K, B, H)
+        return np.matmul(h, weights[-2]) + weights[-1][:, None, :]  # (K, B, out)
+
+    @classmethod
+    def export_member(cls, config: dict, weights: Sequence[np.ndarray], name: str) -> keras.Sequential:
+        """One member's weights (`member_weights` order; widths read from them) as a plain `keras.Sequential` of
+        `Dense` layers, its head carrying the task's activation (see `member_model`)."""
+        layers: list = [keras.Input(shape=(config["input_dim"],))]
+        for i, bias in enumerate(weights[1:-2:2]):
+            layers.append(
+                keras.layers.Dense(bias.shape[0], activation=config["activation"], name=f"hidden_{i}")
+            )
+        head = HEAD_ACTIVATIONS[config["task"]]
+        layers.append(keras.layers.Dense(weights[-1].shape[0], activation=head, name="head"))
+        model = keras.Sequential(layers, name=name)
+        model.set_weights(list(weights))
+        return model
+
+    def forward_flops(self) -> int:
+        """Forward FLOPs per sample of all members (`ensemble.flops.ensemble_flops`)."""
+        return ensemble_flops(self.input_dim, self.hidden_units, self.output_dim, self.members)
+
     @property
     def output_dim(self) -> int:
         """Raw outputs per member: 1 for binary and regression, C for multiclass."""
@@ -322,15 +383,7 @@ class FusedMLP(keras.Model):
         """
         if not 0 <= n < self.members:
             raise ValueError(f"Argument `n` must be in [0, {self.members}). Received: n={n}")
-        layers: list = [keras.Input(shape=(self.input_dim,))]
-        for i, units in enumerate(self.hidden_units):
-            layers.append(keras.layers.Dense(units, activation=self.activation, name=f"hidden_{i}"))
-        layers.append(
-            keras.layers.Dense(self.output_dim, activation=HEAD_ACTIVATIONS[self.task], name="head")
-        )
-        model = keras.Sequential(layers, name=f"member_{n}")
-        model.set_weights(self.member_weights(n))
-        return model
+        return self.export_member(self.get_config(), self.member_weights(n), name=f"member_{n}")
 
     def member_weights(self, n: int) -> list[np.ndarray]:
         """Member `n`'s weights in `keras.Sequential` order: `[W_0 (in, h), b_0 (h,), ..., W_head, b_head]`."""
@@ -365,29 +418,3 @@ class FusedMLP(keras.Model):
             "kernel_initializer": self.kernel_initializer,
             "name": self.name,
         }
-
-
-def outputs_to_log_probs(outputs: np.ndarray, task: Task) -> np.ndarray:
-    """Raw classification outputs (logits) `(N, B, out)` -> log-probabilities `(N, B, C)`, in float64.
-
-    Multiclass: log-softmax. Binary: `[log sigmoid(-z), log sigmoid(z)]` of the one logit `z`, each computed as
-    `-log(1 + exp(-/+z))` by `np.logaddexp` (no overflow, and no `1 - p` cancellation for a confident member).
-    """
-    outputs = np.asarray(outputs, dtype="float64")
-    if task == "binary":
-        z = outputs[..., :1]  # (N, B, 1)
-        return -np.logaddexp(0.0, np.concatenate([z, -z], axis=-1))  # (N, B, 2)
-    if task != "multiclass":
-        raise ValueError(
-            f"Argument `task` must be 'binary' or 'multiclass' for log-probabilities. Received: task={task!r}"
-        )
-    shifted = outputs - outputs.max(axis=-1, keepdims=True)  # (N, B, C)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def outputs_to_predictions(outputs: np.ndarray, task: Task) -> np.ndarray:
-    """Raw member outputs `(N, B, out)` -> probabilities `(N, B, C)` (the exp of `outputs_to_log_probs`), or
-    predictions `(N, B)` for regression."""
-    if task == "regression":
-        return np.asarray(outputs, dtype="float64")[..., 0]
-    return np.exp(outputs_to_log_probs(outputs, task))

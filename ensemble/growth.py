@@ -27,16 +27,10 @@ import numpy as np
 from keras import ops
 
 from ensemble.fused import FusedMLP
+from ensemble.optimizer_state import get_slot, learning_rate_schedule, slot_powers, slot_variables
 
 SlotMode = Literal["copy", "zero"]
 SLOT_MODES: tuple[str, ...] = ("copy", "zero")
-
-# Slot lists the split knows how to carry, with the power of the gradient each slot scales with:
-# Adam's first moment ~ g, second moments ~ g^2; SGD's momentum buffer ~ lr * g.
-SLOT_POWERS: tuple[tuple[type, dict[str, int]], ...] = (
-    (keras.optimizers.Adam, {"_momentums": 1, "_velocities": 2, "_velocity_hats": 2}),
-    (keras.optimizers.SGD, {"momentums": 1}),
-)
 
 
 class SplitWeights(NamedTuple):
@@ -221,23 +215,6 @@ def split_slots(
     )
 
 
-def slot_lists(optimizer: keras.optimizers.Optimizer) -> dict[str, tuple[list, int]]:
-    """The optimiser's per-variable slot lists the split can carry: `{attribute: (slots, power)}`.
-
-    Raises:
-        ValueError: for an optimiser other than Adam (and subclasses) or SGD.
-    """
-    for cls, powers in SLOT_POWERS:
-        if isinstance(optimizer, cls):
-            return {
-                name: (getattr(optimizer, name), p) for name, p in powers.items() if hasattr(optimizer, name)
-            }
-    raise ValueError(
-        "Argument `optimizer` must be a keras.optimizers.Adam or SGD (their slots can be carried through a "
-        f"split). Received: optimizer={type(optimizer).__name__}"
-    )
-
-
 def grow_model(
     model: FusedMLP,
     optimizer: keras.optimizers.Optimizer,
@@ -283,7 +260,7 @@ def grow_model(
                 f"Keys of `splits` must be hidden layer indices in [0, {len(model.hidden_units)}). "
                 f"Received: {layer}"
             )
-    slots = slot_lists(optimizer)
+    slots = slot_powers(optimizer)  # {slot name: power}; ValueError for an optimiser other than Adam or SGD
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -294,13 +271,10 @@ def grow_model(
     weights = numpy_of((layer.kernel, layer.bias) for layer in model.dense_layers)
     slot_weights = {
         name: numpy_of(
-            (
-                slot_list[optimizer._get_variable_index(layer.kernel)],
-                slot_list[optimizer._get_variable_index(layer.bias)],
-            )
+            (get_slot(optimizer, name, layer.kernel), get_slot(optimizer, name, layer.bias))
             for layer in model.dense_layers
         )
-        for name, (slot_list, _) in slots.items()
+        for name in slots
     }
     directions, below = dict(directions or {}), None  # below: source_index of the layer split just before
     for layer in sorted(int(i) for i in splits):
@@ -326,7 +300,7 @@ def grow_model(
         )
         below = (split.source_index, layer)
         weights[layer], weights[layer + 1] = [split.w_in, split.b_in], [split.w_out, b_out]
-        for name, (_, power) in slots.items():
+        for name, power in slots.items():
             (s_in, s_b), (s_out, s_b_out) = slot_weights[name][layer], slot_weights[name][layer + 1]
             s_in, s_b, s_out = split_slots(s_in, s_b, s_out, split.source_index, power, optimizer_slots)
             slot_weights[name][layer], slot_weights[name][layer + 1] = [s_in, s_b], [s_out, s_b_out]
@@ -336,12 +310,10 @@ def grow_model(
         {**model.get_config(), "hidden_units": widths}, [w for pair in weights for w in pair]
     )
     new_optimizer = rebuild_optimizer(optimizer, new_model)
-    new_slots = slot_lists(new_optimizer)
     for name, per_layer in slot_weights.items():
-        slot_list = new_slots[name][0]
         for layer, (kernel, bias) in zip(new_model.dense_layers, per_layer, strict=True):
-            slot_list[new_optimizer._get_variable_index(layer.kernel)].assign(kernel)
-            slot_list[new_optimizer._get_variable_index(layer.bias)].assign(bias)
+            get_slot(new_optimizer, name, layer.kernel).assign(kernel)
+            get_slot(new_optimizer, name, layer.bias).assign(bias)
     return new_model, new_optimizer
 
 
@@ -372,12 +344,12 @@ def rebuild_optimizer(optimizer: keras.optimizers.Optimizer, model: FusedMLP) ->
             accumulation), which could not be carried through a split.
     """
     config = optimizer.get_config()
-    schedule = getattr(optimizer, "_learning_rate", None)
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+    schedule = learning_rate_schedule(optimizer)
+    if schedule is not None:
         config["learning_rate"] = schedule
     new = type(optimizer).from_config(config)
     new.build(model.trainable_variables)
-    known = {id(v) for slot_list, _ in slot_lists(new).values() for v in slot_list if v is not None}
+    known = {id(v) for v in slot_variables(new)}
     old_vars, new_vars = optimizer.variables, new.variables
     if len(old_vars) != len(new_vars):
         raise ValueError(
@@ -440,10 +412,10 @@ def scale_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) ->
     """
     if not factor > 0:
         raise ValueError(f"Argument `factor` must be > 0. Received: factor={factor}")
-    schedule = optimizer._learning_rate
+    schedule = learning_rate_schedule(optimizer)
     if isinstance(schedule, ScaledSchedule):
         optimizer.learning_rate = ScaledSchedule(schedule.schedule, schedule.scale * factor)
-    elif isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+    elif schedule is not None:
         optimizer.learning_rate = ScaledSchedule(schedule, factor)
     else:
         optimizer.learning_rate = float(ops.convert_to_numpy(optimizer.learning_rate)) * factor

@@ -32,10 +32,12 @@ from typing import Literal
 import keras
 import numpy as np
 
-from ensemble.flops import ensemble_flops, training_flops
+from ensemble.checks import check_int, is_int
+from ensemble.flops import training_flops
 from ensemble.fused import FusedMLP
 from ensemble.growth import SLOT_MODES, SlotMode, all_units, grow_model, scale_learning_rate, top_units
 from ensemble.metrics import EPOCH_SCORES, monitor_mode
+from ensemble.optimizer_state import learning_rate_schedule
 from ensemble.schedules import MAX_STEPS
 from ensemble.splitting import SplittingIndex, most_negative_units, splitting_index
 from ensemble.train import TrainConfig, evaluate_members, fit, schedule_cycle_ends
@@ -114,15 +116,11 @@ class GrowthConfig:
                 f"Received: optimizer_slots={self.optimizer_slots!r}"
             )
         for name, minimum in (("patience", 0), ("max_width", 1), ("max_rounds", 0), ("anneal_epochs", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value!r}")
+            check_int(getattr(self, name), name, minimum)
         for name in ("min_delta", "noise", "bias_nudge", "delta"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Argument `{name}` must be >= 0. Received: {name}={getattr(self, name)!r}")
-        if self.strategy == "targeted" and (
-            not isinstance(self.units_per_split, int) or self.units_per_split < 1
-        ):
+        if self.strategy == "targeted" and not is_int(self.units_per_split, 1):
             raise ValueError(
                 'Argument `units_per_split` must be an int >= 1 with strategy="targeted". '
                 f"Received: units_per_split={self.units_per_split!r}"
@@ -130,11 +128,7 @@ class GrowthConfig:
         if (
             self.strategy == "splitting"
             and self.units_per_split is not None
-            and (
-                isinstance(self.units_per_split, bool)
-                or not isinstance(self.units_per_split, int)
-                or self.units_per_split < 1
-            )
+            and not is_int(self.units_per_split, 1)
         ):
             raise ValueError(
                 'Argument `units_per_split` must be None (up to the width) or an int >= 1 with strategy="splitting". '
@@ -232,16 +226,18 @@ def grown_is_not_worse(rounds: Sequence[GrowthRound], mode: str) -> bool:
 
 class RoundEnd(keras.callbacks.Callback):
     """Ends a growth round at a plateau: after `patience` checkpoints in a row that do not beat the round's best
-    value (initially `start_value`) by more than `min_delta`.
+    value (initially `start_value`; None: the first checkpoint's value, as Keras' `EarlyStopping`) by more than
+    `min_delta`.
 
     Checkpoints are epoch ends; when `fit` reports cycle ends (`params["cycle_ends"]`, an SGDR schedule), only the
     epoch ends whose last step ends a cycle. `plateau` tells whether the detector ended the round.
     """
 
-    def __init__(self, monitor: str, mode: str, min_delta: float, patience: int, start_value: float):
+    def __init__(self, monitor: str, mode: str, min_delta: float, patience: int, start_value: float | None):
         super().__init__()
         self.monitor, self.mode, self.min_delta, self.patience = monitor, mode, min_delta, patience
-        self.best, self.wait, self.plateau = start_value, 0, False
+        worst = -math.inf if mode == "max" else math.inf
+        self.best, self.wait, self.plateau = worst if start_value is None else start_value, 0, False
         self._cycle_ends: set[int] = set()
         self._step = -1
 
@@ -400,7 +396,7 @@ def grow_rounds(
             f"Argument `layers` must index hidden layers in [0, {len(model.hidden_units)}). "
             f"Received: layers={config.layers}"
         )
-    if config.anneal_epochs and hasattr(getattr(optimizer, "_learning_rate", None), "cycle_ends"):
+    if config.anneal_epochs and hasattr(learning_rate_schedule(optimizer), "cycle_ends"):
         raise ValueError(
             "Argument `anneal_epochs` must be 0 with a cyclic learning-rate schedule (SGDR): rounds then end at "
             f"cycle ends, where the rate is lowest. Received: anneal_epochs={config.anneal_epochs}"
@@ -415,7 +411,10 @@ def grow_rounds(
     start_value = monitored_value(model, *validation, config.monitor, train_config.jit_compile)
     for index in range(config.max_rounds + 1):
         stop_epoch = round_stop_epoch(optimizer, epoch, train_config.epochs, steps_per_epoch)
-        plateau = RoundEnd(config.monitor, config.mode, config.min_delta, config.patience, start_value)
+        # With `anneal_epochs` the round's start value was measured at the annealed rate, which the round's epochs
+        # at the full rate do not reach at once: the first of them is the first best (like with like).
+        first_best = None if config.anneal_epochs else start_value
+        plateau = RoundEnd(config.monitor, config.mode, config.min_delta, config.patience, first_best)
         start = time.perf_counter()
         history = fit(
             model,
@@ -449,7 +448,7 @@ def grow_rounds(
             # XLA failed on this model (one warning said why): the grown models retrace as plain graphs.
             train_config = replace(train_config, jit_compile=False)
         before = monitored_value(model, *validation, config.monitor, train_config.jit_compile)
-        flops = ensemble_flops(model.input_dim, model.hidden_units, model.output_dim, model.members)
+        flops = model.forward_flops()
         record = dict(
             round=index,
             widths=tuple(model.hidden_units),

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ensemble.checks import check_int
+
 _SUM_TOL = 1e-3
 
 
@@ -309,8 +311,7 @@ def expected_calibration_error(probs, y, bins: int = 15) -> float:
     Returns:
         The ECE in `[0, 1]`.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
-        raise ValueError(f"Argument `bins` must be an int >= 1. Received: bins={bins!r}")
+    check_int(bins, "bins")
     probs = _check_probs(probs, "probs", ndim=2)
     y = _check_labels(y, *probs.shape)
     confidence = probs.max(axis=-1)  # (B,)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from ensemble.optimizer_state import get_slot
+
 COUPLING_OPTIONS = ("clipnorm", "global_clipnorm")
 
 
@@ -99,12 +101,11 @@ def apply_gradients(
         beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
         beta_1_power, beta_2_power = tf.pow(beta_1, t), tf.pow(beta_2, t)
     for grad, variable in zip(grads, variables, strict=True):
-        index = optimizer._get_variable_index(variable)
         if kind == "adam":
             tf.raw_ops.ResourceApplyAdam(
                 var=variable.value.handle,
-                m=optimizer._momentums[index].value.handle,
-                v=optimizer._velocities[index].value.handle,
+                m=get_slot(optimizer, "momentums", variable).value.handle,
+                v=get_slot(optimizer, "velocities", variable).value.handle,
                 beta1_power=beta_1_power,
                 beta2_power=beta_2_power,
                 lr=lr,
@@ -116,7 +117,7 @@ def apply_gradients(
         elif kind == "momentum":
             tf.raw_ops.ResourceApplyKerasMomentum(
                 var=variable.value.handle,
-                accum=optimizer.momentums[index].value.handle,
+                accum=get_slot(optimizer, "momentums", variable).value.handle,
                 lr=lr,
                 grad=grad,
                 momentum=float(optimizer.momentum),
@@ -136,8 +137,7 @@ def apply_member_adam(optimizer: keras.optimizers.Adam, grads: list, variables: 
     beta_1, beta_2 = float(optimizer.beta_1), float(optimizer.beta_2)
     alpha = lr * tf.sqrt(1 - tf.pow(beta_2, t)) / (1 - tf.pow(beta_1, t))  # ()
     for grad, variable in zip(grads, variables, strict=True):
-        index = optimizer._get_variable_index(variable)
-        m, v = optimizer._momentums[index], optimizer._velocities[index]
+        m, v = get_slot(optimizer, "momentums", variable), get_slot(optimizer, "velocities", variable)
         m.assign_add((grad - m) * (1 - beta_1))
         v.assign_add((tf.square(grad) - v) * (1 - beta_2))
         step = alpha * member_scale(lr_scales, variable)  # (N, 1, ...)

@@ -1,9 +1,10 @@
 """The deployable ensemble: the training-time preprocessing + member networks + combiner; raw rows in, answers out.
 
-A predictor holds one or more `FusedMLP` groups (a group per architecture: e.g. the final members, or snapshots
-taken before and after a growth round) whose members are all pooled into one ensemble. Member predictions are
-concatenated along the member axis and combined with `ensemble.metrics.combine`, or with a weight per member
-(an ensemble selection, `ensemble.selection`). Every answer carries its uncertainty (`ensemble.uncertainty`).
+A predictor holds one or more member-model groups (`ensemble.member_model`, e.g. `FusedMLP`s; a group per
+architecture: e.g. the final members, or snapshots taken before and after a growth round) whose members are all
+pooled into one ensemble. Member predictions are concatenated along the member axis and combined with
+`ensemble.metrics.combine`, or with a weight per member (an ensemble selection, `ensemble.selection`). Every
+answer carries its uncertainty (`ensemble.uncertainty`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ensemble.data import DataError, Preprocessor
-from ensemble.fused import FusedMLP, load_fused
+from ensemble.member_model import MemberModel, load_member_model
 from ensemble.metrics import COMBINERS, combine, combine_regression
 from ensemble.uncertainty import (
     check_weights,
@@ -48,7 +49,7 @@ class EnsemblePredictor:
     def __init__(
         self,
         preprocessor: Preprocessor,
-        groups: Sequence[FusedMLP],
+        groups: Sequence[MemberModel],
         combiner: str = "mean",
         weights: Sequence[float] | None = None,
         interval_half_width: float | None = None,
@@ -167,7 +168,7 @@ class EnsemblePredictor:
         if not path.is_file():
             raise FileNotFoundError(f"No saved predictor in {directory}: {PREDICTOR_FILE} is missing.")
         meta = json.loads(path.read_text())
-        groups = [load_fused(directory / f"group_{i}.keras") for i in range(meta["groups"])]
+        groups = [load_member_model(directory / f"group_{i}.keras") for i in range(meta["groups"])]
         return cls(
             Preprocessor.from_dict(meta["preprocessor"]),
             groups,
@@ -178,14 +179,17 @@ class EnsemblePredictor:
         )
 
 
-def stack_weight_sets(template: FusedMLP, weight_sets: Sequence[Sequence[np.ndarray]], name: str) -> FusedMLP:
-    """A fused model whose members are the given member weight sets (e.g. snapshots), all of `template`'s shape.
+def stack_weight_sets(
+    template: MemberModel, weight_sets: Sequence[Sequence[np.ndarray]], name: str
+) -> MemberModel:
+    """A model of `template`'s class whose members are the given member weight sets (e.g. snapshots), all of one
+    shape.
 
     Args:
-        template: gives the architecture (inputs, hidden widths, task, activation).
-        weight_sets: one entry per new member, each in `FusedMLP.member_weights` order.
+        template: gives the architecture (inputs, task, activation); the shapes come from `weight_sets`.
+        weight_sets: one entry per new member, each in `member_weights` order.
         name: the new model's name.
     """
-    config = {**template.get_config(), "members": len(weight_sets), "member_seeds": None, "name": name}
     stacked = [np.stack([ws[i] for ws in weight_sets]) for i in range(len(weight_sets[0]))]
-    return FusedMLP.from_weights(config, stacked)
+    cls = type(template)
+    return cls.from_weights({**cls.stacked_config(template.get_config(), stacked), "name": name}, stacked)

@@ -212,14 +212,3 @@ def format_epoch(
     if eta is not None and epoch + 1 < epochs:
         parts.append(f"ETA {clock(eta)}")
     return "  ".join(parts)
-
-
-class EpochLogs(keras.callbacks.Callback):
-    """Keeps every epoch's `(epoch, logs)` across several `fit` calls (Keras' `History` restarts with each)."""
-
-    def __init__(self):
-        super().__init__()
-        self.epochs: list[tuple[int, dict]] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epochs.append((epoch, dict(logs or {})))

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from ensemble.checkpoint import load_checkpoint, read_record, save_checkpoint, write_record
-from ensemble.fused import FusedMLP
+from ensemble.member_model import MemberModel
 from ensemble.snapshots import Snapshots
 
 # Epoch-log scalars that are means over members: recomputed over all members when shards are merged.
@@ -46,23 +46,19 @@ def shard_ranges(members: int, members_per_shard: int | None) -> list[tuple[int,
     return [(offset, min(size, members - offset)) for offset in range(0, members, size)]
 
 
-def merge_models(models: Sequence[FusedMLP]) -> FusedMLP:
+def merge_models(models: Sequence[MemberModel]) -> MemberModel:
     """One fused model holding the members of `models` in order: weights `(sum N_s, ...)`, seeds concatenated."""
     first = models[0]
     for model in models[1:]:
         if [w.shape[1:] for w in model.get_weights()] != [w.shape[1:] for w in first.get_weights()]:
             raise ValueError("Shards must share one architecture to be merged; their layer shapes differ.")
-    config = {
-        **first.get_config(),
-        "members": sum(m.members for m in models),
-        "member_seeds": [s for m in models for s in m.member_seeds],
-    }
     stacked = [np.concatenate(ws) for ws in zip(*(m.get_weights() for m in models), strict=True)]
-    return FusedMLP.from_weights(config, stacked)
+    seeds = [s for m in models for s in m.member_seeds]
+    return type(first).from_weights(type(first).stacked_config(first.get_config(), stacked, seeds), stacked)
 
 
 def merge_optimizers(
-    optimizers: Sequence[keras.optimizers.Optimizer], model: FusedMLP
+    optimizers: Sequence[keras.optimizers.Optimizer], model: MemberModel
 ) -> keras.optimizers.Optimizer:
     """The shards' optimiser state on the merged model: slots concatenated along members, scalars (iterations,
     learning rate) shared. Valid for elementwise optimisers, the only ones `fit` accepts."""
@@ -81,7 +77,7 @@ def merge_optimizers(
 
 def merge_snapshots(parts: Sequence[Snapshots], offsets: Sequence[int], model_config: dict) -> Snapshots:
     """The shards' snapshots keyed by global member index `offset + member`."""
-    merged = Snapshots(model_config, steps=parts[0].steps)
+    merged = Snapshots(model_config, steps=parts[0].steps, model_class=parts[0].model_class)
     for part, offset in zip(parts, offsets, strict=True):
         for (member, cycle), weights in part.weights.items():
             merged.weights[(offset + member, cycle)] = weights

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras import ops
 
-from ensemble.fused import HEAD_ACTIVATIONS, outputs_to_log_probs, outputs_to_predictions
+from ensemble.member_model import DEFAULT_MODEL_CLASS, MemberModel, find_model_class, model_class_name
 from ensemble.metrics import accuracy, check_combiner, combine, combine_regression, monitor_mode, rmse
+from ensemble.outputs import outputs_to_log_probs, outputs_to_predictions
 from ensemble.train import evaluate_members
 
 Key = tuple[int, int]  # (member, cycle)
@@ -40,33 +40,18 @@ def select_best(scores: Mapping[Key, float], keep: int, mode: str = "max") -> se
     }
 
 
-def stacked_forward(weights: Sequence[np.ndarray], x: np.ndarray, activation: str) -> np.ndarray:
-    """Raw outputs of K MLPs held as stacked weights, on one shared batch (as `FusedMLP.call`).
-
-    Args:
-        weights: `[W_0 (K, d, H), b_0 (K, H), ..., W_head (K, H, out), b_head (K, out)]`.
-        x: features `(B, d)`.
-        activation: the hidden layers' Keras activation name.
-
-    Returns:
-        Raw outputs (logits for classification) `(K, B, out)`.
-    """
-    act = keras.activations.get(activation)
-    h = np.broadcast_to(np.asarray(x, "float32"), (weights[0].shape[0], *np.shape(x)))  # (K, B, d)
-    for kernel, bias in zip(weights[:-2:2], weights[1:-2:2], strict=True):
-        h = ops.convert_to_numpy(act(np.matmul(h, kernel) + bias[:, None, :]))  # (K, B, H)
-    return np.matmul(h, weights[-2]) + weights[-1][:, None, :]  # (K, B, out)
-
-
 class Snapshots:
     """Member weight sets keyed by (member, cycle), with prediction over any subset.
 
     Args:
-        model_config: `FusedMLP.get_config()` of the run (task, activation, classes; widths come from the weights,
+        model_config: `get_config()` of the run's model (task, activation, classes; widths come from the weights,
             so snapshots taken before and after a growth round can be mixed).
-        weights: `{(member, cycle): [W_0 (d, H), b_0 (H,), ..., W_head, b_head]}` (`keras.Sequential` order).
+        weights: `{(member, cycle): one member's weights}` (`member_weights` order, e.g. `[W_0 (d, H), b_0 (H,),
+            ..., W_head, b_head]` for a `FusedMLP`).
         steps: `{cycle: global step count at its end}`.
         scores: `{(member, cycle): {"val_loss": ..., "val_accuracy": ...}}` measured when the snapshot was taken.
+        model_class: the run's member-model class (`ensemble.member_model.MemberModel`): it predicts with and
+            exports the weight sets.
     """
 
     def __init__(
@@ -75,13 +60,15 @@ class Snapshots:
         weights: Mapping[Key, list[np.ndarray]] | None = None,
         steps: Mapping[int, int] | None = None,
         scores: Mapping[Key, Mapping[str, float]] | None = None,
+        model_class: type[MemberModel] = DEFAULT_MODEL_CLASS,
     ):
-        for key in ("task", "activation", "num_classes", "input_dim"):
+        for key in model_class.CONFIG_KEYS:
             if key not in model_config:
                 raise ValueError(
-                    f"Argument `model_config` must be a `FusedMLP.get_config()` with key {key!r}. "
+                    f"Argument `model_config` must be a `{model_class.__name__}.get_config()` with key {key!r}. "
                     f"Received keys: {sorted(model_config)}"
                 )
+        self.model_class = model_class
         self.model_config = dict(model_config)
         self.weights: dict[Key, list[np.ndarray]] = {tuple(k): list(w) for k, w in (weights or {}).items()}
         self.steps: dict[int, int] = {int(c): int(s) for c, s in (steps or {}).items()}
@@ -145,10 +132,6 @@ class Snapshots:
             or regression predictions `(K, B)`, with K snapshots in `keys(members, cycles)` order.
         """
         x = np.asarray(x, "float32")
-        if x.ndim != 2 or x.shape[1] != self.model_config["input_dim"]:
-            raise ValueError(
-                f"Argument `x` must have shape (B, {self.model_config['input_dim']}). Received: x.shape={x.shape}"
-            )
         keys = self.keys(members, cycles)
         groups: dict[tuple, list[int]] = defaultdict(list)  # same layer shapes -> one stacked forward pass
         for i, key in enumerate(keys):
@@ -156,7 +139,7 @@ class Snapshots:
         outputs: list = [None] * len(keys)
         for rows in groups.values():
             stacked = [np.stack(ws) for ws in zip(*(self.weights[keys[i]] for i in rows), strict=True)]
-            raw = stacked_forward(stacked, x, self.model_config["activation"])  # (k, B, out)
+            raw = self.model_class.stacked_outputs(self.model_config, stacked, x)  # (k, B, out)
             for i, out in zip(rows, raw, strict=True):
                 outputs[i] = out
         task = self.model_config["task"]
@@ -201,21 +184,13 @@ class Snapshots:
             scores.append({**score, "count": len(chosen)})
         return scores
 
-    def member_model(self, member: int, cycle: int) -> keras.Sequential:
-        """Snapshot (member, cycle) as a plain `keras.Sequential` (same layout as `FusedMLP.member_model`)."""
+    def member_model(self, member: int, cycle: int) -> keras.Model:
+        """Snapshot (member, cycle) as a plain Keras model (the model class's `export_member`, the layout of its
+        `member_model`)."""
         weights = self.weights[self.keys([member], [cycle])[0]]
-        layers: list = [keras.Input(shape=(self.model_config["input_dim"],))]
-        for i, bias in enumerate(weights[1:-2:2]):
-            layers.append(
-                keras.layers.Dense(
-                    bias.shape[0], activation=self.model_config["activation"], name=f"hidden_{i}"
-                )
-            )
-        head = HEAD_ACTIVATIONS[self.model_config["task"]]
-        layers.append(keras.layers.Dense(weights[-1].shape[0], activation=head, name="head"))
-        model = keras.Sequential(layers, name=f"member_{member}_cycle_{cycle}")
-        model.set_weights(weights)
-        return model
+        return self.model_class.export_member(
+            self.model_config, weights, name=f"member_{member}_cycle_{cycle}"
+        )
 
     def save(self, directory) -> Path:
         """Writes `snapshots.npz` (the weights) and `snapshots.json` (keys, steps, scores, model config)."""
@@ -225,6 +200,7 @@ class Snapshots:
         arrays = {f"{i}_{j}": w for i, key in enumerate(keys) for j, w in enumerate(self.weights[key])}
         np.savez(directory / "snapshots.npz", **arrays)
         meta = {
+            "model_class": model_class_name(self.model_class),
             "model_config": self.model_config,
             "keys": [list(key) for key in keys],
             "num_weights": [len(self.weights[key]) for key in keys],
@@ -249,7 +225,8 @@ class Snapshots:
                 for i, (key, count) in enumerate(zip(keys, meta["num_weights"], strict=True))
             }
         scores = {key: s for key, s in zip(keys, meta["scores"], strict=True) if s}
-        return cls(meta["model_config"], weights, {int(c): s for c, s in meta["steps"].items()}, scores)
+        steps = {int(c): s for c, s in meta["steps"].items()}
+        return cls(meta["model_config"], weights, steps, scores, find_model_class(meta.get("model_class")))
 
 
 class SnapshotCollector(keras.callbacks.Callback):
@@ -310,7 +287,7 @@ class SnapshotCollector(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.snapshots is None:
-            self.snapshots = Snapshots(self.model.get_config())
+            self.snapshots = Snapshots(self.model.get_config(), model_class=type(self.model))
         if self.monitor == "val_accuracy" and self.model.task == "regression":
             raise ValueError("Argument `monitor='val_accuracy'` needs a classification task; use 'val_loss'.")
         params = self.params or {}
@@ -338,9 +315,7 @@ class SnapshotCollector(keras.callbacks.Callback):
         if cycle < self.skip_first:
             return
         stacked = [
-            np.array(ops.convert_to_numpy(v), copy=True)
-            for layer in self.model.dense_layers
-            for v in (layer.kernel, layer.bias)
+            np.array(w, copy=True) for w in self.model.get_weights()
         ]  # [W_0 (N, d, H), b_0 (N, H), ...]
         scores = None
         if self.validation_data is not None:

@@ -24,7 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 from ensemble.fused import FusedMLP
+from ensemble.optimizer_state import learning_rate_schedule
 from ensemble.optimizers import apply_gradients, check_elementwise, check_member_learning_rates
+from ensemble.outputs import log_probs_from_logits
+from ensemble.record import RunRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -271,13 +274,7 @@ def compiled_scores(model: FusedMLP, jit_compile: bool | str = "auto"):
         outputs = model_ref()(tf.broadcast_to(x[None], [members, rows, x.shape[-1]]), training=False)
         result = {"loss": member_losses(task, tf.broadcast_to(y[None], [members, rows]), outputs)}
         if task != "regression":
-            outputs = tf.cast(outputs, tf.float64)  # as `outputs_to_log_probs`: ties break the same way
-            if task == "binary":
-                logit = outputs[..., :1]  # (N, B, 1)
-                log_probs = tf.math.log_sigmoid(tf.concat([-logit, logit], axis=-1))  # (N, B, 2)
-            else:
-                log_probs = tf.nn.log_softmax(outputs, axis=-1)  # (N, B, C)
-            probs = tf.exp(log_probs)  # (N, B, C)
+            probs = tf.exp(log_probs_from_logits(outputs, task))  # (N, B, C) float64, as `predict_members`
             hits = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[None]), tf.float64)
             result["correct"] = tf.reduce_sum(hits, axis=1)
             ensemble = tf.argmax(tf.reduce_mean(probs, 0), -1, output_type=tf.int32)
@@ -338,8 +335,9 @@ def fit(
         A `History` whose `history` maps each log key to one value per epoch. Scalar keys: `loss` (mean step loss
         over the epoch, averaged over members), `accuracy`, `val_loss`, `val_accuracy` (means over members),
         `val_ensemble_accuracy`, `lr` (at the epoch's last step). Per-member `(N,)` arrays: `member_loss`,
-        `member_accuracy`, `member_val_loss`, `member_val_accuracy`. `history.learning_rates` holds the learning
-        rate of every step as the optimiser used it, `history.steps` the matching global step numbers.
+        `member_accuracy`, `member_val_loss`, `member_val_accuracy`. `history.record` is the run's
+        `ensemble.record.RunRecord` (these epochs' logs, the learning rate of every step as the optimiser used it,
+        the cycle ends); `history.learning_rates` and `history.steps` are its per-step lists.
         `history.uses_xla` says whether the step loop ran XLA-compiled (False after an "auto" fallback).
     """
     x, y = np.asarray(x, "float32"), np.asarray(y)
@@ -357,11 +355,12 @@ def fit(
 
     run_steps = compiled_steps(model, optimizer, config)
 
-    history = keras.callbacks.History()
-    history.learning_rates, history.steps = [], []
-    callback_list = keras.callbacks.CallbackList([*callbacks, history], model=model)
-    cycle_hooks = [cb for cb in callbacks if hasattr(cb, "on_cycle_end")]
-    step_hooks = [cb for cb in callbacks if hasattr(cb, "on_steps_end")]
+    recorder, history = RunRecorder(), keras.callbacks.History()
+    history.record = recorder.record
+    history.learning_rates, history.steps = recorder.record.learning_rates, recorder.record.steps
+    callback_list = keras.callbacks.CallbackList([*callbacks, recorder, history], model=model)
+    cycle_hooks = [cb for cb in (*callbacks, recorder) if hasattr(cb, "on_cycle_end")]
+    step_hooks = [cb for cb in (*callbacks, recorder) if hasattr(cb, "on_steps_end")]
     steps_per_epoch = len(x) // config.batch_size
     # Every call gets indices of one shape (S, N, B), the rows past its steps unused: one XLA compilation per fit.
     padded = np.zeros(
@@ -398,8 +397,6 @@ def fit(
                 "steps": list(range(step + 1, step + 1 + stop - done)),
                 "learning_rates": chunk_lrs.numpy()[: stop - done].tolist(),
             }
-            history.learning_rates.extend(chunk["learning_rates"])
-            history.steps.extend(chunk["steps"])
             for hook in step_hooks:
                 hook.on_steps_end(chunk)
             done = stop
@@ -495,7 +492,7 @@ def l2_penalty(model: FusedMLP, decay: tf.Tensor) -> tf.Tensor:
 
 def schedule_cycle_ends(optimizer: keras.optimizers.Optimizer, total_steps: int) -> list[int]:
     """Global step counts at which the optimiser's LR schedule ends a cycle (empty without such a schedule)."""
-    schedule = getattr(optimizer, "_learning_rate", None)
+    schedule = learning_rate_schedule(optimizer)
     return sorted(schedule.cycle_ends(total_steps)) if hasattr(schedule, "cycle_ends") else []
 
 

@@ -45,8 +45,8 @@ def compare_flow(
     settings = tracking or TrackingSettings.load()
     tracker = Tracker(settings)
     title = config.run_name or compare_title(config)
-    run_id = tracker.start_run(title, tags={"kind": "comparison", "pipeline": "compare", **prefect_tags()})
-    try:
+    tags = {"kind": "comparison", "pipeline": "compare", **prefect_tags()}
+    with tracker.run(tracker.start_run(title, tags=tags)) as run_id:
         tracker.log_params(run_id, config.model_dump(exclude={"run_name", "snapshots", "growth", "registry"}))
         data_dir = prepare_data_task(config.data, config.output_dir)
         log_data_task(settings, run_id, data_dir, config.data.source)
@@ -70,22 +70,7 @@ def compare_flow(
         )
         plot_comparison_task(settings, run_id, plotted, run_dir)
         summary = summarize_comparison_task(settings, run_id, rows, run_dir)
-        create_table_artifact(
-            table=[
-                {k: r.get(k) for k in ("kind", "members", "width", "flops", summary["metric"])} for r in rows
-            ],
-            key="comparison",
-            description="Ensemble vs single models (test split)",
-        )
-        create_markdown_artifact(
-            markdown=f"{summary['markdown']}\n\nMLflow run: [{title}]({tracker.run_url(run_id)})",
-            key="run-summary",
-            description=summary["verdict"],
-        )
-    except BaseException:
-        tracker.finish_run(run_id, "FAILED")
-        raise
-    tracker.finish_run(run_id)
+        publish_comparison(rows, summary, f"MLflow run: [{title}]({tracker.run_url(run_id)})")
     metric = summary["metric"]
     for row in rows:
         logger.info(
@@ -94,3 +79,17 @@ def compare_flow(
         )
     logger.info(summary["verdict"])
     return {"run_id": run_id, "rows": rows, "verdict": summary["verdict"]}
+
+
+def publish_comparison(rows: list[dict], summary: dict, link: str) -> None:
+    """The flow run's `comparison` table and `run-summary` (verdict, table, `link` to the MLflow run) artifacts."""
+    create_table_artifact(
+        table=[{k: r.get(k) for k in ("kind", "members", "width", "flops", summary["metric"])} for r in rows],
+        key="comparison",
+        description="Ensemble vs single models (test split)",
+    )
+    create_markdown_artifact(
+        markdown=f"{summary['markdown']}\n\n{link}",
+        key="run-summary",
+        description=summary["verdict"],
+    )

@@ -3,20 +3,26 @@
 One MLflow parent run per flow run; the flow opens it, passes its id to every task and closes it FINISHED, or
 FAILED if any step raised (a failed run never registers a model).
 
-With `train.members_per_shard` set, the members are trained as shards, one `train-fused` task each, submitted to
-the task runner of `config.runner` (thread pool, Dask or Ray), then merged into one ensemble; whichever way the
-flow is started (CLI, deployment, Python), the config decides where shards run.
+With `train.members_per_shard` set, the members are trained as shards by the `train-shards` subflow: one
+`train-fused` task per shard, mapped onto the subflow's task runner, that of `config.runner` (thread pool, Dask or
+Ray), then merged into one ensemble; whichever way the flow is started (CLI, deployment, Python), the config
+decides where shards run.
+
+Tasks hand each other small typed values (`tasks.trained.Trained`, `tasks.growth.Grown`,
+`tasks.evaluate.Evaluation`: paths, counts, scores), never models.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import ensemble.tensorflow_quietly  # noqa: F401  (first: a worker's flow run prints none of TF's native notes)
@@ -25,8 +31,8 @@ from ensemble.shards import shard_ranges
 from tasks.config import PipelineConfig, RunnerSection
 from tasks.data import log_data_task, prepare_data_task
 from tasks.describe import parent_description, run_title
-from tasks.evaluate import evaluate_task
-from tasks.growth import growth_task
+from tasks.evaluate import Evaluation, evaluate_task
+from tasks.growth import Grown, growth_task
 from tasks.lr_curve import growth_epochs
 from tasks.recovery import open_parent_run, resume_key
 from tasks.registry import register_task, registered_model_name
@@ -34,6 +40,7 @@ from tasks.selection import SELECTED_TEST_PREFIX, select_ensemble_task
 from tasks.snapshots import collect_snapshots_task
 from tasks.tracking import Tracker, TrackingSettings
 from tasks.train import log_training_task, merge_shards_task, train_task
+from tasks.trained import Trained
 
 
 def running_flow_config() -> PipelineConfig:
@@ -71,159 +78,225 @@ def train_flow(
     settings = tracking or TrackingSettings.load()
     tracker = Tracker(settings)
     title = config.run_name or run_title(config)
-    opened = open_parent_run(
-        tracker,
-        title,
-        {"kind": "ensemble", "pipeline": "train", **prefect_tags()},
-        resume_key(config),
-        resume,
-        log=logger.warning,
-    )
-    run_id = opened.run_id
-    try:
+    tags = {"kind": "ensemble", "pipeline": "train", **prefect_tags()}
+    opened = open_parent_run(tracker, title, tags, resume_key(config), resume, log=logger.warning)
+    with tracker.run(opened.run_id, nested="member") as run_id:  # FAILED (members too) if a step raises
         tracker.log_params(run_id, config.model_dump(exclude={"run_name"}))
-        data_dir = prepare_data_task(config.data, config.output_dir)
-        summary = log_data_task(settings, run_id, data_dir, config.data.source)
-        # An inferred task is known only now: fail before training (evaluate_task resolves the default metric).
-        config.evaluation.check_task(summary["task"])
-        if config.sweep is not None:  # `selection_metric: rmse` on classes, before training, not after it
-            check_metric(config.sweep.selection_metric, summary["task"])
+        data_dir = prepare_data(config, settings, run_id)
         run_dir = str(Path(config.output_dir).resolve() / "runs" / run_id)
         trained = train_members(config, data_dir, run_dir, settings, run_id)  # logged live while it trains
-        member_run_ids = trained["member_run_ids"]
-        snapshot_group = None
-        if config.snapshots.enabled:
-            combiner = config.evaluation.combiner  # the snapshot curve combines as the test scores do
-            snapshot_group = collect_snapshots_task(
-                settings, run_id, data_dir, trained, config.snapshots, run_dir, combiner=combiner
-            )
-        if config.growth.enabled:
-            trained = growth_task(
-                settings, run_id, member_run_ids, data_dir, trained, config.growth, config.train, run_dir
-            )
-        # The last cycle's snapshot IS the trained model: count it once, unless growth changed the model since
-        # (growth_task passes the grown model on only when it is not worse on validation).
-        grown = trained.get("growth_outcome") == "grown"
-        groups = [trained["model_path"]] if grown or snapshot_group is None else []
-        groups += [snapshot_group] if snapshot_group else []
-        evaluation = evaluate_task(
-            settings,
-            run_id,
-            member_run_ids,
-            data_dir,
-            groups,
-            config.evaluation,
-            run_dir,
-            model_path=trained["model_path"],  # member runs' test/* come from each member's final weights
-            snapshot_dir=trained["snapshot_dir"],
-        )
-        if config.sweep is not None:  # a sweep registers its greedy ensemble selection (tasks.selection)
-            selection = select_ensemble_task(
-                settings, run_id, member_run_ids, data_dir, evaluation, trained, config, run_dir
-            )
-            evaluation = {**evaluation, **selection}
-        registration = None
-        if config.registry.enabled:
-            registration = register_task(
-                settings,
-                run_id,
-                data_dir,
-                evaluation["predictor_dir"],
-                evaluation["metric"],
-                evaluation["value"],
-                evaluation["higher_is_better"],
-                registered_model_name(config.registry, settings, config.data.source),
-                evaluation_prefix=SELECTED_TEST_PREFIX if config.sweep is not None else None,
-            )
-            if registration["reason"]:
-                logger.warning(f"Registered without an alias: {registration['reason']}")
-        describe_run(tracker, run_id, title, evaluation, registration, trained)
-    except BaseException:
-        for member_run in tracker.child_runs(run_id, "member").values():  # those opened before the failure
-            tracker.finish_run(member_run, "FAILED")
-        tracker.finish_run(run_id, "FAILED")
-        raise
-    for member_run in member_run_ids:
-        tracker.finish_run(member_run)
-    tracker.finish_run(run_id)
+        trained, growth, groups = snapshots_and_growth(config, settings, run_id, data_dir, trained, run_dir)
+        evaluation = evaluate(config, settings, run_id, data_dir, groups, trained, run_dir)
+        registration = register(config, settings, run_id, data_dir, evaluation, logger.warning)
+        describe_run(tracker, run_id, title, evaluation, registration, growth)
     logger.info(f"MLflow run {run_id}: {tracker.run_url(run_id)}")
     return {
         "run_id": run_id,
-        "metrics": evaluation["metrics"],
+        "metrics": evaluation.metrics,
         "registration": registration,
-        "predictor_dir": evaluation["predictor_dir"],
-        "member_run_ids": member_run_ids,
+        "predictor_dir": evaluation.predictor_dir,
+        "member_run_ids": list(trained.member_run_ids),
         # For `ensemble train`'s closing summary: the ensemble against its best member, where to look.
-        "metric": evaluation["metric"],
-        "best_member": evaluation.get("best_member"),
-        "selection": evaluation.get("selection"),  # a sweep's registered selection (`metrics`: uniform)
+        "metric": evaluation.metric,
+        "best_member": evaluation.best_member,
+        "selection": evaluation.selection,  # a sweep's registered selection (`metrics`: uniform)
         "run_url": tracker.run_url(run_id),
     }
 
 
-def train_members(
-    config: PipelineConfig, data_dir: str, run_dir: str, settings: TrackingSettings, run_id: str
-) -> dict:
-    """One `train_task` for all members, or one per shard on `config.runner` followed by `merge_shards_task`.
-
-    Each task logs its members live; the parent run's mean curves and learning rate come from the one task, or,
-    for shards, from `log_training_task` after the merge.
-    """
-    shards = shard_ranges(config.model.members, config.train.members_per_shard)
-    later_epochs = growth_epochs(config.growth)  # the `schedule/lr` metric's stride counts them
-    if len(shards) == 1:
-        return train_task(
+def snapshots_and_growth(
+    config: PipelineConfig,
+    settings: TrackingSettings,
+    run_id: str,
+    data_dir: str,
+    trained: Trained,
+    run_dir: str,
+) -> tuple[Trained, Grown | None, list[str]]:
+    """The snapshot group (`collect_snapshots_task`) and the growth rounds (`growth_task`), each when switched
+    on. Returns the model passed on, growth's result (None without growth) and the model files evaluation scores
+    as one ensemble."""
+    snapshot_group = None
+    if config.snapshots.enabled:  # the snapshot curve combines as the test scores do
+        snapshot_group = collect_snapshots_task(
+            settings,
+            run_id,
             data_dir,
-            config.model,
-            config.optimizer,
-            config.train,
+            trained,
             config.snapshots,
             run_dir,
-            settings=settings,
-            run_id=run_id,
-            sweep=config.sweep,
-            later_epochs=later_epochs,
+            combiner=config.evaluation.combiner,
         )
-    with build_task_runner(config.runner) as runner:
-        futures = [
-            runner.submit(
-                train_task.with_options(task_run_name=f"train-shard-{i}"),
-                {
-                    "data_dir": data_dir,
-                    "model": config.model.model_copy(update={"members": count}),
-                    "optimizer": config.optimizer,
-                    "train": config.train,
-                    "snapshots": config.snapshots,
-                    "run_dir": str(Path(run_dir) / f"shard-{i}"),
-                    "member_offset": offset,
-                    "settings": settings,
-                    "run_id": run_id,
-                    "parent_curves": False,
-                    "sweep": config.sweep,
-                },
-            )
-            for i, (offset, count) in enumerate(shards)
-        ]
-        results = [future.result() for future in futures]
-    merged = merge_shards_task(results, config.train, run_dir)
+    growth = None
+    if config.growth.enabled:
+        growth = growth_task(
+            settings,
+            run_id,
+            trained.member_run_ids,
+            data_dir,
+            trained,
+            config.growth,
+            config.train,
+            run_dir,
+        )
+        trained = growth.trained  # the grown model only when it is not worse on validation
+    # The last cycle's snapshot IS the trained model: count it once, unless growth changed the model since.
+    grown = growth is not None and growth.outcome == "grown"
+    groups = [trained.model_path] if grown or snapshot_group is None else []
+    groups += [snapshot_group] if snapshot_group else []
+    return trained, growth, groups
+
+
+def prepare_data(config: PipelineConfig, settings: TrackingSettings, run_id: str) -> str:
+    """Prepare and log the data; returns its directory. Fails before training when the data's task (known only
+    now, when inferred) does not fit `evaluation` or the sweep's `selection_metric` (`rmse` on classes...)."""
+    data_dir = prepare_data_task(config.data, config.output_dir)
+    summary = log_data_task(settings, run_id, data_dir, config.data.source)
+    config.evaluation.check_task(summary["task"])  # evaluate_task resolves the default metric
+    if config.sweep is not None:
+        check_metric(config.sweep.selection_metric, summary["task"])
+    return data_dir
+
+
+def train_members(
+    config: PipelineConfig, data_dir: str, run_dir: str, settings: TrackingSettings, run_id: str
+) -> Trained:
+    """One `train_task` for all members, or with `train.members_per_shard`, the `train-shards` subflow on the task
+    runner of `config.runner` (`build_task_runner`).
+
+    Each task logs its members live; the parent run's mean curves and learning rate come from the one task, or,
+    for shards, from the subflow's `log_training_task` after the merge.
+    """
+    later_epochs = growth_epochs(config.growth)  # the `schedule/lr` metric's stride counts them
+    if len(shard_ranges(config.model.members, config.train.members_per_shard)) > 1:
+        shards_flow = train_shards_flow.with_options(task_runner=build_task_runner(config.runner))
+        return shards_flow(config, data_dir, run_dir, settings, run_id, later_epochs)
+    sections = (config.model, config.optimizer, config.train, config.snapshots)
+    return train_task(
+        data_dir,
+        *sections,
+        run_dir,
+        settings=settings,
+        run_id=run_id,
+        sweep=config.sweep,
+        later_epochs=later_epochs,
+    )
+
+
+def shard_run_name() -> str:
+    """A shard's task run is named after its directory: `train-shard-<i>`."""
+    return f"train-{Path(task_run.parameters['run_dir']).name}"
+
+
+@flow(name="train-shards")
+def train_shards_flow(
+    config: PipelineConfig,
+    data_dir: str,
+    run_dir: str,
+    settings: TrackingSettings,
+    run_id: str,
+    later_epochs: int = 0,
+) -> Trained:
+    """Members in shards of `train.members_per_shard`: one `train-fused` task per shard, mapped onto this flow's
+    task runner (`config.runner`, set by `train_members`), trained in `run_dir/shard-<i>`, each logging its members
+    live; then merged into one ensemble in `run_dir` (`merge_shards_task`) and the parent run's curves logged
+    (`log_training_task`). Members are seeded and ordered as one task would (`member_offset`)."""
+    shards = shard_ranges(config.model.members, config.train.members_per_shard)
+    futures = train_task.with_options(task_run_name=shard_run_name).map(
+        data_dir=unmapped(data_dir),
+        model=[config.model.model_copy(update={"members": count}) for _, count in shards],
+        optimizer=unmapped(config.optimizer),
+        train=unmapped(config.train),
+        snapshots=unmapped(config.snapshots),
+        run_dir=[str(Path(run_dir) / f"shard-{i}") for i in range(len(shards))],
+        member_offset=[offset for offset, _ in shards],
+        settings=unmapped(settings),
+        run_id=unmapped(run_id),
+        parent_curves=unmapped(False),
+        sweep=unmapped(config.sweep),
+    )
+    merged = merge_shards_task(futures.result(), config.train, run_dir)
     log_training_task(settings, run_id, merged, later_epochs)
     return merged
 
 
+def evaluate(
+    config: PipelineConfig,
+    settings: TrackingSettings,
+    run_id: str,
+    data_dir: str,
+    groups: list[str],
+    trained: Trained,
+    run_dir: str,
+) -> Evaluation:
+    """Score the ensemble of `groups` (`evaluate_task`); a sweep's registered predictor is then its greedy
+    ensemble selection (`select_ensemble_task`)."""
+    member_run_ids = list(trained.member_run_ids)
+    evaluation = evaluate_task(
+        settings,
+        run_id,
+        member_run_ids,
+        data_dir,
+        groups,
+        config.evaluation,
+        run_dir,
+        model_path=trained.model_path,  # member runs' test/* come from each member's final weights
+        snapshot_dir=trained.snapshot_dir,
+    )
+    if config.sweep is None:
+        return evaluation
+    selection = select_ensemble_task(
+        settings, run_id, member_run_ids, data_dir, evaluation, trained, config, run_dir
+    )
+    return replace(evaluation, **selection)
+
+
+def register(
+    config: PipelineConfig,
+    settings: TrackingSettings,
+    run_id: str,
+    data_dir: str,
+    evaluation: Evaluation,
+    warn: Callable[[str], None],
+) -> dict | None:
+    """Register the evaluated predictor (`register_task`; None with `registry.enabled` false); a registration
+    without an alias is said through `warn`."""
+    if not config.registry.enabled:
+        return None
+    registration = register_task(
+        settings,
+        run_id,
+        data_dir,
+        evaluation.predictor_dir,
+        evaluation.metric,
+        evaluation.value,
+        evaluation.higher_is_better,
+        registered_model_name(config.registry, settings, config.data.source),
+        evaluation_prefix=SELECTED_TEST_PREFIX if config.sweep is not None else None,
+    )
+    if registration["reason"]:
+        warn(f"Registered without an alias: {registration['reason']}")
+    return registration
+
+
 def describe_run(
-    tracker: Tracker, run_id: str, title: str, evaluation: dict, registration: dict | None, trained: dict
+    tracker: Tracker,
+    run_id: str,
+    title: str,
+    evaluation: Evaluation,
+    registration: dict | None,
+    growth: Grown | None,
 ) -> None:
     """The parent run's Markdown description (key test metrics, the ensemble against its best member, the registry
     decision) and the same, with links, as the flow run's `run-summary` artifact in Prefect."""
     registry = (registration or {}).get("decision") or "Not registered (`registry.enabled` is false)."
-    growth = [f"Growth: {trained['growth_reason']}."] if trained.get("growth_reason") else []
+    growth_lines = [f"Growth: {growth.reason}."] if growth is not None else []
     text = parent_description(
         title,
-        evaluation["metrics"],
-        evaluation["metric"],
-        evaluation.get("best_member"),
+        evaluation.metrics,
+        evaluation.metric,
+        evaluation.best_member,
         registry,
-        growth + selection_lines(evaluation.get("selection"), evaluation["metric"]),
+        growth_lines + selection_lines(evaluation.selection, evaluation.metric),
     )
     tracker.describe_run(run_id, text)
     links = [f"MLflow run: [{title}]({tracker.run_url(run_id)})"]

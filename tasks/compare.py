@@ -18,8 +18,8 @@ from ensemble.train import fit
 from tasks.config import EvaluationSection, ModelSection, OptimizerSection, TrainSection
 from tasks.describe import compare_verdict, table_markdown
 from tasks.evaluate import score
+from tasks.factories import build_optimizer, train_config
 from tasks.tracking import TEST_PREFIX, Tracker, TrackingSettings
-from tasks.train import build_optimizer, train_config
 
 
 @task(name="plan-candidates", cache_policy=NO_CACHE)
@@ -58,21 +58,11 @@ def candidate_task(
     """
     tracker = Tracker(settings)
     label = f"{candidate['kind']}-{candidate['members']}x{'-'.join(map(str, candidate['hidden_units']))}"
-    run_id = tracker.start_run(
-        label, tags={"kind": candidate["kind"], "comparison": parent_run_id}, parent_run_id=parent_run_id
-    )
-    try:
+    tags = {"kind": candidate["kind"], "comparison": parent_run_id}
+    with tracker.run(tracker.start_run(label, tags=tags, parent_run_id=parent_run_id)) as run_id:
         prepared = PreparedData.load(data_dir)
-        fused = FusedMLP(
-            candidate["members"],
-            prepared.num_features,
-            candidate["hidden_units"],
-            task=prepared.task,
-            num_classes=max(prepared.num_classes, 2),
-            activation=model.activation,
-            seed=model.seed,
-        )
-        flops = ensemble_flops(fused.input_dim, fused.hidden_units, fused.output_dim, fused.members)
+        fused = candidate_model(prepared, candidate, model)
+        flops = fused.forward_flops()
         tracker.log_params(
             run_id,
             {
@@ -83,16 +73,7 @@ def candidate_task(
                 "epochs": train.epochs,
             },
         )
-        start = time.perf_counter()
-        steps_per_epoch = len(prepared.y_train) // train.batch_size
-        fit(
-            fused,
-            prepared.x_train,
-            prepared.y_train,
-            optimizer=build_optimizer(optimizer, None, steps_per_epoch),
-            config=train_config(train, train_metrics=False),
-        )
-        seconds = time.perf_counter() - start
+        seconds = fit_candidate(fused, prepared, optimizer, train)
         member_preds = fused.predict_members(prepared.x_test, log_probs=True)  # (N, B, C) or (N, B)
         metrics = score(member_preds, prepared.y_test, prepared.task, evaluation)
         tracker.log_metrics(
@@ -103,10 +84,6 @@ def candidate_task(
                 "cost/train_seconds": seconds,
             },
         )
-    except BaseException:
-        tracker.finish_run(run_id, "FAILED")
-        raise
-    tracker.finish_run(run_id)
     return {
         "kind": candidate["kind"],
         "members": fused.members,
@@ -115,6 +92,37 @@ def candidate_task(
         "run_id": run_id,
         **metrics,
     }
+
+
+def candidate_model(prepared: PreparedData, candidate: dict, model: ModelSection) -> FusedMLP:
+    """The untrained candidate: `candidate["members"]` members of `candidate["hidden_units"]`, with the
+    ensemble's activation and seed."""
+    return FusedMLP(
+        candidate["members"],
+        prepared.num_features,
+        candidate["hidden_units"],
+        task=prepared.task,
+        num_classes=max(prepared.num_classes, 2),
+        activation=model.activation,
+        seed=model.seed,
+    )
+
+
+def fit_candidate(
+    fused: FusedMLP, prepared: PreparedData, optimizer: OptimizerSection, train: TrainSection
+) -> float:
+    """Train `fused` in place on the training split (constant learning rate, no per-epoch metrics); returns the
+    seconds it took."""
+    start = time.perf_counter()
+    steps_per_epoch = len(prepared.y_train) // train.batch_size
+    fit(
+        fused,
+        prepared.x_train,
+        prepared.y_train,
+        optimizer=build_optimizer(optimizer, None, steps_per_epoch),
+        config=train_config(train, train_metrics=False),
+    )
+    return time.perf_counter() - start
 
 
 SUMMARY_COLUMNS = [

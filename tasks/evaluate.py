@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
-from ensemble.flops import mlp_flops
 from ensemble.fused import load_fused
 from ensemble.metrics import evaluate_classification, evaluate_regression, mae, member_metrics, r2, rmse
 from ensemble.predictor import EnsemblePredictor
@@ -33,6 +33,31 @@ def score(
     )
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """The evaluation step's result: the ensemble's test scores and the predictor registration would package.
+
+    Attributes:
+        metrics: the ensemble's test metrics (`test/<metric>` on the parent run), `flops_per_sample` included.
+        metric: the gating metric (`evaluation.metric`, resolved for the data's task).
+        value: the registered predictor's test value of `metric`.
+        higher_is_better: the direction of `metric`.
+        predictor_dir: the saved predictor that registration packages.
+        flops_per_sample: forward FLOPs per sample of all the ensemble's members.
+        best_member: the member row (final weights) best on `metric`, or None.
+        selection: a sweep's three ensembles' test scores (`tasks.selection`), None without a sweep.
+    """
+
+    metrics: dict[str, float]
+    metric: str
+    value: float
+    higher_is_better: bool
+    predictor_dir: str
+    flops_per_sample: int
+    best_member: dict | None = None
+    selection: dict | None = None
+
+
 @task(name="evaluate", retries=1, cache_policy=NO_CACHE)
 def evaluate_task(
     settings: TrackingSettings,
@@ -44,16 +69,13 @@ def evaluate_task(
     run_dir: str,
     model_path: str,
     snapshot_dir: str | None = None,
-) -> dict:
+) -> Evaluation:
     """Score the ensemble formed by all members of `group_paths` (final members and/or snapshots).
 
     Logs `test/<metric>` on the parent run; on member run n, `test/<metric>` of member n's final weights (the
     trained model at `model_path`) and, with `snapshot_dir`, `snapshot/test_<metric>` of each of its snapshots at
     `step` = cycle; a Prefect table artifact of every (member, cycle) and the ensemble; and saves the deployable
     predictor to `run_dir/predictor`. `evaluation.metric` None is resolved for the data's task.
-
-    Returns `{"metrics", "predictor_dir", "metric", "value", "higher_is_better", "flops_per_sample",
-    "best_member"}` (`best_member`: the member row, final weights, best on `metric`).
     """
     tracker = Tracker(settings)
     prepared = PreparedData.load(data_dir)
@@ -64,12 +86,35 @@ def evaluate_task(
         [g.predict_members(prepared.x_test, log_probs=True) for g in groups], axis=0
     )
     metrics = score(member_preds, prepared.y_test, prepared.task, evaluation)
-    flops = sum(g.members * mlp_flops(g.input_dim, g.hidden_units, g.output_dim) for g in groups)
+    flops = sum(g.forward_flops() for g in groups)
     metrics["flops_per_sample"] = float(flops)
     tracker.log_metrics(run_id, {f"{TEST_PREFIX}{k}": v for k, v in metrics.items()})
 
     rows = member_table(prepared, evaluation, model_path, snapshot_dir)
     log_member_scores(tracker, member_run_ids, rows)
+    publish_scores(rows, metrics, f"MLflow run: [{run_id}]({tracker.run_url(run_id)})")
+    if (
+        prepared.task == "regression"
+    ):  # the served prediction interval: split-conformal on the validation rows
+        predictor.calibrate_interval(prepared.x_val, prepared.y_val)
+    predictor_dir = predictor.save(Path(run_dir) / "predictor")
+    higher = evaluation.higher_is_better(prepared.task)
+    finals = [row for row in rows if row["cycle"] == FINAL and row.get(evaluation.metric) is not None]
+    best = (max if higher else min)(finals, key=lambda row: row[evaluation.metric], default=None)
+    return Evaluation(
+        metrics=metrics,
+        metric=evaluation.metric,
+        value=metrics[evaluation.metric],
+        higher_is_better=higher,
+        predictor_dir=str(predictor_dir),
+        flops_per_sample=flops,
+        best_member=_json_safe([best])[0] if best else None,
+    )
+
+
+def publish_scores(rows: list[dict], metrics: dict[str, float], link: str) -> None:
+    """The flow run's `ensemble-metrics` table (every member row, then the ensemble) and `mlflow-run` (`link`)
+    artifacts."""
     ensemble = {"member": "ensemble", "cycle": None, **{k: metrics.get(k) for k in rows[0] if k in metrics}}
     create_table_artifact(
         table=_json_safe([*rows, ensemble]),
@@ -78,27 +123,10 @@ def evaluate_task(
         "cycle) and of the ensemble",
     )
     create_markdown_artifact(
-        markdown=f"MLflow run: [{run_id}]({tracker.run_url(run_id)})",
+        markdown=link,
         key="mlflow-run",
         description="Where this flow run's parameters, metrics and model are tracked (mlflow.yaml's `ui_url`)",
     )
-    if (
-        prepared.task == "regression"
-    ):  # the served prediction interval: split-conformal on the validation rows
-        predictor.calibrate_interval(prepared.x_val, prepared.y_val)
-    predictor_dir = predictor.save(Path(run_dir) / "predictor")
-    finals = [row for row in rows if row["cycle"] == FINAL and row.get(evaluation.metric) is not None]
-    better = max if evaluation.higher_is_better(prepared.task) else min
-    best = better(finals, key=lambda row: row[evaluation.metric], default=None)
-    return {
-        "metrics": metrics,
-        "best_member": _json_safe([best])[0] if best else None,
-        "predictor_dir": str(predictor_dir),
-        "metric": evaluation.metric,
-        "value": metrics[evaluation.metric],
-        "higher_is_better": evaluation.higher_is_better(prepared.task),
-        "flops_per_sample": flops,
-    }
 
 
 FINAL = "final"

@@ -8,9 +8,9 @@ not worse on validation than the model growth started from (`ensemble.growth_rou
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -20,25 +20,15 @@ from prefect.cache_policies import NO_CACHE
 from ensemble.checkpoint import load_checkpoint, save_checkpoint
 from ensemble.data import PreparedData
 from ensemble.growth_rounds import GrowthConfig, GrowthRound, grow_rounds, grown_is_not_worse, split_rows
-from ensemble.progress import EpochLogs, EpochProgress, format_epoch
+from ensemble.progress import EpochProgress, format_epoch
+from ensemble.record import RunRecord, RunRecorder
 from ensemble.train import schedule_cycle_ends
 from tasks.config import GrowthSection, TrainSection
+from tasks.factories import train_config
 from tasks.lr_curve import growth_epochs, log_growth_learning_rate
 from tasks.tracking import Tracker, TrackingSettings, log_learning_rate_plot
-from tasks.train import log_member_epochs, train_config
-
-
-class LearningRates(keras.callbacks.Callback):
-    """The learning rate of every optimiser step (`fit`'s `on_steps_end`) and its global step, across rounds."""
-
-    def __init__(self):
-        super().__init__()
-        self.steps: list[int] = []
-        self.learning_rates: list[float] = []
-
-    def on_steps_end(self, logs: dict) -> None:
-        self.steps.extend(logs["steps"])
-        self.learning_rates.extend(logs["learning_rates"])
+from tasks.train import log_member_epochs
+from tasks.trained import Trained, read_history
 
 
 class RoundProgress(EpochProgress):
@@ -70,51 +60,97 @@ class RoundProgress(EpochProgress):
         self.print_fn(format_epoch(epoch - self._first_epoch, cap, logs or {}, seconds, prefix))
 
 
+@dataclass(frozen=True)
+class Grown:
+    """What the growth step hands on.
+
+    Attributes:
+        trained: the model passed on to evaluation and registration: the grown one (`model_path`, `checkpoint`)
+            when `outcome` is "grown", else the pre-growth one; training's history and member runs either way.
+        outcome: "grown" or "pre-growth" (the parent run's `growth_outcome` tag).
+        reason: why, in one sentence (the `growth_reason` tag).
+        rounds: the round table (`GrowthRound.as_dict()` rows).
+        hidden_units: the widths of the model passed on.
+    """
+
+    trained: Trained
+    outcome: str
+    reason: str
+    rounds: tuple[dict, ...]
+    hidden_units: tuple[int, ...]
+
+
 @task(name="grow", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def growth_task(
     settings: TrackingSettings,
     run_id: str,
     member_run_ids: list[str],
     data_dir: str,
-    trained: dict,
+    trained: Trained,
     growth: GrowthSection,
     train: TrainSection,
     run_dir: str,
-) -> dict:
+) -> Grown:
     """Growth rounds on the trained ensemble; logs the round table, the members' curves (epochs continue), the
     learning rate of growth steps (`schedule/lr`, the global step continues) and the whole run's learning-rate plot.
 
-    Returns `trained` plus `rounds` (the table), `growth_outcome`, `growth_reason` and `hidden_units`; its
-    `model_path`/`checkpoint` point at the grown model only when growth is kept (`grown_is_not_worse`).
+    The model passed on is the grown one only when growth is kept (`grown_is_not_worse`).
     """
-    logger = get_run_logger()
-    prepared = PreparedData.load(data_dir)
-    model, optimizer, state = load_checkpoint(trained["checkpoint"])
+    logger, run_dir = get_run_logger(), Path(run_dir)
+    model, optimizer, state = load_checkpoint(trained.checkpoint)
     # GrowthSection's fields are GrowthConfig's arguments, minus the pipeline-only ones.
     config = GrowthConfig(**growth.model_dump(exclude={"enabled", "epochs_per_round"}), seed=train.seed)
-    collected, learning_rates = EpochLogs(), LearningRates()
+    recorder = RunRecorder()  # every round's epochs and steps
     model, optimizer, rounds = grow_rounds(
         model,
         optimizer,
-        prepared,
+        PreparedData.load(data_dir),
         train_config(train, epochs=growth.epochs_per_round),
         config,
-        callbacks=[collected, learning_rates, RoundProgress(config.max_rounds + 1, logger.info)],
+        callbacks=[recorder, RoundProgress(config.max_rounds + 1, logger.info)],
         initial_epoch=state["epoch"],
     )
-    run_dir = Path(run_dir)
     model.save(run_dir / "grown.keras")
-    checkpoint = save_checkpoint(run_dir / "grown-checkpoint", model, optimizer, collected.epochs[-1][0] + 1)
+    checkpoint = save_checkpoint(
+        run_dir / "grown-checkpoint", model, optimizer, recorder.record.epochs[-1][0] + 1
+    )
     kept = grown_is_not_worse(rounds, config.mode)
     outcome, reason = growth_outcome(rounds, config.monitor, kept)
-    widths = list(rounds[-1].widths if kept else rounds[0].widths)  # of the model passed on
+    widths = tuple(rounds[-1].widths if kept else rounds[0].widths)  # of the model passed on
     tracker = Tracker(settings)
     log_rounds(tracker, run_id, rounds)
-    log_member_epochs(tracker, run_id, member_run_ids, collected.epochs)
-    history = json.loads(Path(trained["history_path"]).read_text())  # training's steps: the plot is the run's
+    log_member_epochs(tracker, run_id, member_run_ids, recorder.record.epochs)
+    log_growth_curve(tracker, run_id, trained, recorder.record, rounds, optimizer, train, growth, run_dir)
+    for member_run in member_run_ids:  # `hidden_units`/`width` are the widths training started with
+        tracker.log_params(
+            member_run, {"final_hidden_units": list(widths), "final_width": max(widths, default=0)}
+        )
+    tracker.set_tags(run_id, {"growth_outcome": outcome, "growth_reason": reason})
+    for r in rounds:
+        logger.info(describe_round(r, config.monitor))
+    (logger.info if kept else logger.warning)(reason)
+    grown = {"model_path": str(run_dir / "grown.keras"), "checkpoint": str(checkpoint)} if kept else {}
+    rows = tuple(r.as_dict() for r in rounds)
+    return Grown(replace(trained, **grown), outcome, reason, rows, widths)
+
+
+def log_growth_curve(
+    tracker: Tracker,
+    run_id: str,
+    trained: Trained,
+    learning_rates: RunRecord,
+    rounds: list[GrowthRound],
+    optimizer: keras.optimizers.Optimizer,
+    train: TrainSection,
+    growth: GrowthSection,
+    run_dir: Path,
+) -> None:
+    """The growth steps' `schedule/lr` (at training's stride, each round's first and last step kept) and the
+    whole run's learning-rate plot and exact curve (training's steps, then growth's)."""
+    history = read_history(trained)
     steps, lrs = history["steps"] + learning_rates.steps, history["lr"] + learning_rates.learning_rates
     cycle_ends = schedule_cycle_ends(optimizer, steps[-1])
-    log_growth_learning_rate(  # `schedule/lr` at training's stride, each round's first and last step kept
+    log_growth_learning_rate(
         tracker,
         run_id,
         learning_rates.steps,
@@ -123,24 +159,9 @@ def growth_task(
         cycle_ends,
         train.epochs,
         growth_epochs(growth),
-        settings.lr_points,
+        tracker.settings.lr_points,
     )
     log_learning_rate_plot(tracker, run_id, steps, lrs, cycle_ends, str(run_dir))
-    for member_run in member_run_ids:  # `hidden_units`/`width` are the widths training started with
-        tracker.log_params(member_run, {"final_hidden_units": widths, "final_width": max(widths, default=0)})
-    tracker.set_tags(run_id, {"growth_outcome": outcome, "growth_reason": reason})
-    for r in rounds:
-        logger.info(describe_round(r, config.monitor))
-    (logger.info if kept else logger.warning)(reason)
-    grown = {"model_path": str(run_dir / "grown.keras"), "checkpoint": str(checkpoint)} if kept else {}
-    return {
-        **trained,
-        **grown,
-        "rounds": [r.as_dict() for r in rounds],
-        "growth_outcome": outcome,
-        "growth_reason": reason,
-        "hidden_units": widths,
-    }
 
 
 def growth_outcome(rounds: list[GrowthRound], monitor: str, kept: bool) -> tuple[str, str]:

@@ -29,8 +29,10 @@ from ensemble.selection import bagged_selection, check_metric, ensemble_loss, gr
 from ensemble.snapshots import Snapshots
 from ensemble.uncertainty import weighted_log_combine
 from tasks.config import PipelineConfig
+from tasks.evaluate import Evaluation
+from tasks.live_logging import sweep_members
 from tasks.tracking import Tracker, TrackingSettings
-from tasks.train import sweep_members
+from tasks.trained import Trained
 
 PREFIX = "selection/"
 SELECTED_TEST_PREFIX = (
@@ -62,22 +64,22 @@ def test_scores(
     }
 
 
-def library_members(predictor: EnsemblePredictor, trained: dict) -> list[tuple[int, int | str]]:
+def library_members(predictor: EnsemblePredictor, trained: Trained) -> list[tuple[int, int | str]]:
     """(member, cycle) of each of the predictor's pooled models: its snapshots (sorted by cycle, member, as
     `tasks.snapshots` stacks them) or each member's final weights (`cycle` "final").
 
     With snapshots the pool is the snapshots even when there are as many as members (`keep_best: 1`: each
     member's best cycle, sorted by cycle, so model k need not be member k)."""
-    if trained.get("snapshot_dir"):
-        keys = Snapshots.load(trained["snapshot_dir"]).keys()
+    if trained.snapshot_dir:
+        keys = Snapshots.load(trained.snapshot_dir).keys()
         if len(keys) == predictor.num_members:
             return list(keys)
-    if predictor.num_members != trained["members"]:
+    if predictor.num_members != trained.members:
         raise ValueError(
             f"Cannot tell which member each of the predictor's {predictor.num_members} models is "
-            f"({trained['members']} members trained)."
+            f"({trained.members} members trained)."
         )
-    return [(n, "final") for n in range(trained["members"])]
+    return [(n, "final") for n in range(trained.members)]
 
 
 @task(name="select-ensemble", retries=1, cache_policy=NO_CACHE)
@@ -86,19 +88,19 @@ def select_ensemble_task(
     run_id: str,
     member_run_ids: list[str],
     data_dir: str,
-    evaluation: dict,
-    trained: dict,
+    evaluation: Evaluation,
+    trained: Trained,
     config: PipelineConfig,
     run_dir: str,
 ) -> dict:
     """Select, score and log (see the module); save the selected predictor to `run_dir/selected_predictor`.
 
     Returns `{"predictor_dir", "value", "selection"}`: the selected predictor and its test value of the gating
-    metric `evaluation["metric"]` (what registration compares), and the three ensembles' test scores.
+    metric `evaluation.metric` (what registration compares), and the three ensembles' test scores.
     """
     logger, tracker = get_run_logger(), Tracker(settings)
     prepared = PreparedData.load(data_dir)
-    uniform = EnsemblePredictor.load(evaluation["predictor_dir"])
+    uniform = EnsemblePredictor.load(evaluation.predictor_dir)
     metric = check_metric(config.sweep.selection_metric, prepared.task)
     val, test = (
         np.concatenate([g.predict_members(x, log_probs=True) for g in uniform.groups], axis=0)
@@ -165,7 +167,7 @@ def select_ensemble_task(
         for k, (m, c) in enumerate(keys)
     ]
     tracker.log_table(run_id, rows, "selection.json")
-    member_weight = np.bincount([m for m, _ in keys], weights=weights, minlength=trained["members"])
+    member_weight = np.bincount([m for m, _ in keys], weights=weights, minlength=trained.members)
     for n, member_run in enumerate(member_run_ids):
         tracker.log_metrics(member_run, {f"{PREFIX}weight": float(member_weight[n])})
     logger.info(
@@ -176,6 +178,6 @@ def select_ensemble_task(
     predictor_dir = selected.save(Path(run_dir) / "selected_predictor")
     return {
         "predictor_dir": str(predictor_dir),
-        "value": scores["selected"].get(evaluation["metric"], evaluation["value"]),
+        "value": scores["selected"].get(evaluation.metric, evaluation.value),
         "selection": scores,
     }

@@ -1,7 +1,7 @@
 """Prefect task of the snapshot step: the N x M (member, cycle) weight sets as one fused group.
 
 Each member run already holds its snapshots' `snapshot/val_loss` / `snapshot/val_accuracy` at `step` = cycle,
-logged live as each cycle ended (`tasks.train.MlflowEpochLogger`; step-indexed metrics, so the UI plots a member's
+logged live as each cycle ended (`tasks.live_logging.MlflowEpochLogger`; step-indexed metrics, so the UI plots a member's
 snapshots as a curve). This step logs the parent run's snapshot table and `snapshot/ensemble_val_accuracy` (or
 `_val_rmse`) of the ensemble of cycles `0..k` at `step` = k, its members combined with the configured
 `evaluation.combiner` (as the test scores and the served model combine them; regression: the mean). The
@@ -22,6 +22,7 @@ from ensemble.predictor import stack_weight_sets
 from ensemble.snapshots import Snapshots
 from tasks.config import SnapshotSection
 from tasks.tracking import Tracker, TrackingSettings
+from tasks.trained import Trained
 
 
 @task(name="collect-snapshots", retries=1, cache_policy=NO_CACHE)
@@ -29,7 +30,7 @@ def collect_snapshots_task(
     settings: TrackingSettings,
     run_id: str,
     data_dir: str,
-    trained: dict,
+    trained: Trained,
     snapshots: SnapshotSection,
     run_dir: str,
     *,
@@ -41,7 +42,7 @@ def collect_snapshots_task(
     """
     check_combiner(combiner, "combiner")
     tracker = Tracker(settings)
-    collected = Snapshots.load(trained["snapshot_dir"])
+    collected = Snapshots.load(trained.snapshot_dir)
     prepared = PreparedData.load(data_dir)
     keys = collected.keys()  # sorted by (cycle, member)
     table = [
@@ -56,7 +57,7 @@ def collect_snapshots_task(
         for k, score in enumerate(scores)
     }
     tracker.log_metrics_at_steps(run_id, curve)
-    template = load_fused(trained["model_path"])
+    template = load_fused(trained.model_path)
     group = stack_weight_sets(template, [collected.weights[key] for key in keys], name="snapshot_ensemble")
     path = Path(run_dir) / "snapshot_ensemble.keras"
     group.save(path)

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 from mlflow.utils.time import get_current_time_millis
 
 from ensemble.plots import plot_learning_rate
+from tasks.sqlite_wal import use_wal
 
 SETTINGS_FILE_ENV = "ENSEMBLE_MLFLOW_CONFIG"
 ENV_OVERRIDES = {
@@ -128,6 +129,8 @@ class Tracker:
         self.settings = settings or TrackingSettings.load()
         # The registry URI is always explicit: MlflowClient would otherwise take the process-wide default.
         self.registry_uri = self.settings.registry_uri or self.settings.tracking_uri
+        for uri in (self.settings.tracking_uri, self.registry_uri):  # before MLflow opens a SQLite store
+            use_wal(uri)  # WAL mode, synchronous=NORMAL (`tasks.sqlite_wal`)
         self.client = MlflowClient(self.settings.tracking_uri, self.registry_uri)
         self._experiment_id: str | None = None  # looked up (or created) once per Tracker
 
@@ -172,6 +175,27 @@ class Tracker:
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         """Close a run as FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status=status)
+
+    # -- run lifecycle ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(self, run_id: str, nested: str | None = None) -> Iterator[str]:
+        """Close the started run `run_id` when the block ends: FINISHED, or FAILED if the block raised (anything,
+        a cancellation too; the error propagates). With `nested` (a `child_runs` kind, e.g. "member"), its nested
+        runs of that kind close with it, as they stand then (those opened before a failure are FAILED).
+
+        Usage: `with tracker.run(tracker.start_run(name, tags)) as run_id: ...`.
+        """
+        try:
+            yield run_id
+        except BaseException:
+            self._finish_with_nested(run_id, nested, "FAILED")
+            raise
+        self._finish_with_nested(run_id, nested, "FINISHED")
+
+    def _finish_with_nested(self, run_id: str, nested: str | None, status: str) -> None:
+        for child in self.child_runs(run_id, nested).values() if nested else ():
+            self.finish_run(child, status)
+        self.finish_run(run_id, status)
 
     def reopen_run(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Continue a run (status RUNNING again, no end time) under new owner `tags`; its children too."""

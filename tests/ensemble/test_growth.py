@@ -21,6 +21,7 @@ from ensemble.growth_rounds import (
     ANNEAL_TO,
     GrowthConfig,
     GrowthRound,
+    RoundEnd,
     grow_rounds,
     grown_is_not_worse,
     planned_splits,
@@ -424,11 +425,28 @@ def test_anneal_epochs_end_every_round_at_the_lowest_rate_and_restart_the_next_a
     config = train.TrainConfig(epochs=5, batch_size=8, train_metrics=False)  # 12 steps per epoch
     _, _, rounds = grow_rounds(model, keras.optimizers.Adam(0.01), data, config, growth, callbacks=[rates])
 
-    assert [r.epochs_trained for r in rounds] == [1 + 3] * 3  # 1 epoch to the plateau, 3 annealing
+    # 2 epochs to the plateau (the first is the first best, the second does not beat it by 1.0), 3 annealing
+    assert [r.epochs_trained for r in rounds] == [2 + 3] * 3
     per_epoch = np.asarray(rates.rates).reshape(-1, 12)[:, 0]  # the rate is set per epoch
-    fractions = [1.0] + [ANNEAL_TO + (1 - ANNEAL_TO) * (1 + np.cos(np.pi * e / 3)) / 2 for e in (1, 2, 3)]
+    fractions = [1.0, 1.0] + [ANNEAL_TO + (1 - ANNEAL_TO) * (1 + np.cos(np.pi * e / 3)) / 2 for e in (1, 2, 3)]
     np.testing.assert_allclose(per_epoch, 0.01 * np.tile(fractions, 3), rtol=1e-5)
-    assert np.asarray(rates.widths).reshape(-1, 12)[:, 0].tolist() == [2] * 4 + [4] * 4 + [8] * 4
+    assert np.asarray(rates.widths).reshape(-1, 12)[:, 0].tolist() == [2] * 5 + [4] * 5 + [8] * 5
+
+
+@pytest.mark.parametrize("start_value, epochs", [(None, 3), (0.9, 2)])
+def test_round_end_compares_with_the_start_value_or_else_with_the_first_epoch(start_value, epochs):
+    """With `anneal_epochs`, rounds pass None: the start value was measured at the annealed rate, which the round's
+    full-rate epochs do not reach at once, so the round's first epoch is its first best (Keras' EarlyStopping)."""
+    end = RoundEnd("val_accuracy", "max", min_delta=0.01, patience=2, start_value=start_value)
+    end.set_model(FusedMLP(1, 2, (2,), task="multiclass", num_classes=3, seed=0))
+    end.model.stop_training = False  # as `fit` sets it
+    end.set_params({})
+    end.on_train_begin()
+    for epoch, value in enumerate([0.5, 0.505, 0.508, 0.7]):  # 0.505 and 0.508 do not beat 0.5 by 0.01
+        end.on_epoch_end(epoch, {"val_accuracy": value})
+        if end.model.stop_training:
+            break
+    assert end.plateau and epoch + 1 == epochs
 
 
 def test_anneal_epochs_are_rejected_with_a_cyclic_schedule():

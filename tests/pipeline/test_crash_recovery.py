@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tasks.faults import PAUSE_AFTER_EPOCH_ENV
 from tasks.recovery import FLOW_RUN_TAG, KEY_TAG, PID_TAG, open_parent_run, owner_tags, resume_key
 from tasks.tracking import Tracker
-from tasks.train import PAUSE_AFTER_EPOCH_ENV
 from tests.pipeline.helpers import tiny_config
 from tests.pipeline.servers import child_env, store_client
 

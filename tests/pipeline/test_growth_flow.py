@@ -20,8 +20,8 @@ from ensemble.predictor import EnsemblePredictor
 from ensemble.train import TrainConfig, schedule_cycle_ends
 from flows.train import train_flow
 from tasks.config import OptimizerSection, SnapshotSection
+from tasks.factories import build_optimizer
 from tasks.growth import RoundProgress, describe_round
-from tasks.train import build_optimizer
 from tests.pipeline.helpers import MEMBERS, tiny_config
 
 CYCLE_EPOCHS = 2  # training = one SGDR cycle of 2 epochs; each growth round asks for 1 epoch

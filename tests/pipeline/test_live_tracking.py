@@ -16,9 +16,9 @@ from ensemble.schedules import SGDRSchedule
 from ensemble.snapshots import SnapshotCollector
 from ensemble.train import TrainConfig, fit
 from tasks.config import load_config
+from tasks.live_logging import MlflowEpochLogger, member_params
 from tasks.lr_curve import LR_METRIC, boundary_steps, kept_points, lr_stride
 from tasks.tracking import Tracker
-from tasks.train import MlflowEpochLogger, member_params
 
 MEMBERS, EPOCHS, ROWS, BATCH = 3, 4, 24, 4
 

@@ -3,6 +3,7 @@ ends with the weights, snapshots, curves and learning-rate record of an uninterr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -27,7 +28,8 @@ from ensemble.snapshots import Snapshots
 from flows.train import train_flow
 from tasks.config import PipelineConfig
 from tasks.data import prepare_data_task
-from tasks.train import FAULT_AFTER_EPOCH_ENV, train_task
+from tasks.faults import FAULT_AFTER_EPOCH_ENV
+from tasks.train import train_task
 from tests.pipeline.helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The train task alone, in its own process, against the test session's Prefect API.
 WORKER = """
-import json, sys
+import dataclasses, json, sys
 from prefect import flow
 from tasks.config import PipelineConfig
 from tasks.train import train_task
@@ -43,7 +45,7 @@ from tasks.train import train_task
 @flow(name="train-only")
 def train_only(data_dir, config_json, run_dir):
     c = PipelineConfig.model_validate_json(config_json)
-    return train_task(data_dir, c.model, c.optimizer, c.train, c.snapshots, run_dir)
+    return dataclasses.asdict(train_task(data_dir, c.model, c.optimizer, c.train, c.snapshots, run_dir))
 
 if __name__ == "__main__":
     data_dir, config_path, run_dir = sys.argv[1:]
@@ -53,7 +55,8 @@ if __name__ == "__main__":
 
 @flow(name="train-only")
 def train_only(data_dir: str, config: PipelineConfig, run_dir: str) -> dict:
-    return train_task(data_dir, config.model, config.optimizer, config.train, config.snapshots, run_dir)
+    trained = train_task(data_dir, config.model, config.optimizer, config.train, config.snapshots, run_dir)
+    return dataclasses.asdict(trained)
 
 
 def start_worker(tmp_path: Path, data_dir: str, config: PipelineConfig, run_dir: Path) -> subprocess.Popen:

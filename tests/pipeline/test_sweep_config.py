@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.config import load_config
-from tasks.train import member_params, sweep_members
+from tasks.live_logging import member_params, sweep_members
 from tests.pipeline.helpers import cli_in_a_fresh_process
 
 
