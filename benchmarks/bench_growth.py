@@ -2,11 +2,13 @@
 
 A user who does not know the width trains one ensemble per width and keeps the best on validation; that sweep's
 cost is the sum of its runs' training FLOPs. Growth starts at `--start-width` and splits at plateaus until it
-stops (width cap, a round without validation gain, or, for `splitting`, no unit with a negative splitting index).
-Every run, grown or swept, is `grow_rounds` under the same rule: train until the plateau (`min_delta`,
-`patience` epochs on the mean member `val_accuracy`, at most `--epochs` per round), then `--anneal-epochs` epochs
-of cosine annealing to 1 % of the learning rate, so every round (and every sweep run) ends converged. A sweep run is
-one round without a split. Same members (seeds), optimiser, batch size and data order everywhere.
+stops (the width cap; with `--stop-without-gain` also after a round without validation gain; for `splitting`, when
+no unit has a negative splitting index). Every run, grown or swept, is `grow_rounds` under the same rule: train
+until the plateau (`min_delta`, `patience` epochs on the mean member `val_accuracy`, the round's first epoch being
+the first best, at most `--epochs` per round), then `--anneal-epochs` epochs of cosine annealing to 1 % of the
+learning rate, so every round (and every sweep run) ends converged. A sweep run is one round without a split. Same
+members (seeds), optimiser, batch size and data order everywhere. `splitting` splits without outgoing-weight
+offsets (`--splitting-noise 0`): its directions break the symmetry, and the split keeps the function to O(delta^2).
 
 Data sets: digits and breast_cancer (bundled), and `teacher`: labels of a random 1-hidden-layer ReLU teacher with
 `--teacher-width` units (3 classes, 16 Gaussian features), so the width the task needs is known.

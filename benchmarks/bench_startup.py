@@ -16,7 +16,9 @@ caches, Python bytecode, migrated databases). The phase edges are real timestamp
 .venv/bin/python benchmarks/bench_startup.py --repo /tmp/old   # another checkout of the project (before/after)
 ```
 
-The machine may be shared: the load average before and after is printed; compare shares, not only seconds.
+The machine may be shared: the load average before and after is printed, and the CPU time (user + system) of the
+command and of the processes it started (Prefect's temporary server included), which a busy machine inflates far
+less than wall time; compare shares and CPU time, not only seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import datetime as dt
 import json
 import os
 import re
+import resource
 import socket
 import sqlite3
 import subprocess
@@ -91,15 +94,24 @@ def run_once(command: list[str], workdir: Path, env: dict, index: int) -> dict:
     """One `ensemble train` in a fresh process; its launch/exit times, CLI marks and output."""
     timings = workdir / f"timings-{index}.json"
     env = {**env, "ENSEMBLE_TIMINGS": str(timings)}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.time()
     completed = subprocess.run(
         [sys.executable, "-m", "flows.cli", *command], cwd=workdir, env=env, capture_output=True, text=True
     )
     exited = time.time()
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("ru_utime", "ru_stime"))
     if completed.returncode != 0:
         sys.exit(f"run {index} failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
     marks = json.loads(timings.read_text()) if timings.is_file() else {}
-    return {"launch": launched, "exit": exited, "marks": marks, "output": completed.stdout + completed.stderr}
+    return {
+        "launch": launched,
+        "exit": exited,
+        "cpu": cpu,
+        "marks": marks,
+        "output": completed.stdout + completed.stderr,
+    }
 
 
 def phases(run: dict, flow: dict, tasks: list[dict]) -> list[tuple[str, float]]:
@@ -143,6 +155,7 @@ def report(command: list[str], run: dict, flow: dict, tasks: list[dict], loads: 
     rows = phases(run, flow, tasks)
     print(f"\n`ensemble {' '.join(command)}` (digits), last run: {wall:.2f} s wall")
     print(f"load average before {loads[0]}, after {loads[1]} ({os.cpu_count()} CPUs)")
+    print(f"CPU time (user + system) of the command and the processes it started: {run['cpu']:.2f} s")
     width = max(len(name) for name, _ in rows)
     for name, seconds in rows:
         print(f"  {name:<{width}}  {seconds:6.2f} s  {100 * seconds / wall:5.1f} %")
@@ -178,7 +191,7 @@ def main() -> None:
         loads = [Path("/proc/loadavg").read_text().split()[0]]
         for index in range(args.runs):
             run = run_once(command, workdir, env, index)
-            print(f"run {index + 1}: {run['exit'] - run['launch']:.2f} s wall")
+            print(f"run {index + 1}: {run['exit'] - run['launch']:.2f} s wall, {run['cpu']:.2f} s CPU")
         loads.append(Path("/proc/loadavg").read_text().split()[0])
         flow, tasks = prefect_records(workdir / "prefect-home")
         report(command, run, flow, tasks, tuple(loads))

@@ -5,8 +5,9 @@ Targets (issue 15): T_on / T_off <= 1.10 at the default workload (50 members, di
 epochs; a 100,000-row run adds < 5 MB to the SQLite store.
 
 - Tracking on (T_on): `flows.train.train_flow` (registry on) inside `prefect_test_harness`, against a fresh,
-  pre-migrated MLflow SQLite file. Training's live curves go through MLflow's asynchronous logging (its worker
-  thread writes beside training); the learning rate is logged at bounded resolution (`lr_points`, mlflow.yaml).
+  pre-migrated MLflow SQLite file (written in WAL mode, `tasks.sqlite_wal`). Training's live curves go through
+  MLflow's asynchronous logging (its worker thread writes beside training); the learning rate is logged at bounded
+  resolution (`lr_points`, mlflow.yaml).
   Every method of `tasks.tracking.Tracker` called in this process is timed (outermost call only) and attributed to
   the Prefect task or flow body it ran in.
 - Tracking off (T_off): the same flow in the same harness with every `Tracker` method replaced by a stub that
@@ -25,7 +26,8 @@ does.
 
 The store growth: a generated 100,000-row CSV (`--rows`; 20 features, 3 classes) trained with the default config
 (8 members, batch 1; `--store-epochs`, default 10: 700,000 optimiser steps) with tracking on; the SQLite file's size
-before and after, the points of `schedule/lr` and the artifacts' size (outside the store) are printed.
+(its write-ahead log included) before and after, the points of `schedule/lr` and the artifacts' size (outside the
+store) are printed.
 
     .venv/bin/python benchmarks/bench_tracking.py                  # 10 and 30 epochs + the 100,000-row run
     .venv/bin/python benchmarks/bench_tracking.py --repeats 3      # 3 interleaved rounds, medians
@@ -85,8 +87,10 @@ STUB_RETURNS = {  # what a Tracker method returns when tracking is off; every ot
     "start_run": lambda self, *args, **kwargs: f"off-{uuid.uuid4().hex}",
     "child_runs": lambda self, *args, **kwargs: {},
     "run": lambda self, run_id, *args, **kwargs: contextlib.nullcontext(run_id),
-    "open_child_runs": lambda self, parent, kind, params: [f"off-{uuid.uuid4().hex}" for _ in params],
-    "log_metrics_async": lambda self, batches: [],
+    "open_child_runs": lambda self, parent, kind, params, **kwargs: [
+        f"off-{uuid.uuid4().hex}" for _ in params
+    ],
+    "log_metrics_async": lambda self, *args, **kwargs: [],
     "unfinished_runs": lambda self: [],
     "unfinished_children": lambda self, *args, **kwargs: [],
     "latest_steps": lambda self, run_ids: {},
@@ -325,6 +329,12 @@ def report(
     return ratios
 
 
+def store_bytes(db: Path) -> int:
+    """The SQLite store's size: the file and its write-ahead log (`tasks.sqlite_wal`: commits land in `<db>-wal`
+    until a checkpoint copies them into the file)."""
+    return sum(path.stat().st_size for path in (db, Path(f"{db}-wal")) if path.exists())
+
+
 def store_growth(root: Path, template: Path, rows: int, epochs: int) -> None:
     """Train the default config on a generated `rows`-row CSV with tracking on; print the store's growth."""
     import numpy as np
@@ -346,7 +356,7 @@ def store_growth(root: Path, template: Path, rows: int, epochs: int) -> None:
         registered_model_name="bench-growth",
     )
     Tracker(settings).experiment_id()  # the experiment exists before the size is taken
-    before = db.stat().st_size
+    before = store_bytes(db)
     config = load_config(
         overrides={
             "data.source": str(csv),
@@ -358,7 +368,7 @@ def store_growth(root: Path, template: Path, rows: int, epochs: int) -> None:
     start = time.perf_counter()
     result = train_flow(config, settings)
     seconds = time.perf_counter() - start
-    after = db.stat().st_size
+    after = store_bytes(db)
     steps = optimiser_steps(result)
     points = len(MlflowClient(settings.tracking_uri).get_metric_history(result["run_id"], "schedule/lr"))
     artifacts = sum(f.stat().st_size for f in (root / "growth-artifacts").rglob("*") if f.is_file())

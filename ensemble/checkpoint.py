@@ -3,8 +3,8 @@
 Layout: `model.keras` (architecture + weights), `optimizer.json` (Keras optimiser config, schedule included),
 `optimizer.npz` (every optimiser variable: iterations, slots), `state.json` (epoch, step and caller extras such as
 the data order). `EpochCheckpoint` adds the run's record so far: `record.jsonl` (`ensemble.record`: one row per
-epoch with its logs, the learning rate of each of its steps and its cycle ends) and `snapshots/` (`model.json` and
-one `cycle-0003.npz` per cycle: that cycle's member weights `(K, ...)` and scores).
+epoch with its logs, the learning rate of each of its steps and its cycle ends) and `snapshots/`
+(`ensemble.snapshot_files`: one `cycle-0003.npz` per cycle, that cycle's member weights `(K, ...)` and scores).
 
 A checkpoint is replaced as a whole and atomically, but an epoch rewrites only what changes: the weights, the
 optimiser state, `state.json`. The record is appended to (one row) and a cycle's snapshots are written once; the
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ensemble.member_model import MemberModel, find_model_class, load_member_model, model_class_name
+from ensemble.member_model import MemberModel, load_member_model
 from ensemble.record import RECORD_FILE, RunRecord, RunRecorder
+from ensemble.snapshot_files import (
+    SNAPSHOT_DIR,
+    Key,
+    carry,
+    note_all_snapshots,
+    read_snapshots,
+    write_snapshots,
+)
 from ensemble.snapshots import SnapshotCollector, Snapshots
 
-SNAPSHOT_DIR = "snapshots"
-SNAPSHOT_CONFIG = "model.json"  # in SNAPSHOT_DIR: the snapshots' `model_class` and `model_config`
 LEGACY_RECORD_FILE = "record.json"  # the whole record rewritten each epoch (checkpoints of earlier versions)
-Key = tuple[int, int]  # (member, cycle)
 
 
 def save_checkpoint(
@@ -244,101 +248,6 @@ class SavedRecord:
     on_disk: OnDisk
 
 
-def carry(source: Path, target: Path) -> None:
-    """`target` becomes a hard link of `source` (no bytes written), or a copy where links are not supported."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def cycle_file(cycle: int) -> str:
-    return f"cycle-{int(cycle):04d}.npz"
-
-
-def write_snapshots(
-    directory: Path,
-    snapshots: Snapshots,
-    previous: Path | None = None,
-    on_disk: dict[int, set[int]] | None = None,
-) -> dict[int, set[int]]:
-    """`directory/snapshots/`: `model.json` (model class and config) and one `cycle-0003.npz` per cycle with kept snapshots (arrays
-    `members (K,)`, `w0 .. w{J-1}` `(K, ...)` in `Snapshots.weights` order, `score_<name> (K,)`). A cycle file of
-    `previous/snapshots/` that holds every kept member of its cycle (`on_disk`) is taken over by hard link.
-
-    Returns `{cycle: members}` of the cycle files written or taken over.
-    """
-    folder, before, on_disk = directory / SNAPSHOT_DIR, None, on_disk or {}
-    folder.mkdir(parents=True, exist_ok=True)
-    if previous is not None and (previous / SNAPSHOT_DIR / SNAPSHOT_CONFIG).is_file():
-        before = previous / SNAPSHOT_DIR
-        carry(before / SNAPSHOT_CONFIG, folder / SNAPSHOT_CONFIG)
-    else:
-        model = {
-            "model_class": model_class_name(snapshots.model_class),
-            "model_config": snapshots.model_config,
-        }
-        (folder / SNAPSHOT_CONFIG).write_text(json.dumps(model))
-    kept: dict[int, set[int]] = defaultdict(set)
-    for member, cycle in snapshots.weights:
-        kept[cycle].add(member)
-    files = {}
-    for cycle, members in sorted(kept.items()):
-        name = cycle_file(cycle)
-        if before is not None and members <= on_disk.get(cycle, set()) and (before / name).is_file():
-            carry(before / name, folder / name)
-            files[cycle] = on_disk[cycle]
-            continue
-        ordered = sorted(members)
-        weights = [snapshots.weights[(m, cycle)] for m in ordered]
-        arrays = {"members": np.asarray(ordered, "int64")}
-        arrays |= {f"w{j}": np.stack([w[j] for w in weights]) for j in range(len(weights[0]))}  # (K, ...)
-        for score in sorted({s for m in ordered for s in snapshots.scores.get((m, cycle), {})}):
-            arrays[f"score_{score}"] = np.asarray([snapshots.scores[(m, cycle)][score] for m in ordered])
-        np.savez(folder / name, **arrays)
-        files[cycle] = set(ordered)
-    return files
-
-
-def read_snapshots(folder: Path, record: RunRecord) -> tuple[Snapshots | None, dict[int, set[int]]]:
-    """The snapshots the record's events keep (`EpochCheckpoint.snapshot_events`), from `write_snapshots`' files;
-    None when the checkpoint has none. Also `{cycle: members}` of the cycle files."""
-    if not (folder / SNAPSHOT_CONFIG).is_file():
-        return None, {}
-    keys: set[Key] = set()
-    steps: dict[int, int] = {}
-    for note in record.notes:
-        events = note.get("snapshots", {})
-        keys |= {(int(m), int(c)) for m, c in events.get("added", [])}
-        keys -= {(int(m), int(c)) for m, c in events.get("dropped", [])}
-        steps |= {int(c): int(s) for c, s in events.get("steps", [])}
-    weights, scores, files = {}, {}, {}
-    for cycle in sorted({c for _, c in keys}):
-        path = folder / cycle_file(cycle)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"The record of {folder.parent} keeps snapshots of cycle {cycle}; {path} is missing."
-            )
-        with np.load(path, allow_pickle=False) as arrays:
-            members = arrays["members"].tolist()
-            stacked = [
-                arrays[f"w{j}"]
-                for j in range(sum(name[:1] == "w" and name[1:].isdigit() for name in arrays.files))
-            ]
-            named = {
-                name[len("score_") :]: arrays[name] for name in arrays.files if name.startswith("score_")
-            }
-        files[cycle] = set(members)
-        for i, member in enumerate(members):
-            if (member, cycle) in keys:
-                weights[(member, cycle)] = [w[i] for w in stacked]
-                if named:
-                    scores[(member, cycle)] = {name: float(values[i]) for name, values in named.items()}
-    model = json.loads((folder / SNAPSHOT_CONFIG).read_text())
-    model_class = find_model_class(model["model_class"])
-    return Snapshots(model["model_config"], weights, steps, scores, model_class), files
-
-
 def load_record(directory: str | Path) -> SavedRecord:
     """The record and snapshots of the checkpoint in `directory`, up to the record length its `state.json` names.
 
@@ -363,7 +272,10 @@ def load_record(directory: str | Path) -> SavedRecord:
         epochs = [(int(epoch), logs) for epoch, logs in legacy["epochs"]]
         record = RunRecord.from_flat(epochs, legacy["steps"], legacy["learning_rates"], legacy["cycle_ends"])
         snapshot_dir = directory / SNAPSHOT_DIR
-        snapshots = Snapshots.load(snapshot_dir) if (snapshot_dir / "snapshots.json").is_file() else None
+        snapshots = None
+        if (snapshot_dir / "snapshots.json").is_file():
+            snapshots = Snapshots.load(snapshot_dir)
+            note_all_snapshots(record, snapshots)
         return SavedRecord(record, snapshots, OnDisk())
     raise FileNotFoundError(f"No training record in {directory}: {RECORD_FILE} is missing.")
 
@@ -389,14 +301,7 @@ def write_record(
     directory = Path(directory)
     record = RunRecord.from_flat(epochs, steps, learning_rates, cycle_ends)
     if snapshots is not None:
-        if not record.notes:
-            raise ValueError("Argument `snapshots` needs at least one epoch in `epochs` to record them in.")
-        record.notes[-1] = {
-            "snapshots": {
-                "added": [list(key) for key in sorted(snapshots.weights)],
-                "steps": [[c, s] for c, s in sorted(snapshots.steps.items())],
-            }
-        }
+        note_all_snapshots(record, snapshots)
         write_snapshots(directory, snapshots)
     return {"record_bytes": record.append_to(directory / RECORD_FILE)}
 

@@ -54,10 +54,11 @@ class GrowthConfig:
     Attributes:
         monitor: validation metric that detects a plateau: `"val_accuracy"` (mean over members),
             `"val_ensemble_accuracy"` or `"val_loss"`.
-        min_delta: a value improves on the best one of the round (initially the value at the round's start) only
-            by more than this.
+        min_delta: a value improves on the best one of the round (initially the value at the round's start; with
+            `anneal_epochs` the round's first epoch) only by more than this.
         patience: epochs (with an SGDR schedule: cycles) without improvement before the round ends (0 acts as 1:
-            the first non-improving one ends it).
+            the first non-improving one ends it). With `anneal_epochs`, a round's first epoch is its first best
+            (its start value was measured at the annealed rate, which full-rate epochs do not reach at once).
         max_width: no grown layer gets wider than this; growth stops when no layer can grow.
         max_rounds: number of splits; training runs `max_rounds + 1` rounds (the last one without a split).
         strategy: `"all"` splits every unit (doubles the layer; seed 001); `"targeted"` splits, per member, the
@@ -68,7 +69,9 @@ class GrowthConfig:
             and round (None: up to the layer's width): every member splits k units, k = the most negative-index
             units of any member; ignored for `"all"`.
         layers: hidden layers to grow each round; None grows all of them.
-        noise: symmetry-breaking offset scale, see `ensemble.growth.split_units` (keeps the function).
+        noise: symmetry-breaking offset scale, see `ensemble.growth.split_units` (keeps the function). With
+            `"splitting"` the directions already break the symmetry, and offsets on copies whose incoming weights
+            differ change the function to first order in `delta` (0 keeps it to second order).
         bias_nudge: seed 001's bias nudge (changes the function slightly); 0 disables it.
         optimizer_slots: `"copy"` or `"zero"`, see `ensemble.growth.split_slots`.
         lr_width_scaling: after each split, multiply the learning rate by the hidden units before / after the

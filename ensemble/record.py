@@ -104,15 +104,16 @@ class RunRecord:
         """A record from per-epoch logs and whole-run step lists: the steps are split evenly over the epochs (as
         `fit` runs them: the same number each epoch); when they do not divide evenly, the last epoch gets them all.
         A cycle end goes to the epoch whose steps include it."""
-        record = cls()
+        record, ends, e = cls(), list(cycle_ends), 0
         per_epoch = len(steps) // len(epochs) if epochs and len(steps) % len(epochs) == 0 else 0
         for i, (epoch, logs) in enumerate(epochs):
-            stop = len(steps) if i == len(epochs) - 1 else per_epoch * (i + 1)
+            last_epoch = i == len(epochs) - 1
+            stop = len(steps) if last_epoch else per_epoch * (i + 1)
             record.add_steps(steps[len(record.steps) : stop], learning_rates[len(record.steps) : stop])
-            last = record.steps[-1] if record.steps else 0
-            for step in cycle_ends[len(record.cycle_ends) :]:
-                if step <= last or i == len(epochs) - 1:
-                    record.add_cycle_end(step)
+            last_step = record.steps[-1] if record.steps else 0
+            while e < len(ends) and (ends[e] <= last_step or last_epoch):
+                record.add_cycle_end(ends[e])
+                e += 1
             record.end_epoch(epoch, logs)
         return record
 

@@ -12,6 +12,7 @@ combined regression mean. Member predictions: log-probabilities `(K, B, C)` or r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -89,6 +90,7 @@ def greedy_selection(
     metric: str = "nll",
     rounds: int | None = None,
     combiner: str = "mean",
+    sorted_init: bool = False,
 ) -> Selection:
     """Caruana et al.'s forward selection with replacement on validation predictions.
 
@@ -99,9 +101,14 @@ def greedy_selection(
         metric: "nll" (default), "accuracy", "brier" or "rmse".
         rounds: models added in all (None: `max(2 K, 20)`); the best-scoring prefix is kept.
         combiner: how probabilities combine ("mean" or "geometric"), as the predictor will combine them.
+        sorted_init: Caruana et al.'s sorted initialisation: first add the models in order of their own validation
+            score, as many as make the best such uniform top-k ensemble (k chosen on validation), then `rounds`
+            greedy rounds. It starts selection from a broad ensemble instead of one model, which overfits a small
+            validation split less.
 
     Returns:
-        A `Selection`; ties go to the lower index, so the result is deterministic.
+        A `Selection`; ties go to the lower index, so the result is deterministic. Its `curve` and `order` hold the
+        initial models first (one entry per model: the top-j score), then one per round.
     """
     preds = np.asarray(member_preds, dtype="float64")
     regression = preds.ndim == 2
@@ -117,23 +124,42 @@ def greedy_selection(
     if rounds < 1:
         raise ValueError(f"Argument `rounds` must be >= 1. Received: rounds={rounds}")
     y = np.asarray(y)
-    counts, order, curve = np.zeros(preds.shape[0], "int64"), [], []
+    order, curve = [], []
     running = None  # the chosen models' sum: regression predictions (B,), or the combiner's (B, C) state
+    if sorted_init:
+        own = candidate_scores(preds, None, 0, y, metric, combiner)  # (K,) each model alone
+        for k in np.argsort(own, kind="stable"):  # the top-j uniform ensembles, j = 1..K
+            curve.append(float(candidate_scores(preds[[k]], running, len(order), y, metric, combiner)[0]))
+            running = add_model(running, preds[k], regression, combiner)
+            order.append(int(k))
+        top = int(np.argmin(curve)) + 1
+        order, curve = order[:top], curve[:top]
+        running = combined_state(preds[order], regression, combiner)
     for _ in range(rounds):
         losses = candidate_scores(preds, running, len(order), y, metric, combiner)  # (K,)
         best = int(np.argmin(losses))
-        if running is None:
-            running = preds[best]
-        elif regression or combiner == "geometric":
-            running = running + preds[best]
-        else:
-            running = np.logaddexp(running, preds[best])
-        counts[best] += 1
+        running = add_model(running, preds[best], regression, combiner)
         order.append(best)
         curve.append(float(losses[best]))
     best_round = int(np.argmin(curve))
     kept = np.bincount(order[: best_round + 1], minlength=preds.shape[0])
     return Selection(kept.tolist(), curve, best_round, metric, order)
+
+
+def add_model(running, pred: np.ndarray, regression: bool, combiner: str) -> np.ndarray:
+    """The running state of `candidate_scores` after adding one model's predictions `(B, C)` / `(B,)`."""
+    if running is None:
+        return pred
+    if regression or combiner == "geometric":
+        return running + pred
+    return np.logaddexp(running, pred)
+
+
+def combined_state(preds: np.ndarray, regression: bool, combiner: str) -> np.ndarray:
+    """The running state of `candidate_scores` for the models `preds` `(k, B, C)` / `(k, B)`, k >= 1."""
+    if regression or combiner == "geometric":
+        return preds.sum(axis=0)
+    return np.logaddexp.reduce(preds, axis=0)
 
 
 def candidate_scores(preds, running, chosen: int, y, metric: str, combiner: str) -> np.ndarray:
@@ -178,6 +204,7 @@ def bagged_selection(
     seed: int = 0,
     rounds: int | None = None,
     combiner: str = "mean",
+    sorted_init: bool = False,
 ) -> BaggedSelection:
     """Caruana et al.'s bagged ensemble selection: `greedy_selection` on `bags` random subsets of the library (each
     holds `fraction` of the models, drawn without replacement), the resulting ensembles averaged.
@@ -194,7 +221,89 @@ def bagged_selection(
     total, curve = np.zeros(models), []
     for _ in range(int(bags)):
         subset = np.sort(rng.choice(models, size, replace=False))
-        chosen = greedy_selection(preds[subset], y, metric, rounds, combiner)
+        chosen = greedy_selection(preds[subset], y, metric, rounds, combiner, sorted_init)
         total[subset] += chosen.weights
         curve.append(ensemble_loss(preds, total, y, metric, combiner))
     return BaggedSelection((total / bags).tolist(), curve, metric)
+
+
+def best_group(
+    member_preds: np.ndarray, y: np.ndarray, groups, metric: str = "nll", combiner: str = "mean"
+) -> np.ndarray:
+    """Uniform weights `(K,)` over the group of models (e.g. one configuration's seeds) whose uniform ensemble
+    scores best on `(member_preds, y)`; `groups[k]` is model k's group. Ties go to the group met first."""
+    groups = np.asarray(groups)
+    names = list(dict.fromkeys(groups.tolist()))
+    scores = [
+        ensemble_loss(member_preds[groups == g], np.ones(np.sum(groups == g)), y, metric, combiner)
+        for g in names
+    ]
+    chosen = groups == names[int(np.argmin(scores))]
+    return chosen / chosen.sum()
+
+
+@dataclass(frozen=True)
+class CrossValidatedChoice:
+    """The result of `cross_validated_choice`.
+
+    Attributes:
+        chosen: the name of the candidate with the best cross-validated score.
+        scores: each candidate's cross-validated score (lower is better).
+        weights: the chosen candidate's weights fitted on all rows `(K,)` (sums to 1).
+        metric: the selection metric.
+    """
+
+    chosen: str
+    scores: dict[str, float]
+    weights: list[float]
+    metric: str
+
+    def get_config(self) -> dict:
+        return asdict(self)
+
+
+def cross_validated_choice(
+    member_preds: np.ndarray,
+    y: np.ndarray,
+    candidates: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    metric: str = "nll",
+    folds: int = 5,
+    seed: int = 0,
+    combiner: str = "mean",
+) -> CrossValidatedChoice:
+    """Chooses among ways to weight the models by K-fold cross-validation over the validation rows.
+
+    Each candidate maps `(member_preds, y)` of some rows to weights `(K,)`. It is fitted on all folds but one and
+    scored on the held-out fold, for each fold in turn; the candidate with the best row-weighted mean held-out score
+    is refitted on all rows. A fixed ensemble (uniform weights) scores its plain validation score; a selection
+    procedure scores what its choices are worth on rows it did not see, so the choice between a greedy selection
+    and the simple ensembles beside it is not itself fitted to the rows that made the selection.
+
+    Args:
+        member_preds: validation predictions `(K, B, C)` log-probabilities, or `(K, B)` (regression).
+        y: validation labels / targets `(B,)`.
+        candidates: name -> `fit(member_preds, y) -> weights (K,)`; ties go to the first in order.
+        metric: the score (as `ensemble_loss`).
+        folds: folds of the rows, 2 <= folds <= B.
+        seed: draws the rows' fold assignment.
+        combiner: how probabilities combine, as the predictor will combine them.
+    """
+    preds, y = np.asarray(member_preds, dtype="float64"), np.asarray(y)
+    if not candidates:
+        raise ValueError(
+            "Argument `candidates` must name at least one way to weight the models. Received: {}"
+        )
+    if not 2 <= int(folds) <= len(y):
+        raise ValueError(f"Argument `folds` must be in [2, rows={len(y)}]. Received: folds={folds}")
+    held_out = np.array_split(np.random.default_rng(seed).permutation(len(y)), int(folds))
+    scores = {}
+    for name, fit in candidates.items():
+        total = 0.0
+        for held in held_out:
+            kept = np.setdiff1d(np.arange(len(y)), held)
+            weights = fit(preds[:, kept], y[kept])
+            total += ensemble_loss(preds[:, held], weights, y[held], metric, combiner) * len(held)
+        scores[name] = total / len(y)
+    chosen = min(scores, key=scores.get)
+    weights = np.asarray(candidates[chosen](preds, y), "float64")
+    return CrossValidatedChoice(chosen, scores, (weights / weights.sum()).tolist(), metric)

@@ -194,6 +194,10 @@ def run(args: argparse.Namespace, marks: PhaseMarks | None = None) -> int:
         if args.command != "schedule":  # a scheduled run reads its data when it runs
             check_data_source(config)
     marks.mark("config")
+    if args.command in (*FLOW_COMMANDS, "schedule"):  # before TensorFlow loads: it reads TF_XLA_FLAGS once
+        from flows.xla_cache import enable
+
+        enable()
     server = None
     if args.command in FLOW_COMMANDS:  # its start-up overlaps with the imports below (`flows.prefect_api`)
         from flows.prefect_api import TemporaryServer
@@ -209,6 +213,7 @@ def run_command(
     """`run` once the input is checked (and Prefect's temporary server is starting, `server`, if needed)."""
     if not args.debug:
         quiet_runtime()
+    from flows.prefect_api import flow_run_settings
     from tasks.tracking import TrackingSettings
 
     settings = TrackingSettings.load()
@@ -242,7 +247,8 @@ def run_command(
         from flows.predict import predict_flow
 
         prefect_api_ready(server, marks)
-        result = predict_flow(args.input, args.output, args.alias, args.model_name, settings)
+        with flow_run_settings(server):
+            result = predict_flow(args.input, args.output, args.alias, args.model_name, settings)
         print(f"Wrote {result['rows']} predictions to {result['output']} ({result['model_uri']}).")
         return 0
     if args.command == "schedule":
@@ -270,7 +276,8 @@ def run_command(
         from flows.compare import compare_flow
 
         prefect_api_ready(server, marks)
-        result = compare_flow(config, settings, grid={} if args.grid else None)
+        with flow_run_settings(server):
+            result = compare_flow(config, settings, grid={} if args.grid else None)
         print(
             f"\nComparison run {result['run_id']}: child runs tagged comparison={result['run_id']}. {ui_hint(settings)}"
         )
@@ -278,7 +285,8 @@ def run_command(
     from flows.train import train_flow
 
     prefect_api_ready(server, marks)
-    result = train_flow(config, settings, resume="fresh" if args.fresh else args.resume or "auto")
+    with flow_run_settings(server):
+        result = train_flow(config, settings, resume="fresh" if args.fresh else args.resume or "auto")
     marks.mark("flow_returned")
     print(summary(result, settings))
     return 0

@@ -170,10 +170,12 @@ def train_members(
     if len(shard_ranges(config.model.members, config.train.members_per_shard)) > 1:
         shards_flow = train_shards_flow.with_options(task_runner=build_task_runner(config.runner))
         return shards_flow(config, data_dir, run_dir, settings, run_id, later_epochs)
-    sections = (config.model, config.optimizer, config.train, config.snapshots)
     return train_task(
         data_dir,
-        *sections,
+        config.model,
+        config.optimizer,
+        config.train,
+        config.snapshots,
         run_dir,
         settings=settings,
         run_id=run_id,

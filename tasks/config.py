@@ -268,7 +268,8 @@ class SweepSection(Section):
     trained by `repeats` members. The run then has configurations x `repeats` members (`model.members` follows;
     setting it to another number is an error). `learning_rate` replaces SGDR's `lr_init` (`lr_min` scales with it)
     or, without snapshots, `optimizer.learning_rate`. `selection_metric`: the validation metric of the greedy
-    ensemble selection, `selection_bags` its bags (`ensemble.selection`)."""
+    ensemble selection, `selection_bags` its bags, `selection_folds` the validation folds that choose between it,
+    the uniform ensemble and the best configuration (0: register the selection unchosen; `ensemble.selection`)."""
 
     kind: Literal["grid", "random"] = "grid"
     learning_rate: list[float] | dict[str, float | bool] | None = None
@@ -282,6 +283,19 @@ class SweepSection(Section):
     selection_bags: int = Field(
         20, ge=0
     )  # bagged selection over random halves of the models; 0: plain greedy
+    selection_folds: int = Field(
+        5, ge=0
+    )  # cross-validated choice: selection, uniform or best configuration; 0: the selection
+
+    @field_validator("selection_folds")
+    @classmethod
+    def _folds_split(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError(
+                "Argument `selection_folds` must be 0 (no cross-validated choice) or >= 2 folds of the "
+                "validation rows. Received: selection_folds=1"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -18,8 +18,8 @@ import numpy as np
 from mlflow.entities import Metric
 from mlflow.utils.time import get_current_time_millis
 
-from ensemble.checkpoint import EpochCheckpoint
 from ensemble.fused import member_seed
+from ensemble.record import RunRecord
 from ensemble.snapshots import SnapshotCollector
 from tasks.config import ModelSection, OptimizerSection, SnapshotSection, SweepSection, TrainSection
 from tasks.lr_curve import kept_points, lr_metrics
@@ -97,9 +97,11 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     `schedule/lr` at the steps `lr_stride` and `lr_keep` choose (`tasks.lr_curve`; `step` = global step).
 
     The member runs are opened (or, on a retry, found: `Tracker.open_child_runs`), in member order, on a thread
-    beside the first epoch. Values are buffered and queued at an epoch end once `interval_s` has passed since the
-    last send and MLflow has written the previous one (one `log_batch(..., synchronous=False)` per run, holding all
-    its pending values); MLflow's worker writes them beside training. The rest is queued at the end of training, which then waits until all of it is written.
+    beside the first epoch; their params go with their first values (one write per run instead of two; each
+    attempt sends them once, the same values again on a retry). Values are buffered and queued at an epoch end once
+    `interval_s` has passed since the last send and MLflow has written the previous one (one
+    `log_batch(..., synchronous=False)` per run, holding all its pending values); MLflow's worker writes them
+    beside training. The rest is queued at the end of training, which then waits until all of it is written.
 
     Place it before the `EpochCheckpoint` and call `flush()` when training fails: every epoch whose checkpoint
     exists has then been logged, so a task that resumes from the checkpoint logs each epoch once.
@@ -111,8 +113,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         collector: the run's `SnapshotCollector`, whose new snapshot scores are logged with their epoch.
         parent_curves: also log the parent run's mean curves and learning rate.
         interval_s: the least time between two sends (0: at every epoch end).
-        record: a resumed run's record so far (`EpochCheckpoint` after `resume()`): what of it the store lacks
-            (a killed process sends nothing at its end) is logged when training begins, and nothing that the
+        record: a resumed run's record so far (`EpochCheckpoint.record` after `resume()`): what of it the store
+            lacks (a killed process sends nothing at its end) is logged when training begins, and nothing that the
             store already has (up to the last step of each metric of each run) is logged again.
         lr_stride: every how many steps a learning rate is logged (`tasks.lr_curve.lr_stride`).
         lr_keep: the steps whose learning rate is logged whatever the stride (`tasks.lr_curve.boundary_steps`).
@@ -126,7 +128,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         collector: SnapshotCollector | None = None,
         parent_curves: bool = True,
         interval_s: float = 10.0,
-        record: EpochCheckpoint | None = None,
+        record: RunRecord | None = None,
         lr_stride: int = 1,
         lr_keep: set[int] | None = None,
     ):
@@ -142,6 +144,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.collector, self.parent_curves = collector, parent_curves
         self.lr_stride, self.lr_keep = int(lr_stride), set(lr_keep or ())
         self._opening: Future | None = None  # the member runs, in member order, opened beside training
+        self._unsent_params = dict(enumerate(self.member_params.values()))  # member position -> params
         self._members: dict[int, list[Metric]] = defaultdict(list)  # member position -> pending values
         self._parent: list[Metric] = []
         self._steps: list[int] = []
@@ -161,7 +164,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         if self._opening is None:  # opening 50 runs takes seconds of store time: beside the first epoch
             opener = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open-member-runs")
             self._opening = opener.submit(
-                self.tracker.open_child_runs, self.run_id, "member", self.member_params
+                self.tracker.open_child_runs, self.run_id, "member", self.member_params, log_params=False
             )
             opener.shutdown(wait=False)
         self._last_send = time.monotonic()
@@ -209,16 +212,19 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.flush()
 
     def send(self) -> None:
-        """Queue everything buffered: one asynchronous `log_batch` per member run with values, then the parent's."""
+        """Queue everything buffered: one asynchronous `log_batch` per member run with values (or params not sent
+        yet), then the parent's."""
         if self._opening is None or self._opening.exception() is not None:
             return  # not begun, or the runs could not be opened: `flush` raises that
         runs = self.member_run_ids
         batches = {runs[n]: self._unlogged(runs[n], batch) for n, batch in sorted(self._members.items())}
         batches[self.run_id] = self._unlogged(self.run_id, self._parent)
         batches = {run: batch for run, batch in batches.items() if batch}
+        params = {runs[n]: values for n, values in self._unsent_params.items()}
         self._members, self._parent, self._last_send = defaultdict(list), [], time.monotonic()
-        if batches:
-            self._operations += self.tracker.log_metrics_async(batches)
+        self._unsent_params = {}
+        if batches or params:
+            self._operations += self.tracker.log_metrics_async(batches, params)
 
     def flush(self) -> None:
         """Send what is buffered and wait until every queued value is written (raises a failed write)."""

@@ -1,17 +1,22 @@
 """Prefect task of a sweep's selection step: choose the registered ensemble from the swept members on validation.
 
-Greedy forward selection with replacement (Caruana et al. 2004; `ensemble.selection`), bagged over random halves of
-the models unless `sweep.selection_bags` is 0, over the evaluated ensemble's members (each member's final weights,
-or its snapshots), on `sweep.selection_metric` of the validation split. Scored on the test split beside it: the
-uniform ensemble of all members and the best single configuration (the configuration whose `repeats` members,
-averaged, score best on validation).
+Greedy forward selection with replacement (Caruana et al. 2004; `ensemble.selection`) from a sorted
+initialisation (the best k models on validation, k chosen on validation), bagged over random halves of the models
+unless `sweep.selection_bags` is 0, over the evaluated ensemble's members (each member's final weights, or its
+snapshots), on `sweep.selection_metric` of the validation split. Beside it, two fixed ensembles: the uniform
+ensemble of all members and the best single configuration (the configuration whose `repeats` members, averaged,
+score best on validation). With `sweep.selection_folds: F` (default 5) the registered ensemble is whichever of the
+three scores best in F-fold cross-validation over the validation rows (each fitted on F-1 folds, scored on the
+held-out one, the winner refitted on all rows), so the selection is registered only where its choices hold up on
+validation rows it did not fit; all three are scored on the test split.
 
 Parent run: `selection/val_<metric>` at step = round (the greedy curve on all models), `selection/bagged_val_<metric>`
-at step = bag (the average of bags 0..b), `selection/{selected,uniform,best_configuration}_test_<metric>`,
-`selection/members_chosen`, params `selection/best_configuration.*` and `selection/metric`, the table
-`selection.json` (every model with its member, cycle, configuration, hyper-parameters, validation score, greedy
-count and registered weight). Member runs: `selection/weight` (the sum of its models' weights). The selected,
-weighted predictor is what gets registered.
+at step = bag (the average of bags 0..b), `selection/cv_<metric>/{selection,uniform,best_configuration}` (the
+cross-validated scores), `selection/{selected,uniform,best_configuration}_test_<metric>`,
+`selection/members_chosen`, params `selection/best_configuration.*`, `selection/metric` and `selection/chosen`, the
+table `selection.json` (every model with its member, cycle, configuration, hyper-parameters, validation score, greedy
+count and registered weight). Member runs: `selection/weight` (the sum of its models' weights). The registered,
+weighted predictor is the chosen ensemble.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ from prefect.cache_policies import NO_CACHE
 from ensemble.data import PreparedData
 from ensemble.metrics import accuracy, brier, expected_calibration_error, gaussian_nll, mae, nll, r2, rmse
 from ensemble.predictor import EnsemblePredictor
-from ensemble.selection import bagged_selection, check_metric, ensemble_loss, greedy_selection
+from ensemble.selection import (
+    bagged_selection,
+    best_group,
+    check_metric,
+    cross_validated_choice,
+    ensemble_loss,
+    greedy_selection,
+)
 from ensemble.snapshots import Snapshots
 from ensemble.uncertainty import weighted_log_combine
 from tasks.config import PipelineConfig
@@ -82,6 +94,23 @@ def library_members(predictor: EnsemblePredictor, trained: Trained) -> list[tupl
     return [(n, "final") for n in range(trained.members)]
 
 
+def selection_candidates(bags: int, metric: str, combiner: str, groups: list) -> dict:
+    """The ensembles the cross-validated choice weighs, each as `fit(member_preds (K, B, ...), y (B,)) -> (K,)`:
+    the selection (bagged over `bags` halves, or plain greedy if 0; sorted initialisation), the uniform ensemble,
+    and the best configuration (`groups[k]`: model k's configuration)."""
+
+    def selection(preds, y):
+        if bags:
+            return bagged_selection(preds, y, metric, bags, combiner=combiner, sorted_init=True).weights
+        return greedy_selection(preds, y, metric, combiner=combiner, sorted_init=True).weights
+
+    return {
+        "selection": selection,
+        "uniform": lambda preds, y: np.ones(len(preds)),
+        "best_configuration": lambda preds, y: best_group(preds, y, groups, metric, combiner),
+    }
+
+
 @task(name="select-ensemble", retries=1, cache_policy=NO_CACHE)
 def select_ensemble_task(
     settings: TrackingSettings,
@@ -106,27 +135,31 @@ def select_ensemble_task(
         np.concatenate([g.predict_members(x, log_probs=True) for g in uniform.groups], axis=0)
         for x in (prepared.x_val, prepared.x_test)
     )  # (K, B, C) log-probabilities, or (K, B)
-    selection = greedy_selection(val, prepared.y_val, metric, combiner=uniform.combiner)  # the logged curve
-    bags = config.sweep.selection_bags
-    bagged = bagged_selection(val, prepared.y_val, metric, bags, combiner=uniform.combiner) if bags else None
-    weights = np.asarray(bagged.weights if bagged else selection.weights)  # (K,), what is registered
+    y_val, combiner, sweep = prepared.y_val, uniform.combiner, config.sweep
+    selection = greedy_selection(val, y_val, metric, combiner=combiner, sorted_init=True)  # the logged curve
+    bagged = (
+        bagged_selection(val, y_val, metric, sweep.selection_bags, combiner=combiner, sorted_init=True)
+        if sweep.selection_bags
+        else None
+    )
+    keys = library_members(uniform, trained)
+    configurations = sweep_members(config.sweep, config.optimizer, config.snapshots, config.train)
+    groups = [configurations[member]["configuration"] for member, _ in keys]  # each model's configuration
+    candidates = selection_candidates(sweep.selection_bags, metric, combiner, groups)
+    choice = (
+        cross_validated_choice(val, y_val, candidates, metric, sweep.selection_folds, combiner=combiner)
+        if sweep.selection_folds
+        else None
+    )
+    chosen = choice.chosen if choice else "selection"
+    weights = np.asarray(choice.weights if choice else (bagged or selection).weights)  # (K,), registered
     selected = EnsemblePredictor(
         uniform.preprocessor, uniform.groups, uniform.combiner, weights, None, uniform.interval_level
     )
     if prepared.task == "regression":
-        selected.calibrate_interval(prepared.x_val, prepared.y_val)
-
-    keys = library_members(uniform, trained)
-    configurations = sweep_members(config.sweep, config.optimizer, config.snapshots, config.train)
-    by_configuration: dict[int, list[int]] = {}
-    for k, (member, _) in enumerate(keys):
-        by_configuration.setdefault(configurations[member]["configuration"], []).append(k)
-    config_val = {
-        c: ensemble_loss(val[ks], np.ones(len(ks)), prepared.y_val, metric, uniform.combiner)
-        for c, ks in by_configuration.items()
-    }
-    best = min(config_val, key=config_val.get)
-    one_hot = np.isin(np.arange(len(keys)), by_configuration[best]).astype(float)
+        selected.calibrate_interval(prepared.x_val, y_val)
+    one_hot = best_group(val, y_val, groups, metric, combiner)
+    best = groups[int(np.argmax(one_hot))]
     best_single = EnsemblePredictor(uniform.preprocessor, uniform.groups, uniform.combiner, one_hot)
 
     bins = config.evaluation.bins
@@ -148,19 +181,24 @@ def select_ensemble_task(
     if bagged is not None:  # the average of bags 0..b
         curve = {b: {f"{PREFIX}bagged_val_{metric}": v} for b, v in enumerate(bagged.curve)}
         tracker.log_metrics_at_steps(run_id, curve)
+    if choice is not None:
+        tracker.log_metrics(run_id, {f"{PREFIX}cv_{metric}/{n}": v for n, v in choice.scores.items()})
     hyper = {
         k: v
-        for k, v in configurations[keys[by_configuration[best][0]][0]].items()
+        for k, v in configurations[keys[groups.index(best)][0]].items()
         if k not in ("repeat", "lr_scale")
     }
-    tracker.log_params(run_id, {f"{PREFIX}best_configuration": hyper, f"{PREFIX}metric": metric})
+    tracker.log_params(
+        run_id,
+        {f"{PREFIX}best_configuration": hyper, f"{PREFIX}metric": metric, f"{PREFIX}chosen": chosen},
+    )
     rows = [
         {
             "model": k,
             "member": m,
             "cycle": str(c),
             **{key: v for key, v in configurations[m].items() if key != "lr_scale"},
-            f"val_{metric}": ensemble_loss(val[[k]], [1.0], prepared.y_val, metric, uniform.combiner),
+            f"val_{metric}": ensemble_loss(val[[k]], [1.0], y_val, metric, combiner),
             "count": selection.counts[k],
             "weight": float(weights[k]),
         }
@@ -171,9 +209,9 @@ def select_ensemble_task(
     for n, member_run in enumerate(member_run_ids):
         tracker.log_metrics(member_run, {f"{PREFIX}weight": float(member_weight[n])})
     logger.info(
-        f"Ensemble selection on validation {metric} ({bags or 'no'} bags): {np.count_nonzero(weights)} of "
-        f"{len(keys)} models weighted; test {metric}: "
-        + ", ".join(f"{name} {values[metric]:.4f}" for name, values in scores.items())
+        f"Ensemble selection on validation {metric} ({sweep.selection_bags or 'no'} bags; registered: {chosen}, "
+        f"{sweep.selection_folds or 'no'} folds): {np.count_nonzero(weights)} of {len(keys)} models weighted; "
+        f"test {metric}: " + ", ".join(f"{name} {values[metric]:.4f}" for name, values in scores.items())
     )
     predictor_dir = selected.save(Path(run_dir) / "selected_predictor")
     return {

@@ -228,13 +228,19 @@ class Tracker:
         }
 
     def open_child_runs(
-        self, parent_run_id: str, kind: str, params: Mapping[int, Mapping[str, Any]]
+        self,
+        parent_run_id: str,
+        kind: str,
+        params: Mapping[int, Mapping[str, Any]],
+        log_params: bool = True,
     ) -> list[str]:
         """The nested runs of `parent_run_id` tagged `kind` = each index of `params`, opened with those params
         if not open yet; in the order of `params`.
 
         Idempotent: a retried or resumed task finds the runs its earlier attempt opened (their params are not
-        logged again). Tags: `kind` and `<kind>` = the index, as `child_runs` finds them.
+        logged again). Tags: `kind` and `<kind>` = the index, as `child_runs` finds them. `log_params=False`
+        opens the runs without their params, which the caller logs (`log_metrics_async(..., params=...)`, with
+        its first values: one write per run instead of two).
         """
         existing = self.child_runs(parent_run_id, kind)
         run_ids = []
@@ -246,7 +252,8 @@ class Tracker:
                     tags={"kind": kind, kind: str(index)},
                     parent_run_id=parent_run_id,
                 )
-                self.log_params(existing[index], values)
+                if log_params:
+                    self.log_params(existing[index], values)
             run_ids.append(existing[index])
         return run_ids
 
@@ -295,16 +302,27 @@ class Tracker:
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
 
-    def log_metrics_async(self, batches: Mapping[str, list[Metric]]) -> list[RunOperations]:
-        """Queue metrics of several runs (`{run_id: [Metric, ...]}`) on MLflow's asynchronous logging; returns
-        the pending operations (`wait()` raises a failed write). Nothing is written before `flush_async`
+    def log_metrics_async(
+        self,
+        batches: Mapping[str, list[Metric]],
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> list[RunOperations]:
+        """Queue metrics of several runs (`{run_id: [Metric, ...]}`), and `params` of some (`{run_id: {key:
+        value}}`, flattened as `log_params` does; logging a param again with the same value is allowed), on
+        MLflow's asynchronous logging: one `log_batch` per run (MLflow splits it into requests within its limits).
+        Returns the pending operations (`wait()` raises a failed write). Nothing is written before `flush_async`
         unless MLflow's worker gets to it first."""
         if self.settings.tracking_uri.startswith("sqlite"):
             os.environ.setdefault(ASYNC_WORKERS_ENV, "1")  # read when MLflow starts its workers
+        params = params or {}
         return [
-            self.client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=False)
-            for run_id, metrics in batches.items()
-            for start in range(0, len(metrics), 1000)
+            self.client.log_batch(
+                run_id,
+                metrics=batches.get(run_id, []),
+                params=[Param(k, _param_value(v)) for k, v in flatten(params.get(run_id, {})).items()],
+                synchronous=False,
+            )
+            for run_id in {**batches, **params}
         ]
 
     def flush_async(self, operations: Iterable[RunOperations] | None = None) -> None:
@@ -401,11 +419,10 @@ class Tracker:
             model_id=model.model_id,
         )
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-        evaluation = [
+        evaluation = [  # their last values (the evaluation logs each once), as read above: no query per key
             Metric(m.key, m.value, m.timestamp, m.step, run_id=run_id, model_id=model.model_id)
-            for key in run.data.metrics
-            if key.startswith(evaluation_prefix or TEST_PREFIX)
-            for m in self.client.get_metric_history(run_id, key)
+            for m in run.data._metric_objs
+            if m.key.startswith(evaluation_prefix or TEST_PREFIX)
         ]
         if evaluation:
             self.client.log_batch(run_id, metrics=evaluation, synchronous=True)

@@ -8,8 +8,8 @@ the exact per-step curve, the member-mean curves (`train/member_mean_*`, `val/me
 `val/ensemble_accuracy` per epoch. All of it is written while training runs, through MLflow's asynchronous logging
 (`tasks.live_logging.MlflowEpochLogger`).
 
-The config -> library objects are `tasks.factories`'; the testing hooks `tasks.faults`'; the files a training
-leaves and the `Trained` result that names them `tasks.trained`'.
+Elsewhere: config sections -> library objects in `tasks.factories`, the testing hooks in `tasks.faults`, the files
+a training leaves (and `Trained`, the result naming them) in `tasks.trained`.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def live_logger(
         members,
         saver.collector,
         parent_curves,
-        record=saver if saver.epochs else None,
+        record=saver.record if saver.epochs else None,
         **lr_sampling(cycle_ends, steps_per_epoch, epochs, later_epochs, settings.lr_points),
     )
 

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ensemble.fused import FusedMLP
+from ensemble.record import RunRecord
 from ensemble.snapshots import Snapshots
 
 
@@ -77,12 +76,9 @@ def save_results(
 def save_history(
     epochs: list[tuple[int, dict]], lrs: list[float], steps: list[int], path: Path, cycle_ends: list[int] = ()
 ) -> Path:
-    """Per-epoch logs (arrays as lists), the per-step learning rate and the cycle ends, as JSON."""
-    rows = [
-        {"epoch": e, **{k: np.asarray(v).tolist() for k, v in logs.items() if k != "unit_gradients"}}
-        for e, logs in epochs
-    ]
-    path.write_text(json.dumps({"epochs": rows, "lr": lrs, "steps": steps, "cycle_ends": list(cycle_ends)}))
+    """Per-epoch logs (arrays as lists), the per-step learning rate and the cycle ends, as JSON (the run record's
+    `RunRecord.history`)."""
+    path.write_text(json.dumps(RunRecord.from_flat(epochs, steps, lrs, cycle_ends).history()))
     return path
 
 

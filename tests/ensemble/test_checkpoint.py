@@ -3,6 +3,8 @@ record and snapshots of an uninterrupted one, also after a crash between appendi
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -167,3 +169,24 @@ def test_a_whole_record_written_at_once_reads_back_as_plain_lists(data, tmp_path
     merged = read_record(target)
     assert_same_record(merged, saved)
     assert merged["record"].row(1)["steps"] == [[17, 32]]
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes_and_its_next_save_writes_the_record_layout(
+    data, tmp_path
+):
+    """`record.json` (the whole record) and `snapshots/snapshots.npz`, as checkpoints were written before."""
+    train(data, tmp_path / "whole", 4, keep_best=2)
+    old = tmp_path / "old"
+    train(data, old, 2, keep_best=2)
+    saved = read_record(old)
+    (old / RECORD_FILE).unlink()
+    shutil.rmtree(old / "snapshots")
+    legacy = {key: saved[key] for key in ("epochs", "steps", "learning_rates", "cycle_ends")}
+    (old / "record.json").write_text(json.dumps(legacy))
+    saved["snapshots"].save(old / "snapshots")
+    state = json.loads((old / "state.json").read_text())
+    (old / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "record_bytes"}))
+
+    train(data, old, 4, keep_best=2, resume=True)
+    assert (old / RECORD_FILE).read_text().count("\n") == 4 and not (old / "record.json").exists()
+    assert_same_record(read_record(old), read_record(tmp_path / "whole"))

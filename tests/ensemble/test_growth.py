@@ -428,7 +428,9 @@ def test_anneal_epochs_end_every_round_at_the_lowest_rate_and_restart_the_next_a
     # 2 epochs to the plateau (the first is the first best, the second does not beat it by 1.0), 3 annealing
     assert [r.epochs_trained for r in rounds] == [2 + 3] * 3
     per_epoch = np.asarray(rates.rates).reshape(-1, 12)[:, 0]  # the rate is set per epoch
-    fractions = [1.0, 1.0] + [ANNEAL_TO + (1 - ANNEAL_TO) * (1 + np.cos(np.pi * e / 3)) / 2 for e in (1, 2, 3)]
+    fractions = [1.0, 1.0] + [
+        ANNEAL_TO + (1 - ANNEAL_TO) * (1 + np.cos(np.pi * e / 3)) / 2 for e in (1, 2, 3)
+    ]
     np.testing.assert_allclose(per_epoch, 0.01 * np.tile(fractions, 3), rtol=1e-5)
     assert np.asarray(rates.widths).reshape(-1, 12)[:, 0].tolist() == [2] * 5 + [4] * 5 + [8] * 5
 

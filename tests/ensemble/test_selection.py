@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from ensemble.selection import bagged_selection, ensemble_loss, greedy_selection
+from ensemble.selection import (
+    bagged_selection,
+    best_group,
+    cross_validated_choice,
+    ensemble_loss,
+    greedy_selection,
+)
 
 
 def library(members=5, rows=40, classes=3, seed=0):
@@ -93,3 +99,82 @@ def test_bagged_selection_averages_the_greedy_selections_of_its_random_subsets()
     np.testing.assert_allclose(bagged.weights, expected)
     assert sum(bagged.weights) == pytest.approx(1.0) and len(bagged.curve) == 4
     assert bagged.curve[-1] == pytest.approx(ensemble_loss(preds, bagged.weights, y, "nll"))
+
+
+@pytest.mark.parametrize("combiner", ["mean", "geometric"])
+def test_sorted_initialisation_starts_from_the_best_uniform_top_k_then_adds_greedily(combiner):
+    preds, y = library(members=7, seed=4)
+    selection = greedy_selection(preds, y, rounds=6, combiner=combiner, sorted_init=True)
+    own = [ensemble_loss(preds, np.eye(7)[k], y, "nll", combiner) for k in range(7)]
+    ranked = list(np.argsort(own, kind="stable"))
+    top = [ensemble_loss(preds, np.isin(range(7), ranked[:j]), y, "nll", combiner) for j in range(1, 8)]
+    k = int(np.argmin(top)) + 1  # the best uniform top-k ensemble, k chosen on validation
+    assert selection.order[:k] == ranked[:k]
+    np.testing.assert_allclose(selection.curve[:k], top[:k], atol=1e-12)
+    chosen = list(ranked[:k])
+    for step, added in enumerate(selection.order[k:]):  # then plain greedy rounds with replacement
+        best, score = brute_force_round(preds, y, chosen, "nll", combiner)
+        assert added == best and selection.curve[k + step] == pytest.approx(score, abs=1e-12)
+        chosen.append(added)
+    assert len(selection.curve) == k + 6 and sum(selection.counts) == selection.best_round + 1
+
+
+def test_best_group_weights_the_configuration_whose_members_average_best():
+    preds, y = library(members=6, seed=5)
+    groups = [0, 0, 1, 1, 2, 2]
+    scores = [ensemble_loss(preds[2 * g : 2 * g + 2], [1, 1], y, "nll") for g in range(3)]
+    expected = np.repeat(np.eye(3)[int(np.argmin(scores))], 2) / 2
+    np.testing.assert_allclose(best_group(preds, y, groups), expected)
+
+
+def candidates_of(groups):
+    return {
+        "selection": lambda p, y: bagged_selection(p, y, bags=4, sorted_init=True).weights,
+        "uniform": lambda p, y: np.ones(len(p)),
+        "best_configuration": lambda p, y: best_group(p, y, groups),
+    }
+
+
+def test_cross_validated_choice_scores_each_candidate_on_folds_it_did_not_fit():
+    preds, y = library(members=6, rows=60, seed=6)
+    candidates = candidates_of([0, 0, 1, 1, 2, 2])
+    choice = cross_validated_choice(preds, y, candidates, folds=4, seed=3)
+    held_out = np.array_split(np.random.default_rng(3).permutation(60), 4)
+    for name, fit in candidates.items():  # the obvious loop: fit on 3 folds, score the 4th, row-weighted mean
+        total = 0.0
+        for held in held_out:
+            kept = np.array([r for r in range(60) if r not in set(held)])
+            total += ensemble_loss(preds[:, held], fit(preds[:, kept], y[kept]), y[held], "nll") * len(held)
+        assert choice.scores[name] == pytest.approx(total / 60, abs=1e-12)
+    assert choice.chosen == min(choice.scores, key=choice.scores.get)
+    refit = np.asarray(candidates[choice.chosen](preds, y), "float64")
+    np.testing.assert_allclose(choice.weights, refit / refit.sum())
+
+
+@pytest.mark.parametrize("library_kind", ["one_strong_model", "equally_noisy_models"])
+def test_selection_never_scores_worse_in_cross_validation_than_uniform_or_best_configuration(library_kind):
+    """The registered choice is the selection only where it beats both simple ensembles on held-out folds."""
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, size=90)
+    logits = rng.normal(scale=2.0, size=(8, 90, 3))  # confident, independent errors: averaging all helps most
+    logits[np.arange(8)[:, None], np.arange(90)[None], y[None]] += 1.0
+    if library_kind == "one_strong_model":
+        logits[5, np.arange(90), y] += 6.0  # one model far better than the rest and than their mean
+    preds = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    choice = cross_validated_choice(preds, y, candidates_of(np.arange(8) // 2), folds=5)
+    assert choice.scores[choice.chosen] <= min(choice.scores["uniform"], choice.scores["best_configuration"])
+    if library_kind == "one_strong_model":
+        assert choice.chosen == "selection" and int(np.argmax(choice.weights)) == 5
+    else:
+        assert choice.chosen == "uniform" and choice.weights == pytest.approx([1 / 8] * 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"folds": 1}, "folds"), ({"folds": 41}, "folds"), ({"candidates": {}}, "candidates")],
+)
+def test_cross_validated_choice_rejects_bad_arguments(kwargs, match):
+    preds, y = library()
+    arguments = {"candidates": {"uniform": lambda p, y: np.ones(len(p))}, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        cross_validated_choice(preds, y, **arguments)

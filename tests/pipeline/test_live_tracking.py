@@ -67,6 +67,7 @@ class StoreProbe(keras.callbacks.Callback):
                     for run in self.logger.member_run_ids
                 ],
                 "lr_steps": len(client.get_metric_history(self.parent, LR_METRIC)),
+                "member_params": [client.get_run(run).data.params for run in self.logger.member_run_ids],
             }
         )
 
@@ -98,6 +99,11 @@ def test_each_epoch_is_in_the_store_before_the_next_one_trains(tracking):
         assert seen["member_val_loss"] == [list(range(epoch + 1))] * MEMBERS
         assert seen["snapshots"] == [(epoch + 1) // 2] * MEMBERS
         assert seen["lr_steps"] == (epoch + 1) * steps_per_epoch  # stride 1: every step
+        # Each member run's params went with its first values (the runs were opened without them).
+        assert [p["member"] for p in seen["member_params"]] == [str(n) for n in range(MEMBERS)]
+        assert [p["seed"] for p in seen["member_params"]] == [
+            str(member_seed(config.model.seed, n)) for n in range(MEMBERS)
+        ]
     client = tracker.client
     means = [m.value for m in client.get_metric_history(parent, "val/member_mean_loss")]
     member_losses = [

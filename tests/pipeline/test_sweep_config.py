@@ -74,6 +74,7 @@ SWEEP_ERRORS = {  # case -> (overrides, words the one message must hold)
         ["model.members=3", "expands to 2 members"],
     ),
     "growth": ({"sweep.learning_rate": [0.01], "growth.enabled": True}, ["growth.enabled with a sweep"]),
+    "one_fold": ({"sweep.learning_rate": [0.01], "sweep.selection_folds": 1}, ["selection_folds", ">= 2"]),
 }
 
 

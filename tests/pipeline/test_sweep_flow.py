@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
 from ensemble.predictor import EnsemblePredictor
-from ensemble.selection import bagged_selection
+from ensemble.selection import bagged_selection, cross_validated_choice
 from flows.train import train_flow
+from tasks.selection import selection_candidates
 from tests.pipeline.helpers import EPOCHS, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -81,11 +82,21 @@ def test_registered_predictor_is_the_selection_with_its_logged_weights(swept, tm
     ]  # its models' weights, summed per member
     assert sum(member_weights) == pytest.approx(1.0)
 
-    # The registered weights are the bagged selection's on validation (20 bags of half the models, seed 0).
+    # The registered weights are the 5-fold cross-validated choice between the bagged selection (20 bags of half
+    # the models, sorted initialisation), the uniform ensemble and the best configuration, refitted on validation.
     val = np.concatenate([g.predict_members(prepared.x_val, log_probs=True) for g in predictor.groups])
-    np.testing.assert_allclose(
-        predictor.weights, bagged_selection(val, prepared.y_val, "nll", 20).weights, atol=1e-9
+    groups = [row["configuration"] for row in rows]
+    choice = cross_validated_choice(
+        val, prepared.y_val, selection_candidates(20, "nll", "mean", groups), "nll", folds=5
     )
+    np.testing.assert_allclose(predictor.weights, choice.weights, atol=1e-9)
+    parent_run = client.get_run(result["run_id"]).data
+    assert parent_run.params["selection/chosen"] == choice.chosen
+    for name, score in choice.scores.items():
+        assert parent_run.metrics[f"selection/cv_nll/{name}"] == pytest.approx(score)
+    if choice.chosen == "selection":
+        bagged = bagged_selection(val, prepared.y_val, "nll", 20, sorted_init=True)
+        np.testing.assert_allclose(predictor.weights, bagged.weights, atol=1e-9)
     curve = client.get_metric_history(result["run_id"], "selection/bagged_val_nll")
     assert len(curve) == 20
 

@@ -1,0 +1,76 @@
+"""XLA's persistent compilation cache for the command line's runs: a later run loads what an earlier one compiled.
+
+The training step loop and the member scores run as `tf.function(jit_compile=True)`, which XLA compiles anew in
+every process: for a small run (2 members x 2 epochs of digits) most of the training task's time. With
+`--tf_xla_persistent_cache_directory=DIR` in `TF_XLA_FLAGS`, TensorFlow saves each compiled program to DIR (keyed by
+the program's HLO and its argument signature, and loaded only if the saved HLO matches exactly; written to a
+temporary file and renamed, so concurrent runs are safe) and a later process compiling the same program loads it.
+
+TensorFlow fails the XLA call when it cannot write there (`jit_compile="auto"` then falls back to a plain graph,
+with a warning), so the directory is created and checked before the flag is set, and skipped if unusable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import platform
+from pathlib import Path
+
+FLAG = "--tf_xla_persistent_cache_directory"
+
+
+def default_directory() -> Path:
+    """`$XDG_CACHE_HOME` (default `~/.cache`) `/fused-ensembles/xla/<TensorFlow version>-<CPU digest>`: a program
+    compiled by another TensorFlow, or for another CPU (a home directory shared between machines), is never loaded.
+    """
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "fused-ensembles" / "xla" / f"{tensorflow_version()}-{cpu_digest()}"
+
+
+def tensorflow_version() -> str:
+    """The installed TensorFlow's version from its `*.dist-info` folder name, without importing it (`unknown` if
+    not found)."""
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.origin:
+        return "unknown"
+    site = Path(spec.origin).parent.parent
+    for name in ("tensorflow", "tensorflow_cpu", "tf_nightly"):
+        for info in site.glob(f"{name}-*.dist-info"):
+            return info.name.removesuffix(".dist-info").split("-", 1)[1]
+    return "unknown"
+
+
+def cpu_digest() -> str:
+    """8 hex digits naming this CPU's model and instruction set extensions (XLA compiles for the host CPU)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    text = "".join(lines) or f"{platform.machine()} {platform.processor()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def enable(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+    """Adds `--tf_xla_persistent_cache_directory=<default_directory()>` to `TF_XLA_FLAGS` unless it already names a
+    cache directory (`--tf_xla_persistent_cache_directory=` with no value: no cache) or the directory cannot be
+    created or written. Effective only before TensorFlow reads its flags (its first XLA compilation).
+
+    Returns:
+        The cache directory now in use (None: none).
+    """
+    flags = environ.get("TF_XLA_FLAGS", "")
+    for flag in flags.split():
+        if flag.startswith(FLAG + "="):
+            return flag.split("=", 1)[1] or None
+    directory = default_directory()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return None
+    environ["TF_XLA_FLAGS"] = f"{flags} {FLAG}={directory}".strip()
+    return str(directory)
