@@ -15,10 +15,12 @@ Each fit is timed twice: the whole `fit` (tracing and XLA compilation included) 
 after the first: compiled once, per-epoch cost).
 
 Part 2, selection (digits and breast_cancer, `--seeds` seeds each; the 64-member sweep above trained `--epochs`
-epochs on each): test NLL of the selected ensemble (Caruana et al. 2004: greedy forward selection with replacement
-on validation NLL, bagged over 20 random halves of the members, as the pipeline registers it; the plain greedy
-selection's beside it), of the uniform ensemble of all 64 members, and of the best single configuration (the configuration
-whose 2 seeds, averaged, have the best validation NLL).
+epochs on each): test NLL of the selected ensemble as the pipeline registers it (`sweep.selection_folds: 5`): the
+5-fold cross-validated choice, over the validation rows, between Caruana et al. 2004's selection (greedy forward
+selection with replacement on validation NLL from a sorted initialisation, bagged over 20 random halves of the
+members), the uniform ensemble of all 64 members and the best single configuration (the configuration whose 2
+seeds, averaged, have the best validation NLL); beside it the bagged selection itself and the plain greedy one, and
+the two baselines.
 
 Part 3, `--widths` only (why members of different widths are not masked units of one max-width run): steady
 seconds per epoch of 64 members at widths 8-8, 32-32 and 128-128 (three fused runs, one per width) against 192
@@ -43,7 +45,13 @@ import tensorflow as tf  # noqa: E402
 
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
 from ensemble.fused import FusedMLP  # noqa: E402
-from ensemble.selection import bagged_selection, ensemble_loss, greedy_selection  # noqa: E402
+from ensemble.selection import (  # noqa: E402
+    best_group,
+    cross_validated_choice,
+    ensemble_loss,
+    greedy_selection,
+    selection_candidates,
+)
 from ensemble.sweep import SweepConfig, member_settings  # noqa: E402
 from ensemble.train import TrainConfig, fit  # noqa: E402
 
@@ -165,51 +173,53 @@ def part_cost(epochs: int, sequential: int, keras_rows: int) -> None:
     print(load())
 
 
-def scores(data, model: FusedMLP, repeats: int = 2) -> dict[str, float]:
-    """Test NLL of the selected, uniform and best-configuration ensembles of a trained sweep."""
+def scores(data, model: FusedMLP, repeats: int = 2) -> dict:
+    """Test NLL of the registered (cross-validated choice), bagged, greedy, uniform and best-configuration
+    ensembles of a trained sweep, all chosen on the validation split."""
     val = model.predict_members(data.x_val, log_probs=True)  # (64, B, C)
     test = model.predict_members(data.x_test, log_probs=True)
-    greedy = greedy_selection(val, data.y_val, "nll")
-    bagged = bagged_selection(
-        val, data.y_val, "nll", bags=20
-    )  # what the pipeline registers (sweep.selection_bags)
-    configs = len(val) // repeats
-    config_val = [
-        ensemble_loss(val[c * repeats : (c + 1) * repeats], [1] * repeats, data.y_val, "nll")
-        for c in range(configs)
-    ]
-    best = int(np.argmin(config_val))
-    best_weights = np.zeros(len(val))
-    best_weights[best * repeats : (best + 1) * repeats] = 1
+    groups = np.arange(len(val)) // repeats  # member n is a seed of configuration n // repeats
+    candidates = selection_candidates(20, "nll", "mean", groups)  # as the pipeline's defaults
+    choice = cross_validated_choice(val, data.y_val, candidates, "nll", folds=5)
+    best = best_group(val, data.y_val, groups)
+    weights = {
+        "selected": choice.weights,
+        "bagged": candidates["selection"](val, data.y_val),
+        "greedy": greedy_selection(val, data.y_val, "nll").weights,
+        "uniform": np.ones(len(val)),
+        "best_configuration": best,
+    }
+    configuration = int(np.argmax(best)) // repeats
     return {
-        "selected": ensemble_loss(test, bagged.weights, data.y_test, "nll"),
-        "greedy": ensemble_loss(test, greedy.counts, data.y_test, "nll"),
-        "uniform": ensemble_loss(test, np.ones(len(val)), data.y_test, "nll"),
-        "best_configuration": ensemble_loss(test, best_weights, data.y_test, "nll"),
-        "chosen": int(np.count_nonzero(bagged.weights)),
-        "best_lr": LEARNING_RATES[best // len(WEIGHT_DECAYS)],
-        "best_decay": WEIGHT_DECAYS[best % len(WEIGHT_DECAYS)],
+        **{name: ensemble_loss(test, w, data.y_test, "nll") for name, w in weights.items()},
+        "chosen": choice.chosen,
+        "cv": choice.scores,
+        "best_lr": LEARNING_RATES[configuration // len(WEIGHT_DECAYS)],
+        "best_decay": WEIGHT_DECAYS[configuration % len(WEIGHT_DECAYS)],
     }
 
 
 def part_selection(epochs: int, seeds: int) -> None:
     print(f"\n== Selection: test NLL, 64-member sweep, {epochs} epochs, batch 1 (lower is better) ==")
+    print(load())
     for source in ("digits", "breast_cancer"):
         for seed in range(seeds):
             data = prepare_data(DataConfig(source=source, seed=seed))
             model, whole, _ = timed_fit(data, 64, epochs, seed=seed, swept=sweep_settings())
             s = scores(data, model)
             verdict = (
-                "selected <= both"
-                if s["selected"] <= min(s["uniform"], s["best_configuration"])
-                else "selected NOT <= both"
+                "<= both" if s["selected"] <= min(s["uniform"], s["best_configuration"]) else "NOT <= both"
             )
+            cv = ", ".join(f"{name} {v:.4f}" for name, v in s["cv"].items())
             print(
-                f"{source:13s} seed {seed}: selected {s['selected']:.4f} ({s['chosen']} of 64 members; plain greedy "
-                f"{s['greedy']:.4f})  "
-                f"uniform {s['uniform']:.4f}  best configuration {s['best_configuration']:.4f} "
-                f"(lr {s['best_lr']:.2g}, decay {s['best_decay']:g})  [{verdict}; trained in {whole:.0f} s]"
+                f"{source:13s} seed {seed} ({len(data.y_val)} val rows): selected {s['selected']:.4f} "
+                f"(chose {s['chosen']}; 5-fold val NLL {cv})  bagged {s['bagged']:.4f}  greedy "
+                f"{s['greedy']:.4f}  uniform {s['uniform']:.4f}  best configuration "
+                f"{s['best_configuration']:.4f} (lr {s['best_lr']:.2g}, decay {s['best_decay']:g})  "
+                f"[{verdict}; trained in {whole:.0f} s]",
+                flush=True,
             )
+    print(load())
 
 
 def part_widths(epochs: int) -> None:

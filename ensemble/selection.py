@@ -307,3 +307,20 @@ def cross_validated_choice(
     chosen = min(scores, key=scores.get)
     weights = np.asarray(candidates[chosen](preds, y), "float64")
     return CrossValidatedChoice(chosen, scores, (weights / weights.sum()).tolist(), metric)
+
+
+def selection_candidates(bags: int, metric: str, combiner: str, groups) -> dict:
+    """The ensembles the cross-validated choice weighs, each as `fit(member_preds (K, B, ...), y (B,)) -> (K,)`:
+    the selection (bagged over `bags` halves, or plain greedy if 0; sorted initialisation), the uniform ensemble,
+    and the best configuration (`groups[k]`: model k's configuration)."""
+
+    def selection(preds, y):
+        if bags:
+            return bagged_selection(preds, y, metric, bags, combiner=combiner, sorted_init=True).weights
+        return greedy_selection(preds, y, metric, combiner=combiner, sorted_init=True).weights
+
+    return {
+        "selection": selection,
+        "uniform": lambda preds, y: np.ones(len(preds)),
+        "best_configuration": lambda preds, y: best_group(preds, y, groups, metric, combiner),
+    }

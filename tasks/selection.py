@@ -37,6 +37,7 @@ from ensemble.selection import (
     cross_validated_choice,
     ensemble_loss,
     greedy_selection,
+    selection_candidates,
 )
 from ensemble.snapshots import Snapshots
 from ensemble.uncertainty import weighted_log_combine
@@ -92,23 +93,6 @@ def library_members(predictor: EnsemblePredictor, trained: Trained) -> list[tupl
             f"({trained.members} members trained)."
         )
     return [(n, "final") for n in range(trained.members)]
-
-
-def selection_candidates(bags: int, metric: str, combiner: str, groups: list) -> dict:
-    """The ensembles the cross-validated choice weighs, each as `fit(member_preds (K, B, ...), y (B,)) -> (K,)`:
-    the selection (bagged over `bags` halves, or plain greedy if 0; sorted initialisation), the uniform ensemble,
-    and the best configuration (`groups[k]`: model k's configuration)."""
-
-    def selection(preds, y):
-        if bags:
-            return bagged_selection(preds, y, metric, bags, combiner=combiner, sorted_init=True).weights
-        return greedy_selection(preds, y, metric, combiner=combiner, sorted_init=True).weights
-
-    return {
-        "selection": selection,
-        "uniform": lambda preds, y: np.ones(len(preds)),
-        "best_configuration": lambda preds, y: best_group(preds, y, groups, metric, combiner),
-    }
 
 
 @task(name="select-ensemble", retries=1, cache_policy=NO_CACHE)

@@ -12,9 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
 from ensemble.predictor import EnsemblePredictor
-from ensemble.selection import bagged_selection, cross_validated_choice
+from ensemble.selection import bagged_selection, cross_validated_choice, selection_candidates
 from flows.train import train_flow
-from tasks.selection import selection_candidates
 from tests.pipeline.helpers import EPOCHS, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
