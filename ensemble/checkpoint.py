@@ -143,8 +143,8 @@ class EpochCheckpoint(RunRecorder):
         **state: JSON values stored in every checkpoint's `state.json` (e.g. the data order, to check on resume).
 
     Attributes:
-        record: the `RunRecord` so far, resumed epochs included; `epochs`, `steps` (global step numbers `(S,)`)
-            and `learning_rates` (the learning rate each of those steps used `(S,)`) are its lists.
+        record: the `RunRecord` so far, resumed epochs included (what a caller hands on: `record.history()` is
+            the run's `history.json`).
     """
 
     def __init__(
@@ -162,18 +162,6 @@ class EpochCheckpoint(RunRecorder):
         self._on_disk = self._written = OnDisk()  # what the checkpoint in `directory` holds of the record
         self._keys: set[Key] = set()  # the collector's snapshot keys at the last epoch end
         self._cycle_steps: dict[int, int] = {}
-
-    @property
-    def epochs(self) -> list[tuple[int, dict]]:
-        return self.record.epochs
-
-    @property
-    def steps(self) -> list[int]:
-        return self.record.steps
-
-    @property
-    def learning_rates(self) -> list[float]:
-        return self.record.learning_rates
 
     def resume(self) -> None:
         """Continue the record of the checkpoint in `directory` (call before `fit` resumes from it)."""

@@ -208,9 +208,12 @@ class GrowthRound:
         return row
 
 
-def monitored_value(model: FusedMLP, x_val, y_val, monitor: str, jit_compile: bool | str = "auto") -> float:
-    """The monitored validation metric of `model`, computed as `fit`'s epoch logs compute it."""
-    scores = evaluate_members(model, np.asarray(x_val, "float32"), np.asarray(y_val), jit_compile)
+def monitored_value(
+    model: FusedMLP, x_val, y_val, monitor: str, jit_compile: bool | str = "auto", combiner: str = "mean"
+) -> float:
+    """The monitored validation metric of `model`, computed as `fit`'s epoch logs compute it (`combiner`:
+    `TrainConfig.combiner`, for `val_ensemble_accuracy`)."""
+    scores = evaluate_members(model, np.asarray(x_val, "float32"), np.asarray(y_val), jit_compile, combiner)
     key = monitor.removeprefix("val_")
     return float(scores[key]) if key == "ensemble_accuracy" else float(np.mean(scores[key]))
 
@@ -411,7 +414,9 @@ def grow_rounds(
     samples_per_epoch = steps_per_epoch * train_config.batch_size
     rng = np.random.default_rng(config.seed)
     rounds, epoch = [], int(initial_epoch)
-    start_value = monitored_value(model, *validation, config.monitor, train_config.jit_compile)
+    start_value = monitored_value(
+        model, *validation, config.monitor, train_config.jit_compile, train_config.combiner
+    )
     for index in range(config.max_rounds + 1):
         stop_epoch = round_stop_epoch(optimizer, epoch, train_config.epochs, steps_per_epoch)
         # With `anneal_epochs` the round's start value was measured at the annealed rate, which the round's epochs
@@ -450,7 +455,9 @@ def grow_rounds(
         if train_config.jit_compile == "auto" and not history.uses_xla:
             # XLA failed on this model (one warning said why): the grown models retrace as plain graphs.
             train_config = replace(train_config, jit_compile=False)
-        before = monitored_value(model, *validation, config.monitor, train_config.jit_compile)
+        before = monitored_value(
+            model, *validation, config.monitor, train_config.jit_compile, train_config.combiner
+        )
         flops = model.forward_flops()
         record = dict(
             round=index,
@@ -502,7 +509,9 @@ def grow_rounds(
         if config.lr_width_scaling:
             scale_learning_rate(optimizer, sum(record["widths"]) / sum(model.hidden_units))
         split_seconds = time.perf_counter() - start
-        after = start_value = monitored_value(model, *validation, config.monitor, train_config.jit_compile)
+        after = start_value = monitored_value(
+            model, *validation, config.monitor, train_config.jit_compile, train_config.combiner
+        )
         rounds.append(
             GrowthRound(
                 **record,

@@ -1,4 +1,5 @@
-"""Ensemble combiners and evaluation metrics on member predictions (pure NumPy).
+"""Ensemble combiners and evaluation metrics on member predictions (NumPy; the combiners also run in a compiled
+TensorFlow function, see `LOG_COMBINERS`).
 
 Every metric derives from one array of member outputs:
 
@@ -126,56 +127,69 @@ def _select(member_outputs: np.ndarray, members: Sequence[int] | None) -> np.nda
     return member_outputs[index]
 
 
-def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
-    """Stable `log(sum(exp(x)))` along `axis`, keeping the axis; `-inf` where every entry is `-inf`."""
-    peak = np.max(x, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
+def _logsumexp(x, axis: int, ops=np):
+    """Stable `log(sum(exp(x)))` along `axis`, keeping the axis; `-inf` where every entry is `-inf`. `ops`: the
+    array namespace, `numpy` or `keras.ops` (see `LOG_COMBINERS`)."""
+    peak = ops.max(x, axis=axis, keepdims=True)
+    peak = ops.where(ops.isfinite(peak), peak, 0.0)
     with np.errstate(divide="ignore"):
-        return peak + np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True))
+        return peak + ops.log(ops.sum(ops.exp(x - peak), axis=axis, keepdims=True))
 
 
-def _log_arithmetic_mean(log_probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def _log_arithmetic_mean(log_probs, weights=None, ops=np):
     """`log(sum_i w_i p_i)`: the (weighted) arithmetic mean of member probabilities, from log-probabilities
     `(N, B, C)`; `weights (N,)` positive, summing to 1 (None: 1 / N each)."""
     if weights is None:
-        return _logsumexp(log_probs, axis=0)[0] - np.log(log_probs.shape[0])  # (B, C)
-    return _logsumexp(log_probs + np.log(weights)[:, None, None], axis=0)[0]  # (B, C)
+        return _logsumexp(log_probs, 0, ops)[0] - np.log(log_probs.shape[0])  # (B, C)
+    return _logsumexp(log_probs + ops.log(weights)[:, None, None], 0, ops)[0]  # (B, C)
 
 
-def _log_geometric_mean(log_probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def _log_geometric_mean(log_probs, weights=None, ops=np):
     """`log softmax(sum_i w_i log p_i)`: the renormalised (weighted) geometric mean of member probabilities
     `(N, B, C)`; `weights (N,)` positive, summing to 1 (None: 1 / N each).
 
     Weighted, a class that has probability 0 in some member stays at a vanishing share (log p = -1e300) rather than
-    failing, as a selected ensemble must answer every row."""
+    failing, as a selected ensemble must answer every row. Unweighted NumPy input with a row where every class has
+    probability 0 in some member raises (a compiled function's log-probabilities, of finite logits, have none)."""
     if weights is not None:
-        mixed = (weights[:, None, None] * np.where(np.isfinite(log_probs), log_probs, -1e300)).sum(
-            axis=0
-        )  # (B, C)
-        mixed -= mixed.max(axis=-1, keepdims=True)
-        return mixed - np.log(np.exp(mixed).sum(axis=-1, keepdims=True))
-    log_mean = log_probs.mean(axis=0)  # (B, C) log of the unnormalised geometric mean
-    if (empty := ~np.isfinite(log_mean).any(axis=-1)).any():
+        finite = ops.where(ops.isfinite(log_probs), log_probs, -1e300)
+        mixed = ops.sum(weights[:, None, None] * finite, axis=0)  # (B, C)
+        mixed = mixed - ops.max(mixed, axis=-1, keepdims=True)
+        return mixed - ops.log(ops.sum(ops.exp(mixed), axis=-1, keepdims=True))
+    log_mean = ops.mean(log_probs, axis=0)  # (B, C) log of the unnormalised geometric mean
+    if ops is np:  # compiled, the log-probabilities of finite logits are finite
+        _check_geometric_rows(log_mean)
+    return log_mean - _logsumexp(log_mean, -1, ops)  # (B, C)
+
+
+def _check_geometric_rows(log_mean: np.ndarray) -> None:
+    """Raises ValueError where the unnormalised geometric mean `(B, C)` is 0 for every class of a row."""
+    empty = ~np.isfinite(log_mean).any(axis=-1)  # (B,)
+    if empty.any():
         raise ValueError(
             f"The geometric mean is 0 for every class in rows {np.flatnonzero(empty)[:10].tolist()}: each class "
             "has probability 0 in some member. Pass log-probabilities (`log_probs=True`, from "
             "`predict_members(x, log_probs=True)`), in which no probability rounds to 0."
         )
-    return log_mean - _logsumexp(log_mean, axis=-1)  # (B, C)
 
 
-LOG_COMBINERS: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
+LOG_COMBINERS: dict[str, Callable[..., np.ndarray]] = {
     "mean": _log_arithmetic_mean,
     "geometric": _log_geometric_mean,
 }
-"""THE registry of combiners: name -> (member log-probabilities `(N, B, C)`, optional member weights `(N,)`) ->
-ensemble log-probabilities `(B, C)`.
+"""THE registry of combiners: name -> `(member log-probabilities (N, B, C), member weights (N,) or None, ops=numpy)
+-> ensemble log-probabilities (B, C)`.
+
+Each formula is written once, against the operations NumPy and `keras.ops` share (`ops`: the `numpy` module, the
+default, or `keras.ops` inside a compiled function), so the evaluation here and the training loop's compiled
+epoch-end scores (`ensemble.train.compiled_scores`, `val_ensemble_accuracy`) combine the members the same way.
 
 Adding a combiner is a change here: `combine`, `evaluate_classification`, `EnsemblePredictor`, `ensemble.compare`,
 the snapshot curve (`tasks.snapshots`), `ensemble.uncertainty.weighted_log_combine` (the member weights of a selected
-ensemble) and the config's `evaluation.combiner` all take their names and formulas from it. Not yet the greedy
-selection's incremental scores (`ensemble.selection`), which keep running sums and branch on "geometric" themselves. Combiners apply to class
-probabilities; a regression ensemble is always the members' mean (`combine_regression`)."""
+ensemble), the live `val_ensemble_accuracy` (`TrainConfig.combiner`) and the config's `evaluation.combiner` all
+take their names and formulas from it. Not yet the greedy selection's incremental scores (`ensemble.selection`),
+which keep running sums and branch on "geometric" themselves. Combiners apply to class probabilities; a regression
+ensemble is always the members' mean (`combine_regression`)."""
 
 COMBINERS: tuple[str, ...] = tuple(LOG_COMBINERS)
 """The combiner names of `LOG_COMBINERS`, in order."""
@@ -588,7 +602,7 @@ def higher_is_better(metric: str) -> bool:
 
 EPOCH_SCORES: dict[str, bool] = {
     "val_accuracy": True,  # the members' mean accuracy
-    "val_ensemble_accuracy": True,  # accuracy of the members' mean probabilities
+    "val_ensemble_accuracy": True,  # accuracy of the members combined by `TrainConfig.combiner`
     "val_loss": False,  # the members' mean training loss on the validation rows (NLL, or MSE for regression)
 }
 """THE registry of the validation scores `ensemble.train.fit` logs at epoch ends that callbacks may monitor:

@@ -6,6 +6,12 @@ scored best. A model chosen c times gets weight c / (models chosen), so the resu
 library (`ensemble.predictor.EnsemblePredictor(weights=...)`). Selecting with replacement lets good models gain
 weight and keeps the score from getting worse as rounds go on (Caruana et al.'s "selection with replacement").
 
+Caruana et al.'s remedies for small validation splits: `sorted_init` starts from the best k models (k chosen on
+validation) instead of one; `bagged_selection` averages the selections of random halves of the library. And
+`cross_validated_choice` chooses between ways to weight the models (e.g. `selection_candidates`: the selection, the
+uniform ensemble, the best configuration) by their K-fold cross-validated score over the validation rows, so a
+selection that only fits the rows it chose on loses to the simple ensembles.
+
 Scores (lower is better): `"nll"`, `"brier"`, `"error"` (1 - accuracy) of the combined probabilities, `"rmse"` of the
 combined regression mean. Member predictions: log-probabilities `(K, B, C)` or regression predictions `(K, B)`.
 """

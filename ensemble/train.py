@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from ensemble.fused import FusedMLP
+from ensemble.metrics import LOG_COMBINERS, check_combiner
 from ensemble.optimizer_state import learning_rate_schedule
 from ensemble.optimizers import apply_gradients, check_elementwise, check_member_learning_rates
 from ensemble.outputs import log_probs_from_logits
@@ -55,6 +57,8 @@ class TrainConfig:
             of the whole ensemble (member n of a shard uses entry `member_offset + n`); None: all 1.
         weight_decay: L2 penalty `weight_decay * sum(W**2)` on each member's kernels, added to its loss (as Keras'
             `kernel_regularizer=L2(weight_decay)`): one float for all members or one per member, as `lr_scales`.
+        combiner: how `val_ensemble_accuracy` combines the members' class probabilities: a name in
+            `ensemble.metrics.COMBINERS` (the pipeline passes `evaluation.combiner`, as the test scores combine).
 
     `bagging` may also be one bool per member (as `lr_scales`).
     """
@@ -70,6 +74,7 @@ class TrainConfig:
     member_offset: int = 0
     lr_scales: tuple[float, ...] | None = None
     weight_decay: float | tuple[float, ...] = 0.0
+    combiner: str = "mean"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "steps_per_call"):
@@ -80,6 +85,7 @@ class TrainConfig:
                 f"Argument `member_offset` must be >= 0. Received: member_offset={self.member_offset}"
             )
         check_jit_compile(self.jit_compile)
+        check_combiner(self.combiner, "combiner")
         for name in ("bagging", "lr_scales", "weight_decay"):  # lists (YAML, JSON) -> hashable tuples
             if isinstance(getattr(self, name), list | np.ndarray):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -143,6 +149,7 @@ def epoch_indices(
     return np.stack(orders).reshape(members, steps, batch_size).transpose(1, 0, 2).astype("int32")
 
 
+@tf.autograph.experimental.do_not_convert  # no tensor control flow: AutoGraph's conversion only cost time
 def member_losses(task: str, y, outputs):
     """Mean loss over the batch, per member: `y (N, B)`, `outputs (N, B, out)` -> `(N,)`, float32 (also when the
     outputs are float16/bfloat16 under a mixed-precision policy)."""
@@ -159,17 +166,18 @@ def member_losses(task: str, y, outputs):
 
 
 def evaluate_members(
-    model: FusedMLP, x: np.ndarray, y: np.ndarray, jit_compile: bool | str = "auto"
+    model: FusedMLP, x: np.ndarray, y: np.ndarray, jit_compile: bool | str = "auto", combiner: str = "mean"
 ) -> dict[str, np.ndarray]:
     """Per-member loss and, for classification, accuracy on one shared set `(N,)`, plus the ensemble's accuracy
-    (mean of the members' probabilities).
+    (the members' probabilities combined by `combiner`, a name in `ensemble.metrics.COMBINERS`: the accuracy
+    `ensemble.metrics.evaluate_classification(..., method=combiner)` gives).
 
     One compiled call (`compiled_scores`): eager op-by-op dispatch would hold the GIL at every op and, with a
     logging thread beside training, wait for it each time. It runs XLA-compiled only for `jit_compile=True`;
     "auto" scores as a plain graph: measured here (N=5, 1,257 rows) XLA saved ~30 ms per call but cost 5-7 s of
     compilation per row count (training and validation sets), more than it saves in hundreds of epochs.
     """
-    scores = compiled_scores(model, jit_compile is True)(
+    scores = compiled_scores(model, jit_compile is True, combiner)(
         tf.constant(np.asarray(x, "float32")), label_tensor(model.task, y)
     )
     result = {"loss": scores["loss"].numpy().astype("float64")}
@@ -252,16 +260,18 @@ class XlaFunction:
 _SCORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compiled_scores(model: FusedMLP, jit_compile: bool | str = "auto"):
+def compiled_scores(model: FusedMLP, jit_compile: bool | str = "auto", combiner: str = "mean"):
     """The compiled `scores(x (B, d), y (B,)) -> {"loss" (N,)[, "correct" (N,), "ensemble_correct" ()]}`: mean
-    losses, and float64 counts of rows each member (and the mean-probability ensemble) classifies right.
+    losses, and float64 counts of rows each member (and the ensemble, its members combined by `combiner`:
+    `ensemble.metrics.LOG_COMBINERS`, the formula evaluation uses) classifies right.
 
-    Every member scores the same rows; traced once per model (and `jit_compile`, see `XlaFunction`) for any B
-    (XLA compiles once per distinct B).
+    Every member scores the same rows; traced once per model (and `jit_compile`, see `XlaFunction`, and
+    `combiner`) for any B (XLA compiles once per distinct B).
     """
-    cached = _SCORES.setdefault(model, {})
-    if jit_compile in cached:
-        return cached[jit_compile]
+    check_combiner(combiner, "combiner")
+    cached, key = _SCORES.setdefault(model, {}), (jit_compile, combiner)
+    if key in cached:
+        return cached[key]
     model_ref = weakref.ref(model)  # the cache must not keep the model alive
     task, members = model.task, model.members
     signature = [
@@ -269,20 +279,24 @@ def compiled_scores(model: FusedMLP, jit_compile: bool | str = "auto"):
         tf.TensorSpec([None], tf.float32 if task == "regression" else tf.int32),
     ]
 
+    @tf.autograph.experimental.do_not_convert  # traced as written: no tensor control flow to convert
     def scores(x, y):
         rows = tf.shape(x)[0]
         outputs = model_ref()(tf.broadcast_to(x[None], [members, rows, x.shape[-1]]), training=False)
         result = {"loss": member_losses(task, tf.broadcast_to(y[None], [members, rows]), outputs)}
         if task != "regression":
-            probs = tf.exp(log_probs_from_logits(outputs, task))  # (N, B, C) float64, as `predict_members`
+            log_probs = log_probs_from_logits(outputs, task)  # (N, B, C) float64, as `predict_members`
+            probs = tf.exp(log_probs)
             hits = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[None]), tf.float64)
             result["correct"] = tf.reduce_sum(hits, axis=1)
-            ensemble = tf.argmax(tf.reduce_mean(probs, 0), -1, output_type=tf.int32)
+            # (B, C): the combiner's formula, as `evaluate_classification` applies it
+            combined = ops.exp(LOG_COMBINERS[combiner](log_probs, ops=ops))
+            ensemble = tf.argmax(combined, -1, output_type=tf.int32)
             result["ensemble_correct"] = tf.reduce_sum(tf.cast(tf.equal(ensemble, y), tf.float64))
         return result
 
-    cached[jit_compile] = XlaFunction(scores, signature, jit_compile, f"the member scores of {model.name!r}")
-    return cached[jit_compile]
+    cached[key] = XlaFunction(scores, signature, jit_compile, f"the member scores of {model.name!r}")
+    return cached[key]
 
 
 def check_training_data(
@@ -334,7 +348,7 @@ def fit(
     Returns:
         A `History` whose `history` maps each log key to one value per epoch. Scalar keys: `loss` (mean step loss
         over the epoch, averaged over members), `accuracy`, `val_loss`, `val_accuracy` (means over members),
-        `val_ensemble_accuracy`, `lr` (at the epoch's last step). Per-member `(N,)` arrays: `member_loss`,
+        `val_ensemble_accuracy` (the members combined by `config.combiner`), `lr` (at the epoch's last step). Per-member `(N,)` arrays: `member_loss`,
         `member_accuracy`, `member_val_loss`, `member_val_accuracy`. `history.record` is the run's
         `ensemble.record.RunRecord` (these epochs' logs, the learning rate of every step as the optimiser used it,
         the cycle ends); `history.learning_rates` and `history.steps` are its per-step lists.
@@ -503,7 +517,7 @@ def epoch_logs(model, x, y, validation_data, mean_step_loss: np.ndarray, config:
         logs["member_accuracy"] = evaluate_members(model, x, y, config.jit_compile)["accuracy"]
         logs["accuracy"] = float(logs["member_accuracy"].mean())
     if validation_data is not None:
-        scores = evaluate_members(model, *validation_data, config.jit_compile)
+        scores = evaluate_members(model, *validation_data, config.jit_compile, config.combiner)
         logs["member_val_loss"], logs["val_loss"] = scores["loss"], float(scores["loss"].mean())
         if "accuracy" in scores:
             logs["member_val_accuracy"], logs["val_accuracy"] = (

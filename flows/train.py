@@ -137,6 +137,7 @@ def snapshots_and_growth(
             config.growth,
             config.train,
             run_dir,
+            combiner=config.evaluation.combiner,
         )
         trained = growth.trained  # the grown model only when it is not worse on validation
     # The last cycle's snapshot IS the trained model: count it once, unless growth changed the model since.
@@ -181,6 +182,7 @@ def train_members(
         run_id=run_id,
         sweep=config.sweep,
         later_epochs=later_epochs,
+        combiner=config.evaluation.combiner,
     )
 
 
@@ -215,6 +217,7 @@ def train_shards_flow(
         run_id=unmapped(run_id),
         parent_curves=unmapped(False),
         sweep=unmapped(config.sweep),
+        combiner=unmapped(config.evaluation.combiner),
     )
     merged = merge_shards_task(futures.result(), config.train, run_dir)
     log_training_task(settings, run_id, merged, later_epochs)

@@ -16,16 +16,17 @@ import hashlib
 import importlib.util
 import os
 import platform
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 FLAG = "--tf_xla_persistent_cache_directory"
 
 
-def default_directory() -> Path:
+def default_directory(environ: Mapping[str, str] = os.environ) -> Path:
     """`$XDG_CACHE_HOME` (default `~/.cache`) `/fused-ensembles/xla/<TensorFlow version>-<CPU digest>`: a program
     compiled by another TensorFlow, or for another CPU (a home directory shared between machines), is never loaded.
     """
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "fused-ensembles" / "xla" / f"{tensorflow_version()}-{cpu_digest()}"
 
 
@@ -53,7 +54,7 @@ def cpu_digest() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def enable(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+def enable(environ: MutableMapping[str, str] = os.environ) -> str | None:
     """Adds `--tf_xla_persistent_cache_directory=<default_directory()>` to `TF_XLA_FLAGS` unless it already names a
     cache directory (`--tf_xla_persistent_cache_directory=` with no value: no cache) or the directory cannot be
     created or written. Effective only before TensorFlow reads its flags (its first XLA compilation).
@@ -65,7 +66,7 @@ def enable(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
     for flag in flags.split():
         if flag.startswith(FLAG + "="):
             return flag.split("=", 1)[1] or None
-    directory = default_directory()
+    directory = default_directory(environ)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:

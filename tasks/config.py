@@ -410,17 +410,6 @@ class PipelineConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _ensemble_monitor_combines_as_evaluated(self) -> PipelineConfig:
-        growth, combiner = self.growth, self.evaluation.combiner
-        if growth.enabled and growth.monitor == "val_ensemble_accuracy" and combiner != "mean":
-            raise ValueError(
-                "growth.monitor=val_ensemble_accuracy scores the members' mean probabilities (the training loop's "
-                f"compiled scores), not evaluation.combiner={combiner!r}. Set growth.monitor to "
-                "val_accuracy or val_loss, or evaluation.combiner to mean"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _anneal_without_sgdr(self) -> PipelineConfig:
         if self.growth.enabled and self.growth.anneal_epochs and self.snapshots.enabled:
             raise ValueError(

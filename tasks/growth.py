@@ -90,11 +90,13 @@ def growth_task(
     growth: GrowthSection,
     train: TrainSection,
     run_dir: str,
+    combiner: str = "mean",
 ) -> Grown:
     """Growth rounds on the trained ensemble; logs the round table, the members' curves (epochs continue), the
     learning rate of growth steps (`schedule/lr`, the global step continues) and the whole run's learning-rate plot.
 
-    The model passed on is the grown one only when growth is kept (`grown_is_not_worse`).
+    The model passed on is the grown one only when growth is kept (`grown_is_not_worse`). `combiner`
+    (`evaluation.combiner`) combines the members for `growth.monitor=val_ensemble_accuracy`.
     """
     logger, run_dir = get_run_logger(), Path(run_dir)
     model, optimizer, state = load_checkpoint(trained.checkpoint)
@@ -105,7 +107,7 @@ def growth_task(
         model,
         optimizer,
         PreparedData.load(data_dir),
-        train_config(train, epochs=growth.epochs_per_round),
+        train_config(train, epochs=growth.epochs_per_round, combiner=combiner),
         config,
         callbacks=[recorder, RoundProgress(config.max_rounds + 1, logger.info)],
         initial_epoch=state["epoch"],

@@ -23,7 +23,7 @@ from mlflow.utils.time import get_current_time_millis
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from ensemble.checkpoint import EpochCheckpoint, has_checkpoint, load_checkpoint, read_record
+from ensemble.checkpoint import EpochCheckpoint, has_checkpoint, load_checkpoint, load_record
 from ensemble.data import PreparedData
 from ensemble.fused import FusedMLP
 from ensemble.progress import EpochProgress
@@ -62,6 +62,7 @@ def train_task(
     parent_curves: bool = True,
     sweep: SweepSection | None = None,
     later_epochs: int = 0,
+    combiner: str = "mean",
 ) -> Trained:
     """Train members `member_offset .. member_offset + model.members - 1` as one fused model.
 
@@ -72,6 +73,7 @@ def train_task(
     With `settings` and a parent `run_id`, training is tracked live (`MlflowEpochLogger`), plus the learning-rate
     plot and exact curve at the end; `parent_curves=False` (a shard) leaves the parent's mean curves and LR to the
     caller. `later_epochs`: how many epochs growth may add to the run (the `schedule/lr` stride, `lr_sampling`).
+    `combiner`: how `val/ensemble_accuracy` combines the members (`evaluation.combiner`, `TrainConfig.combiner`).
     """
     logger, run_dir, prepared = get_run_logger(), Path(run_dir), PreparedData.load(data_dir)
     steps_per_epoch = len(prepared.y_train) // train.batch_size
@@ -103,7 +105,7 @@ def train_task(
             prepared.x_train,
             prepared.y_train,
             optimizer=saver.optimizer,
-            config=train_config(train, member_offset=member_offset, **changes),
+            config=train_config(train, member_offset=member_offset, combiner=combiner, **changes),
             validation_data=(prepared.x_val, prepared.y_val),
             initial_epoch=initial_epoch,
             callbacks=callbacks,
@@ -178,7 +180,7 @@ def live_logger(
         members,
         saver.collector,
         parent_curves,
-        record=saver.record if saver.epochs else None,
+        record=saver.record if saver.record.epochs else None,
         **lr_sampling(cycle_ends, steps_per_epoch, epochs, later_epochs, settings.lr_points),
     )
 
@@ -193,15 +195,13 @@ def finish_training(
 ) -> Trained:
     """Save the trained model, snapshots and history in `run_dir` (`tasks.trained.save_results`); tracked live
     with `parent_curves` (not a shard), also log the run's learning-rate plot and exact curve."""
-    opt = saver.optimizer
-    cycle_ends = schedule_cycle_ends(opt, int(opt.iterations))
+    record = saver.record
     if live is not None and parent_curves:
-        plot = (saver.steps, saver.learning_rates, cycle_ends, str(run_dir))
+        plot = (record.steps, record.learning_rates, record.cycle_ends, str(run_dir))
         log_learning_rate_plot(live.tracker, live.run_id, *plot)
     snapshots = saver.collector.snapshots if saver.collector else None
-    record = (saver.epochs, saver.steps, saver.learning_rates, cycle_ends)
     member_run_ids = live.member_run_ids if live is not None else ()
-    return save_results(run_dir, fused, snapshots, *record, member_offset, member_run_ids)
+    return save_results(run_dir, fused, snapshots, record, member_offset, member_run_ids)
 
 
 def lr_sampling(
@@ -232,15 +232,9 @@ def merge_shards_task(shards: list[Trained], train: TrainSection, run_dir: str) 
         data_order=data_order(train, 0, sum(shard.members for shard in shards)),
     )
     fused, _, _ = load_checkpoint(checkpoint)
-    record = read_record(checkpoint)
-    return save_results(
-        run_dir,
-        fused,
-        record["snapshots"],
-        *(record["epochs"], record["steps"], record["learning_rates"], record["cycle_ends"]),
-        member_offset=0,
-        member_run_ids=[run for shard in shards for run in shard.member_run_ids],
-    )
+    saved = load_record(checkpoint)
+    member_run_ids = [run for shard in shards for run in shard.member_run_ids]
+    return save_results(run_dir, fused, saved.snapshots, saved.record, 0, member_run_ids)
 
 
 @task(name="log-training", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

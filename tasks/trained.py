@@ -48,37 +48,32 @@ def save_results(
     run_dir: Path,
     fused: FusedMLP,
     snapshots: Snapshots | None,
-    epochs: list[tuple[int, dict]],
-    steps: list[int],
-    learning_rates: list[float],
-    cycle_ends: list[int],
+    record: RunRecord,
     member_offset: int,
     member_run_ids: Sequence[str] = (),
 ) -> Trained:
-    """The trained model, its snapshots and the whole run's history (resumed epochs included) in `run_dir`; the
-    checkpoint is expected at `run_dir/checkpoint`."""
+    """The trained model, its snapshots and the whole run's history (`record`, resumed epochs included) in
+    `run_dir`; the checkpoint is expected at `run_dir/checkpoint`."""
     fused.save(run_dir / "model.keras")
     snapshot_dir = str(snapshots.save(run_dir / "snapshots")) if snapshots is not None else None
-    history_path = save_history(epochs, learning_rates, steps, run_dir / "history.json", cycle_ends)
+    history_path = save_history(record, run_dir / "history.json")
     return Trained(
         model_path=str(run_dir / "model.keras"),
         checkpoint=str(run_dir / "checkpoint"),
         history_path=str(history_path),
         snapshot_dir=snapshot_dir,
-        epochs=len(epochs),
-        steps=steps[-1] if steps else 0,
+        epochs=len(record.epochs),
+        steps=record.steps[-1] if record.steps else 0,
         member_offset=member_offset,
         members=fused.members,
         member_run_ids=tuple(member_run_ids),
     )
 
 
-def save_history(
-    epochs: list[tuple[int, dict]], lrs: list[float], steps: list[int], path: Path, cycle_ends: list[int] = ()
-) -> Path:
-    """Per-epoch logs (arrays as lists), the per-step learning rate and the cycle ends, as JSON (the run record's
-    `RunRecord.history`)."""
-    path.write_text(json.dumps(RunRecord.from_flat(epochs, steps, lrs, cycle_ends).history()))
+def save_history(record: RunRecord, path: Path) -> Path:
+    """The run record as `history.json` (`RunRecord.history`): per-epoch logs (arrays as lists), the per-step
+    learning rate and the cycle ends."""
+    path.write_text(json.dumps(record.history()))
     return path
 
 

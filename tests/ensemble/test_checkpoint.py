@@ -163,8 +163,9 @@ def test_a_whole_record_written_at_once_reads_back_as_plain_lists(data, tmp_path
     saved = read_record(tmp_path / "run")
     target = tmp_path / "merged"
     target.mkdir()
+    record = saver.record
     write_record(
-        target, saver.epochs, saver.steps, saver.learning_rates, saved["snapshots"], saved["cycle_ends"]
+        target, record.epochs, record.steps, record.learning_rates, saved["snapshots"], saved["cycle_ends"]
     )
     merged = read_record(target)
     assert_same_record(merged, saved)

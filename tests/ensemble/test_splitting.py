@@ -145,6 +145,27 @@ def test_split_along_directions_keeps_the_function_as_delta_goes_to_zero():
     assert changes[1] > 0 and changes[2] < changes[1] / 50 and changes[3] < changes[2] / 50  # O(delta^2)
 
 
+def test_outgoing_offsets_on_a_split_along_directions_change_the_function_to_first_order_in_delta():
+    """Why `splitting` runs without `noise`: offsets `w/2 +/- d` on copies whose incoming weights differ by
+    `+/- delta` change the outputs by `d (h+ - h-)` = O(delta), not O(delta^2)."""
+    rng = np.random.default_rng(3)
+    w_in, b_in, w_out = rng.normal(size=(2, 5, 4)), rng.normal(size=(2, 4)), rng.normal(size=(2, 4, 3))
+    x = rng.normal(size=(50, 5))
+    units = np.array([[0, 2], [1, 3]])
+    directions = rng.normal(size=(2, 2, 6))
+    directions /= np.linalg.norm(directions, axis=2, keepdims=True)
+
+    def change(noise: float, delta: float) -> float:
+        split = split_units(w_in, b_in, w_out, units, rng=0, noise=noise, directions=directions, delta=delta)
+        before = np.tanh(x @ w_in + b_in[:, None, :]) @ w_out  # (N, B, out)
+        return np.abs(np.tanh(x @ split.w_in + split.b_in[:, None, :]) @ split.w_out - before).max()
+
+    for noise, order in ((1.0, 1), (0.0, 2)):
+        ratio = change(noise, 1e-2) / change(noise, 1e-3)  # 10 ** order
+        assert 10**order / 2 < ratio < 10**order * 2, (noise, ratio)
+    assert change(1.0, 0.0) <= 1e-12  # offsets alone keep the function
+
+
 def test_grow_model_with_directions_in_two_layers_keeps_the_function_as_delta_goes_to_zero():
     x, y = toy()
     net = model((3, 4), members=2)

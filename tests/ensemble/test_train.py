@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from ensemble.fused import FusedMLP
-from ensemble.growth_rounds import GrowthConfig, grow_rounds
+from ensemble.growth_rounds import GrowthConfig, grow_rounds, monitored_value
+from ensemble.metrics import COMBINERS, evaluate_classification
 from ensemble.train import (
     TrainConfig,
     check_training_data,
@@ -230,8 +231,17 @@ def test_train_config_rejects_non_positive_counts(name):
 
 
 def test_train_config_get_config_round_trip():
-    config = TrainConfig(epochs=3, batch_size=2, bagging=True, seed=4, steps_per_call=10)
+    config = TrainConfig(
+        epochs=3, batch_size=2, bagging=True, seed=4, steps_per_call=10, combiner="geometric"
+    )
     assert TrainConfig(**config.get_config()) == config
+
+
+def test_train_config_rejects_an_unknown_combiner_and_lists_the_known_ones():
+    with pytest.raises(
+        ValueError, match=r"`combiner` must be one of \('mean', 'geometric'\). Received: combiner='median'"
+    ):
+        TrainConfig(combiner="median")
 
 
 @pytest.mark.parametrize(
@@ -375,6 +385,42 @@ def test_compiled_member_scores_equal_a_numpy_computation_from_the_member_output
     assert scores["ensemble_accuracy"] == (probs.mean(0).argmax(-1) == y).mean()
     other = evaluate_members(model, x[:7], y[:7])  # another row count reuses the one compiled function
     np.testing.assert_array_equal(other["accuracy"], (probs[:, :7].argmax(-1) == y[:7]).mean(axis=1))
+
+
+def combiner_accuracies(model: FusedMLP, x, y) -> dict[str, float]:
+    """`ensemble.metrics`' accuracy of each combiner on `model`'s members for rows `x`, labels `y`."""
+    log_probs = model.predict_members(x, log_probs=True)
+    return {m: evaluate_classification(log_probs, y, method=m, log_probs=True)["accuracy"] for m in COMBINERS}
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("combiner", COMBINERS)
+def test_compiled_ensemble_accuracy_combines_the_members_as_the_metrics_do_with_the_same_combiner(
+    combiner, jit_compile
+):
+    x, y = make_data(200, "multiclass")
+    model = FusedMLP(MEMBERS, FEATURES, HIDDEN, task="multiclass", num_classes=3, seed=3)
+    expected = combiner_accuracies(model, x, y)
+    assert len(set(expected.values())) == len(COMBINERS)  # these rows tell every combiner apart
+    assert evaluate_members(model, x, y, jit_compile, combiner)["ensemble_accuracy"] == expected[combiner]
+
+
+def test_live_ensemble_accuracy_and_growths_monitored_value_follow_the_configured_combiner():
+    """`val_ensemble_accuracy` in `fit`'s logs (logged live as `val/ensemble_accuracy`) and growth's monitored
+    value with `TrainConfig.combiner="geometric"` are `ensemble.metrics`' geometric accuracy, not the mean's."""
+    x, y = make_data(60, "multiclass")
+    x_val, y_val = make_data(200, "multiclass", seed=1)
+    model = FusedMLP(MEMBERS, FEATURES, HIDDEN, task="multiclass", num_classes=3, seed=3)
+    config = TrainConfig(epochs=1, batch_size=4, combiner="geometric")
+    history = fit(
+        model, x, y, optimizer=keras.optimizers.Adam(0.01), config=config, validation_data=(x_val, y_val)
+    )
+
+    expected = combiner_accuracies(model, x_val, y_val)
+    assert expected["geometric"] != expected["mean"]
+    assert history.history["val_ensemble_accuracy"] == [expected["geometric"]]
+    monitored = monitored_value(model, x_val, y_val, "val_ensemble_accuracy", "auto", config.combiner)
+    assert monitored == expected["geometric"]
 
 
 # --- XLA (jit_compile) -------------------------------------------------------------------------------------------
