@@ -183,6 +183,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     command = COMMAND + [arg for value in args.set for arg in ("--set", value)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ENSEMBLE_", "PREFECT_API"))}
+    # A user's interpreter writes bytecode, so a second run finds the project's modules compiled: the same here.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(PREFECT_HOME=str(workdir / "prefect-home"), PYTHONPATH=str(args.repo.resolve()))
     server = None
     if args.server:

@@ -9,6 +9,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
+from ensemble.member_model import load_member_model
+from ensemble.metrics import COMBINERS, evaluate_classification
 from ensemble.predictor import EnsemblePredictor
 from flows.train import train_flow
 from tests.pipeline.helpers import EPOCHS, MEMBERS, tiny_config
@@ -74,8 +76,11 @@ def test_train_flow_logs_members_lr_metrics_and_registers_champion(tmp_path, tra
     assert accuracy == pytest.approx(parent.data.metrics["test/accuracy"])
 
 
-def test_training_logs_the_curves_the_learning_rate_plot_and_its_exact_curve(tmp_path, tracking):
-    result = train_flow(tiny_config(tmp_path), tracking)
+def test_training_logs_the_curves_the_combiners_ensemble_accuracy_and_the_learning_rate_plot(
+    tmp_path, tracking
+):
+    """... and `val/ensemble_accuracy` combines the members by `evaluation.combiner` (here geometric)."""
+    result = train_flow(tiny_config(tmp_path, **{"evaluation.combiner": "geometric"}), tracking)
     client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
     parent = client.get_run(result["run_id"])
     children = client.search_runs(
@@ -84,7 +89,17 @@ def test_training_logs_the_curves_the_learning_rate_plot_and_its_exact_curve(tmp
     assert sorted(run.info.run_id for run in children) == sorted(result["member_run_ids"])
     for run in children:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == list(range(EPOCHS))
-    assert len(client.get_metric_history(parent.info.run_id, "val/ensemble_accuracy")) == EPOCHS
+    ensemble_accuracy = client.get_metric_history(parent.info.run_id, "val/ensemble_accuracy")
+    assert len(ensemble_accuracy) == EPOCHS
+    prepared = PreparedData.load(next((tmp_path / "outputs" / "data").iterdir()))
+    model = load_member_model(tmp_path / "outputs" / "runs" / result["run_id"] / "model.keras")
+    log_probs = model.predict_members(prepared.x_val, log_probs=True)
+    accuracy = {
+        m: evaluate_classification(log_probs, prepared.y_val, method=m, log_probs=True)["accuracy"]
+        for m in COMBINERS
+    }
+    assert accuracy["geometric"] != accuracy["mean"]  # these rows tell the combiners apart
+    assert max(ensemble_accuracy, key=lambda m: m.step).value == pytest.approx(accuracy["geometric"])
     assert len(client.get_metric_history(parent.info.run_id, "schedule/lr")) > 0
     assert [f.path for f in client.list_artifacts(parent.info.run_id, "plots")] == [
         "plots/learning_rate.parquet",
