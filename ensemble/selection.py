@@ -12,8 +12,11 @@ validation) instead of one; `bagged_selection` averages the selections of random
 uniform ensemble, the best configuration) by their K-fold cross-validated score over the validation rows, so a
 selection that only fits the rows it chose on loses to the simple ensembles.
 
-Scores (lower is better): `"nll"`, `"brier"`, `"error"` (1 - accuracy) of the combined probabilities, `"rmse"` of the
-combined regression mean. Member predictions: log-probabilities `(K, B, C)` or regression predictions `(K, B)`.
+Metrics: the names in `SCORES`, the metrics of the registry `ensemble.metrics.METRICS` that a selection can
+optimise, scored on the combined probabilities (classification) or the combined mean (regression); the registry says
+which kind of task each is for and which way is better. Every score here is a loss (lower is better): a metric where
+higher is better (accuracy, r2) is minimised as `1 - value` (accuracy as the error rate). Member predictions:
+log-probabilities `(K, B, C)` or regression predictions `(K, B)`.
 """
 
 from __future__ import annotations
@@ -23,45 +26,101 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ensemble.metrics import METRICS, KINDS, higher_is_better, metrics_for, task_kind
 from ensemble.uncertainty import weighted_log_combine
 
-METRICS = ("nll", "accuracy", "brier", "rmse")
-CLASSIFICATION_METRICS = ("nll", "accuracy", "brier")
+
+def _accuracy(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (log_probs.argmax(axis=-1) == y[None]).mean(axis=1)  # (K,)
 
 
-def check_metric(metric: str, task: str) -> str:
-    """`metric` for a task: regression scores only `rmse` (its members have no likelihood of their own)."""
-    if metric not in METRICS:
-        raise ValueError(f"Argument `metric` must be one of {METRICS}. Received: metric={metric!r}")
-    if task == "regression":
-        return "rmse"
-    if metric == "rmse":
+def _nll(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return -log_probs[:, np.arange(log_probs.shape[1]), y].mean(axis=1)  # (K,)
+
+
+def _brier(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    onehot = np.eye(log_probs.shape[-1])[y]  # (B, C)
+    return ((np.exp(log_probs) - onehot[None]) ** 2).sum(axis=-1).mean(axis=1)  # (K,)
+
+
+def _rmse(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.sqrt(((mean - y[None]) ** 2).mean(axis=1))  # (K,)
+
+
+def _mae(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.abs(mean - y[None]).mean(axis=1)  # (K,)
+
+
+def _r2(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
+    residual, total = ((mean - y[None]) ** 2).sum(axis=1), np.sum((y - y.mean()) ** 2)  # (K,), ()
+    if total == 0:  # constant targets: 1 for a perfect fit, else 0, as `ensemble.metrics.r2`
+        return (residual == 0).astype("float64")
+    return 1.0 - residual / total
+
+
+SCORES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "accuracy": _accuracy,
+    "nll": _nll,
+    "brier": _brier,
+    "rmse": _rmse,
+    "mae": _mae,
+    "r2": _r2,
+}
+"""The metrics of `ensemble.metrics.METRICS` a selection can optimise, each vectorised over K candidate ensembles:
+combined log-probabilities `(K, B, C)` (classification) or combined means `(K, B)` (regression), with labels /
+targets `(B,)` -> values `(K,)`, as `ensemble.metrics` computes them (`tests/ensemble/test_selection.py` compares).
+Names, kind of task and direction come from `METRICS`; a metric is selectable by adding its vectorised score here."""
+
+assert set(SCORES) <= set(METRICS), set(SCORES) - set(METRICS)  # names come from the one registry
+
+SELECTION_METRICS: tuple[str, ...] = tuple(name for name in METRICS if name in SCORES)
+"""The selectable metrics, in registry order (derived; edit `SCORES` or `ensemble.metrics.METRICS`)."""
+
+DEFAULT_SELECTION_METRICS = {"classification": "nll", "regression": "rmse"}
+"""The selection metric of each kind of task when none is configured (`sweep.selection_metric: null`)."""
+
+
+def selection_metrics(kind: str) -> tuple[str, ...]:
+    """The selectable metrics of one kind of task (`"classification"` or `"regression"`), in registry order."""
+    return tuple(name for name in metrics_for(kind) if name in SCORES)
+
+
+def check_metric(metric: str | None, task: str) -> str:
+    """The selection metric for `task` (`"binary"`, `"multiclass"` or `"regression"`): `metric`, or the task's
+    default from `DEFAULT_SELECTION_METRICS` when None; raises when `metric` is not selectable or is for the other
+    kind of task, naming the ones that fit."""
+    kind = task_kind(task)
+    if metric is None:
+        return DEFAULT_SELECTION_METRICS[kind]
+    if metric not in SELECTION_METRICS:
         raise ValueError(
-            "Argument `metric='rmse'` is a regression metric; use nll, accuracy or brier for classes."
+            f"Argument `selection_metric` must be one of {SELECTION_METRICS} (or None: the task's default, "
+            f"{DEFAULT_SELECTION_METRICS}). Received: selection_metric={metric!r}"
+        )
+    if METRICS[metric].kind != kind:
+        raise ValueError(
+            f"Argument `selection_metric={metric!r}` is a {METRICS[metric].kind} metric but the data is a {task} "
+            f"task; use one of {selection_metrics(kind)} (or leave it unset: {DEFAULT_SELECTION_METRICS[kind]})."
         )
     return metric
+
+
+def losses(predictions: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
+    """Losses `(K,)` (lower is better) of K candidate ensembles' combined log-probabilities `(K, B, C)` or means
+    `(K, B)`: `metric`'s value, or `1 - value` where higher is better (`ensemble.metrics.METRICS`)."""
+    values = SCORES[metric](predictions, y)  # (K,)
+    return 1.0 - values if higher_is_better(metric) else values
 
 
 def ensemble_loss(
     member_preds: np.ndarray, weights, y: np.ndarray, metric: str, combiner: str = "mean"
 ) -> float:
-    """The score (lower is better) of the `weights`-combined members on `(member_preds, y)`; accuracy as error."""
-    if metric == "rmse":
+    """The loss (lower is better, see `losses`) of the `weights`-combined members on `(member_preds, y)`."""
+    if METRICS[metric].kind == "regression":
         w = np.asarray(weights, "float64") / np.sum(weights)
         mean = np.tensordot(w, member_preds, axes=1)  # (B,)
-        return float(np.sqrt(np.mean((mean - y) ** 2)))
-    return float(candidate_losses(weighted_log_combine(member_preds, weights, combiner)[None], y, metric)[0])
-
-
-def candidate_losses(log_probs: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
-    """Scores of K candidate ensembles' log-probabilities `(K, B, C)` -> `(K,)` (lower is better)."""
-    rows = np.arange(log_probs.shape[1])
-    if metric == "nll":
-        return -log_probs[:, rows, y].mean(axis=1)
-    if metric == "accuracy":
-        return 1.0 - (log_probs.argmax(axis=-1) == y[None]).mean(axis=1)
-    onehot = np.eye(log_probs.shape[-1])[y]  # (B, C)
-    return ((np.exp(log_probs) - onehot[None]) ** 2).sum(axis=-1).mean(axis=1)
+        return float(losses(mean[None], np.asarray(y), metric)[0])
+    return float(losses(weighted_log_combine(member_preds, weights, combiner)[None], y, metric)[0])
 
 
 @dataclass(frozen=True)
@@ -104,7 +163,8 @@ def greedy_selection(
         member_preds: the library's validation predictions: log-probabilities `(K, B, C)`, or `(K, B)` for
             regression (then `metric` must be "rmse").
         y: validation labels / targets `(B,)`.
-        metric: "nll" (default), "accuracy", "brier" or "rmse".
+        metric: a name in `SELECTION_METRICS` of the predictions' kind of task ("nll", the default, "accuracy",
+            "brier"; "rmse", "mae", "r2" for regression).
         rounds: models added in all (None: `max(2 K, 20)`); the best-scoring prefix is kept.
         combiner: how probabilities combine ("mean" or "geometric"), as the predictor will combine them.
         sorted_init: Caruana et al.'s sorted initialisation: first add the models in order of their own validation
@@ -118,11 +178,11 @@ def greedy_selection(
     """
     preds = np.asarray(member_preds, dtype="float64")
     regression = preds.ndim == 2
-    if (metric == "rmse") != regression or metric not in METRICS:
+    kind = KINDS[regression]  # "classification" for log-probabilities (K, B, C), "regression" for (K, B)
+    if metric not in selection_metrics(kind):
         raise ValueError(
-            f"Argument `metric` must be 'rmse' for regression predictions (K, B) and one of "
-            f"{CLASSIFICATION_METRICS} for log-probabilities (K, B, C). Received: metric={metric!r}, "
-            f"shape={preds.shape}"
+            f"Argument `metric` must be one of {selection_metrics(kind)} for {kind} predictions of shape "
+            f"{'(K, B)' if regression else '(K, B, C)'}. Received: metric={metric!r}, shape={preds.shape}"
         )
     if preds.shape[0] < 1 or preds.shape[1] != len(y):
         raise ValueError(f"Expected (K >= 1, B={len(y)}, ...) predictions. Received: shape={preds.shape}")
@@ -172,7 +232,7 @@ def candidate_scores(preds, running, chosen: int, y, metric: str, combiner: str)
     """The score of the current ensemble (`chosen` models, summed in `running`) plus each model `(K,)`."""
     if preds.ndim == 2:  # regression: running = sum of chosen predictions (B,)
         total = preds if running is None else preds + running[None]
-        return np.sqrt((((total / (chosen + 1)) - y[None]) ** 2).mean(axis=1))
+        return losses(total / (chosen + 1), y, metric)  # (K, B) means
     if combiner == "geometric":  # running = sum of chosen log-probabilities (B, C)
         mixed = (preds if running is None else preds + running[None]) / (chosen + 1)
         mixed = mixed - mixed.max(axis=-1, keepdims=True)
@@ -180,7 +240,7 @@ def candidate_scores(preds, running, chosen: int, y, metric: str, combiner: str)
     else:  # running = log of the chosen probabilities' sum (B, C)
         total = preds if running is None else np.logaddexp(preds, running[None])
         log_probs = total - np.log(chosen + 1)
-    return candidate_losses(log_probs, y, metric)
+    return losses(log_probs, y, metric)
 
 
 @dataclass(frozen=True)

@@ -279,13 +279,27 @@ class SweepSection(Section):
     repeats: int = Field(1, ge=1)
     samples: int = Field(8, ge=1)
     seed: int = 0
-    selection_metric: Literal["nll", "accuracy", "brier", "rmse"] = "nll"
+    # A name in `ensemble.selection.SELECTION_METRICS` (the registry's metrics a selection can optimise) of the
+    # data's kind of task; None follows the task (`DEFAULT_SELECTION_METRICS`: nll for classes, rmse for regression).
+    selection_metric: str | None = None
     selection_bags: int = Field(
         20, ge=0
     )  # bagged selection over random halves of the models; 0: plain greedy
     selection_folds: int = Field(
         5, ge=0
     )  # cross-validated choice: selection, uniform or best configuration; 0: the selection
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _selectable_metric(cls, value: str | None) -> str | None:
+        from ensemble.selection import DEFAULT_SELECTION_METRICS, SELECTION_METRICS
+
+        if value is not None and value not in SELECTION_METRICS:
+            raise ValueError(
+                f"unknown selection metric {value!r}; use one of {list(SELECTION_METRICS)}, or null to follow the "
+                f"task ({DEFAULT_SELECTION_METRICS})"
+            )
+        return value
 
     @field_validator("selection_folds")
     @classmethod

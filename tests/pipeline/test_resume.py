@@ -129,6 +129,8 @@ def test_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path):
             np.testing.assert_allclose(wa, wb, atol=1e-6)
     history, expected = (json.loads(Path(r["history_path"]).read_text()) for r in (result, reference))
     assert history["steps"] == expected["steps"] == list(range(1, result["steps"] + 1))  # one LR per step
+    # The cycle ends of the run record (the resumed part's read back from the checkpoint): the schedule's 2.
+    assert history["cycle_ends"] == expected["cycle_ends"] == [result["steps"] // 2, result["steps"]]
     np.testing.assert_array_equal(history["lr"], expected["lr"])
     assert [row["epoch"] for row in history["epochs"]] == [0, 1]
     np.testing.assert_allclose(
