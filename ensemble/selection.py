@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ensemble.metrics import METRICS, KINDS, higher_is_better, metrics_for, task_kind
+from ensemble.metrics import METRICS, higher_is_better, metrics_for, task_kind
 from ensemble.uncertainty import weighted_log_combine
 
 
@@ -178,7 +178,7 @@ def greedy_selection(
     """
     preds = np.asarray(member_preds, dtype="float64")
     regression = preds.ndim == 2
-    kind = KINDS[regression]  # "classification" for log-probabilities (K, B, C), "regression" for (K, B)
+    kind = "regression" if regression else "classification"
     if metric not in selection_metrics(kind):
         raise ValueError(
             f"Argument `metric` must be one of {selection_metrics(kind)} for {kind} predictions of shape "
@@ -390,3 +390,60 @@ def selection_candidates(bags: int, metric: str, combiner: str, groups) -> dict:
         "uniform": lambda preds, y: np.ones(len(preds)),
         "best_configuration": lambda preds, y: best_group(preds, y, groups, metric, combiner),
     }
+
+
+@dataclass(frozen=True)
+class SweepSelection:
+    """The result of `choose_ensemble`: the weights `(K,)` of each ensemble it weighs, and how it chose.
+
+    Attributes:
+        greedy: the plain (unbagged) greedy selection on all models, sorted initialisation (its curve is the one
+            to plot).
+        bagged: the bagged selection, or None without bags.
+        choice: the cross-validated choice, or None without folds (the selection is then registered unchosen).
+        best_configuration: uniform weights over the best configuration's models (`best_group`).
+        metric: the selection metric.
+    """
+
+    greedy: Selection
+    bagged: BaggedSelection | None
+    choice: CrossValidatedChoice | None
+    best_configuration: list[float]
+    metric: str
+
+    @property
+    def chosen(self) -> str:
+        """The registered ensemble: `"selection"`, `"uniform"` or `"best_configuration"`."""
+        return self.choice.chosen if self.choice else "selection"
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The registered ensemble's weights `(K,)`: the cross-validated choice's, else the selection's."""
+        return np.asarray(self.choice.weights if self.choice else (self.bagged or self.greedy).weights)
+
+
+def choose_ensemble(
+    member_preds: np.ndarray,
+    y: np.ndarray,
+    groups,
+    metric: str = "nll",
+    bags: int = 20,
+    folds: int = 5,
+    combiner: str = "mean",
+) -> SweepSelection:
+    """A sweep's ensemble selection: the greedy selection (sorted initialisation), bagged over `bags` random halves
+    of the models unless 0, and with `folds` >= 2 the cross-validated choice between it, the uniform ensemble and
+    the best configuration (`selection_candidates`); `groups[k]` is model k's configuration. Other arguments as
+    `greedy_selection` / `cross_validated_choice`."""
+    greedy = greedy_selection(member_preds, y, metric, combiner=combiner, sorted_init=True)
+    bagged = (
+        bagged_selection(member_preds, y, metric, bags, combiner=combiner, sorted_init=True) if bags else None
+    )
+    candidates = selection_candidates(bags, metric, combiner, groups)
+    choice = (
+        cross_validated_choice(member_preds, y, candidates, metric, folds, combiner=combiner)
+        if folds
+        else None
+    )
+    best = best_group(member_preds, y, groups, metric, combiner)
+    return SweepSelection(greedy, bagged, choice, best.tolist(), metric)

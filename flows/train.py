@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
@@ -252,7 +252,7 @@ def evaluate(
     selection = select_ensemble_task(
         settings, run_id, member_run_ids, data_dir, evaluation, trained, config, run_dir
     )
-    return replace(evaluation, **selection)
+    return replace(evaluation, **asdict(selection))
 
 
 def register(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ensemble.data import DataConfig
 from ensemble.metrics import DEFAULT_METRICS, METRICS, check_combiner, metrics_for, monitor_mode, task_kind
+from ensemble.selection import DEFAULT_SELECTION_METRICS, SELECTION_METRICS
 
 
 class Section(BaseModel):
@@ -292,8 +293,6 @@ class SweepSection(Section):
     @field_validator("selection_metric")
     @classmethod
     def _selectable_metric(cls, value: str | None) -> str | None:
-        from ensemble.selection import DEFAULT_SELECTION_METRICS, SELECTION_METRICS
-
         if value is not None and value not in SELECTION_METRICS:
             raise ValueError(
                 f"unknown selection metric {value!r}; use one of {list(SELECTION_METRICS)}, or null to follow the "

@@ -21,6 +21,7 @@ weighted predictor is the chosen ensemble.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from ensemble.data import PreparedData
 from ensemble.metrics import accuracy, brier, expected_calibration_error, gaussian_nll, mae, nll, r2, rmse
 from ensemble.predictor import EnsemblePredictor
-from ensemble.selection import (
-    bagged_selection,
-    best_group,
-    check_metric,
-    cross_validated_choice,
-    ensemble_loss,
-    greedy_selection,
-    selection_candidates,
-)
+from ensemble.selection import SweepSelection, check_metric, choose_ensemble, ensemble_loss
 from ensemble.snapshots import Snapshots
 from ensemble.uncertainty import weighted_log_combine
 from tasks.config import PipelineConfig
@@ -95,6 +88,109 @@ def library_members(predictor: EnsemblePredictor, trained: Trained) -> list[tupl
     return [(n, "final") for n in range(trained.members)]
 
 
+@dataclass(frozen=True)
+class Selected:
+    """The selection step's result, the fields of `tasks.evaluate.Evaluation` it replaces.
+
+    Attributes:
+        predictor_dir: the saved, weighted predictor of the registered ensemble.
+        value: its test value of the gating metric `evaluation.metric` (what registration compares).
+        selection: the test scores `{"selected", "uniform", "best_configuration": {metric: value}}`.
+    """
+
+    predictor_dir: str
+    value: float
+    selection: dict[str, dict[str, float]]
+
+
+def member_predictions(predictor: EnsemblePredictor, x: np.ndarray) -> np.ndarray:
+    """Every pooled model's predictions of `x`: log-probabilities `(K, B, C)`, or `(K, B)` for regression."""
+    return np.concatenate([g.predict_members(x, log_probs=True) for g in predictor.groups], axis=0)
+
+
+def weighted_ensembles(
+    uniform: EnsemblePredictor, chosen: SweepSelection, prepared: PreparedData
+) -> dict[str, EnsemblePredictor]:
+    """The three ensembles scored on test: `selected` (the registered weights; a regression interval calibrated
+    on validation), `uniform` and `best_configuration`."""
+    selected = EnsemblePredictor(
+        uniform.preprocessor, uniform.groups, uniform.combiner, chosen.weights, None, uniform.interval_level
+    )
+    if prepared.task == "regression":
+        selected.calibrate_interval(prepared.x_val, prepared.y_val)
+    one_hot = np.asarray(chosen.best_configuration)  # (K,) uniform over the best configuration's models
+    best = EnsemblePredictor(uniform.preprocessor, uniform.groups, uniform.combiner, one_hot)
+    return {"selected": selected, "uniform": uniform, "best_configuration": best}
+
+
+def log_parent(
+    tracker: Tracker,
+    run_id: str,
+    chosen: SweepSelection,
+    scores: dict[str, dict[str, float]],
+    best_hyper: dict,
+) -> None:
+    """The parent run's selection metrics, curves and params (see the module)."""
+    prefix, metric = PREFIX, chosen.metric
+    tracker.log_metrics(
+        run_id,
+        {f"{prefix}{name}_test_{k}": v for name, values in scores.items() for k, v in values.items()}
+        | {
+            f"{prefix}members_chosen": float(np.count_nonzero(chosen.weights)),
+            f"{prefix}rounds_kept": float(chosen.greedy.best_round + 1),
+        },
+    )
+    tracker.log_metrics_at_steps(
+        run_id, {r: {f"{prefix}val_{metric}": v} for r, v in enumerate(chosen.greedy.curve)}
+    )
+    if chosen.bagged is not None:  # the average of bags 0..b
+        curve = {b: {f"{prefix}bagged_val_{metric}": v} for b, v in enumerate(chosen.bagged.curve)}
+        tracker.log_metrics_at_steps(run_id, curve)
+    if chosen.choice is not None:
+        tracker.log_metrics(run_id, {f"{prefix}cv_{metric}/{n}": v for n, v in chosen.choice.scores.items()})
+    tracker.log_params(
+        run_id,
+        {
+            f"{prefix}best_configuration": best_hyper,
+            f"{prefix}metric": metric,
+            f"{prefix}chosen": chosen.chosen,
+        },
+    )
+
+
+def selection_rows(
+    keys: list[tuple[int, int | str]],
+    configurations: list[dict],
+    chosen: SweepSelection,
+    val: np.ndarray,
+    y_val: np.ndarray,
+    combiner: str,
+) -> list[dict]:
+    """`selection.json`: each pooled model (`keys[k]` = its member and cycle) with its configuration and
+    hyper-parameters, its own validation loss, its greedy count and its registered weight."""
+    metric, weights = chosen.metric, chosen.weights
+    return [
+        {
+            "model": k,
+            "member": m,
+            "cycle": str(c),
+            **{key: v for key, v in configurations[m].items() if key != "lr_scale"},
+            f"val_{metric}": ensemble_loss(val[[k]], [1.0], y_val, metric, combiner),
+            "count": chosen.greedy.counts[k],
+            "weight": float(weights[k]),
+        }
+        for k, (m, c) in enumerate(keys)
+    ]
+
+
+def best_hyper_parameters(
+    keys: list[tuple[int, int | str]], configurations: list[dict], chosen: SweepSelection
+) -> dict:
+    """The best configuration's hyper-parameters (those of its first model's member, without the repeat)."""
+    first = int(np.flatnonzero(chosen.best_configuration)[0])  # a model of the best configuration
+    return {k: v for k, v in configurations[keys[first][0]].items() if k not in ("repeat", "lr_scale")}
+
+
 @task(name="select-ensemble", retries=1, cache_policy=NO_CACHE)
 def select_ensemble_task(
     settings: TrackingSettings,
@@ -105,101 +201,34 @@ def select_ensemble_task(
     trained: Trained,
     config: PipelineConfig,
     run_dir: str,
-) -> dict:
-    """Select, score and log (see the module); save the selected predictor to `run_dir/selected_predictor`.
-
-    Returns `{"predictor_dir", "value", "selection"}`: the selected predictor and its test value of the gating
-    metric `evaluation.metric` (what registration compares), and the three ensembles' test scores.
-    """
-    logger, tracker = get_run_logger(), Tracker(settings)
+) -> Selected:
+    """Select, score and log (see the module); save the selected predictor to `run_dir/selected_predictor`."""
+    tracker, sweep = Tracker(settings), config.sweep
     prepared = PreparedData.load(data_dir)
     uniform = EnsemblePredictor.load(evaluation.predictor_dir)
-    metric = check_metric(config.sweep.selection_metric, prepared.task)
-    val, test = (
-        np.concatenate([g.predict_members(x, log_probs=True) for g in uniform.groups], axis=0)
-        for x in (prepared.x_val, prepared.x_test)
-    )  # (K, B, C) log-probabilities, or (K, B)
-    y_val, combiner, sweep = prepared.y_val, uniform.combiner, config.sweep
-    selection = greedy_selection(val, y_val, metric, combiner=combiner, sorted_init=True)  # the logged curve
-    bagged = (
-        bagged_selection(val, y_val, metric, sweep.selection_bags, combiner=combiner, sorted_init=True)
-        if sweep.selection_bags
-        else None
-    )
+    metric = check_metric(sweep.selection_metric, prepared.task)
+    val, test = (member_predictions(uniform, x) for x in (prepared.x_val, prepared.x_test))  # (K, B, ...)
     keys = library_members(uniform, trained)
-    configurations = sweep_members(config.sweep, config.optimizer, config.snapshots, config.train)
+    configurations = sweep_members(sweep, config.optimizer, config.snapshots, config.train)
     groups = [configurations[member]["configuration"] for member, _ in keys]  # each model's configuration
-    candidates = selection_candidates(sweep.selection_bags, metric, combiner, groups)
-    choice = (
-        cross_validated_choice(val, y_val, candidates, metric, sweep.selection_folds, combiner=combiner)
-        if sweep.selection_folds
-        else None
+    chosen = choose_ensemble(
+        val, prepared.y_val, groups, metric, sweep.selection_bags, sweep.selection_folds, uniform.combiner
     )
-    chosen = choice.chosen if choice else "selection"
-    weights = np.asarray(choice.weights if choice else (bagged or selection).weights)  # (K,), registered
-    selected = EnsemblePredictor(
-        uniform.preprocessor, uniform.groups, uniform.combiner, weights, None, uniform.interval_level
-    )
-    if prepared.task == "regression":
-        selected.calibrate_interval(prepared.x_val, y_val)
-    one_hot = best_group(val, y_val, groups, metric, combiner)
-    best = groups[int(np.argmax(one_hot))]
-    best_single = EnsemblePredictor(uniform.preprocessor, uniform.groups, uniform.combiner, one_hot)
-
+    ensembles = weighted_ensembles(uniform, chosen, prepared)
     bins = config.evaluation.bins
-    scores = {
-        name: test_scores(p, test, prepared.y_test, bins)
-        for name, p in (("selected", selected), ("uniform", uniform), ("best_configuration", best_single))
-    }
-    tracker.log_metrics(
-        run_id,
-        {f"{PREFIX}{name}_test_{k}": v for name, values in scores.items() for k, v in values.items()}
-        | {
-            f"{PREFIX}members_chosen": float(np.count_nonzero(weights)),
-            f"{PREFIX}rounds_kept": float(selection.best_round + 1),
-        },
-    )
-    tracker.log_metrics_at_steps(
-        run_id, {r: {f"{PREFIX}val_{metric}": v} for r, v in enumerate(selection.curve)}
-    )
-    if bagged is not None:  # the average of bags 0..b
-        curve = {b: {f"{PREFIX}bagged_val_{metric}": v} for b, v in enumerate(bagged.curve)}
-        tracker.log_metrics_at_steps(run_id, curve)
-    if choice is not None:
-        tracker.log_metrics(run_id, {f"{PREFIX}cv_{metric}/{n}": v for n, v in choice.scores.items()})
-    hyper = {
-        k: v
-        for k, v in configurations[keys[groups.index(best)][0]].items()
-        if k not in ("repeat", "lr_scale")
-    }
-    tracker.log_params(
-        run_id,
-        {f"{PREFIX}best_configuration": hyper, f"{PREFIX}metric": metric, f"{PREFIX}chosen": chosen},
-    )
-    rows = [
-        {
-            "model": k,
-            "member": m,
-            "cycle": str(c),
-            **{key: v for key, v in configurations[m].items() if key != "lr_scale"},
-            f"val_{metric}": ensemble_loss(val[[k]], [1.0], y_val, metric, combiner),
-            "count": selection.counts[k],
-            "weight": float(weights[k]),
-        }
-        for k, (m, c) in enumerate(keys)
-    ]
+    scores = {name: test_scores(p, test, prepared.y_test, bins) for name, p in ensembles.items()}
+    log_parent(tracker, run_id, chosen, scores, best_hyper_parameters(keys, configurations, chosen))
+    rows = selection_rows(keys, configurations, chosen, val, prepared.y_val, uniform.combiner)
     tracker.log_table(run_id, rows, "selection.json")
-    member_weight = np.bincount([m for m, _ in keys], weights=weights, minlength=trained.members)
+    member_weight = np.bincount([m for m, _ in keys], weights=chosen.weights, minlength=trained.members)
     for n, member_run in enumerate(member_run_ids):
         tracker.log_metrics(member_run, {f"{PREFIX}weight": float(member_weight[n])})
-    logger.info(
-        f"Ensemble selection on validation {metric} ({sweep.selection_bags or 'no'} bags; registered: {chosen}, "
-        f"{sweep.selection_folds or 'no'} folds): {np.count_nonzero(weights)} of {len(keys)} models weighted; "
-        f"test {metric}: " + ", ".join(f"{name} {values[metric]:.4f}" for name, values in scores.items())
+    get_run_logger().info(
+        f"Ensemble selection on validation {metric} ({sweep.selection_bags or 'no'} bags; registered: "
+        f"{chosen.chosen}, {sweep.selection_folds or 'no'} folds): {np.count_nonzero(chosen.weights)} of "
+        f"{len(keys)} models weighted; test {metric}: "
+        + ", ".join(f"{name} {values[metric]:.4f}" for name, values in scores.items())
     )
-    predictor_dir = selected.save(Path(run_dir) / "selected_predictor")
-    return {
-        "predictor_dir": str(predictor_dir),
-        "value": scores["selected"].get(evaluation.metric, evaluation.value),
-        "selection": scores,
-    }
+    predictor_dir = ensembles["selected"].save(Path(run_dir) / "selected_predictor")
+    value = scores["selected"].get(evaluation.metric, evaluation.value)
+    return Selected(str(predictor_dir), value, scores)

@@ -3,12 +3,20 @@
 import numpy as np
 import pytest
 
+from ensemble import metrics
 from ensemble.selection import (
+    DEFAULT_SELECTION_METRICS,
+    SCORES,
+    SELECTION_METRICS,
     bagged_selection,
     best_group,
+    check_metric,
+    choose_ensemble,
     cross_validated_choice,
     ensemble_loss,
     greedy_selection,
+    losses,
+    selection_candidates,
 )
 
 
@@ -78,7 +86,7 @@ def test_regression_selection_minimises_rmse_of_the_weighted_mean():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"metric": "rmse"}, "must be 'rmse' for regression"),
+        ({"metric": "rmse"}, r"one of \('accuracy', 'nll', 'brier'\) for classification predictions"),
         ({"metric": "auc"}, "metric"),
         ({"rounds": 0}, "rounds"),
     ],
@@ -178,3 +186,82 @@ def test_cross_validated_choice_rejects_bad_arguments(kwargs, match):
     arguments = {"candidates": {"uniform": lambda p, y: np.ones(len(p))}, **kwargs}
     with pytest.raises(ValueError, match=match):
         cross_validated_choice(preds, y, **arguments)
+
+
+def reference_value(metric: str, prediction: np.ndarray, y: np.ndarray) -> float:
+    """`ensemble.metrics`' own value of `metric` for one combined prediction: log-probabilities `(B, C)` or a mean
+    `(B,)`."""
+    if metric == "nll":
+        return metrics.nll(prediction, y, log_probs=True)
+    if metrics.METRICS[metric].kind == "classification":
+        return getattr(metrics, metric)(np.exp(prediction), y)
+    return getattr(metrics, metric)(prediction, y)
+
+
+@pytest.mark.parametrize("metric", SELECTION_METRICS)
+def test_each_selection_score_is_the_registry_metric_and_its_loss_follows_the_registry_direction(metric):
+    log_probs, y = library(members=4, rows=30, seed=8)  # (K, B, C)
+    if metrics.METRICS[metric].kind == "regression":
+        y = np.random.default_rng(8).normal(size=30)
+        predictions = y[None] + np.random.default_rng(9).normal(size=(4, 30)) * np.arange(1, 5)[:, None]
+    else:
+        predictions = log_probs
+    values = [reference_value(metric, p, y) for p in predictions]
+    np.testing.assert_allclose(SCORES[metric](predictions, y), values, atol=1e-12)
+    expected = np.subtract(1.0, values) if metrics.higher_is_better(metric) else values
+    np.testing.assert_allclose(losses(predictions, y, metric), expected, atol=1e-12)
+    best = int(np.argmax(values) if metrics.higher_is_better(metric) else np.argmin(values))
+    assert greedy_selection(predictions, y, metric, rounds=1).order == [best]  # round 1: the best model
+
+
+def test_selection_metrics_are_the_registry_metrics_with_a_score_and_each_kind_has_its_default():
+    assert set(SELECTION_METRICS) == set(SCORES) and set(SCORES) <= set(metrics.METRICS)
+    assert list(SELECTION_METRICS) == [name for name in metrics.METRICS if name in SCORES]  # registry order
+    for kind, default in DEFAULT_SELECTION_METRICS.items():
+        assert metrics.METRICS[default].kind == kind
+
+
+@pytest.mark.parametrize(
+    "metric, task, result",
+    [
+        (None, "binary", "nll"),
+        (None, "regression", "rmse"),
+        ("brier", "multiclass", "brier"),
+        ("mae", "regression", "mae"),
+        (
+            "rmse",
+            "binary",
+            "regression metric but the data is a binary task; use one of ('accuracy', 'nll', 'brier')",
+        ),
+        (
+            "nll",
+            "regression",
+            "classification metric but the data is a regression task; use one of ('rmse', 'mae', ",
+        ),
+        ("ece", "binary", "must be one of ('accuracy', 'nll', 'brier', 'rmse', 'mae', 'r2')"),
+    ],
+)
+def test_check_metric_resolves_the_default_and_names_the_metrics_that_fit_the_task(metric, task, result):
+    if result in metrics.METRICS:
+        assert check_metric(metric, task) == result
+    else:
+        with pytest.raises(ValueError) as raised:
+            check_metric(metric, task)
+        assert result in str(raised.value)
+
+
+def test_choose_ensemble_registers_the_cross_validated_choice_or_without_folds_the_selection():
+    preds, y = library(members=6, rows=60, seed=6)
+    groups = [0, 0, 1, 1, 2, 2]
+    chosen = choose_ensemble(preds, y, groups, bags=4, folds=3)
+    choice = cross_validated_choice(preds, y, selection_candidates(4, "nll", "mean", groups), folds=3)
+    assert chosen.chosen == choice.chosen and chosen.choice.scores == choice.scores
+    np.testing.assert_allclose(chosen.weights, choice.weights)
+    np.testing.assert_allclose(chosen.best_configuration, best_group(preds, y, groups))
+    assert chosen.greedy == greedy_selection(preds, y, sorted_init=True)
+    unchosen = choose_ensemble(preds, y, groups, bags=4, folds=0)
+    assert unchosen.chosen == "selection" and unchosen.choice is None
+    np.testing.assert_allclose(unchosen.weights, bagged_selection(preds, y, bags=4, sorted_init=True).weights)
+    plain = choose_ensemble(preds, y, groups, bags=0, folds=0)
+    assert plain.bagged is None
+    np.testing.assert_allclose(plain.weights, greedy_selection(preds, y, sorted_init=True).weights)

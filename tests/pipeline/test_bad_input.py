@@ -100,6 +100,15 @@ TRAIN_ERRORS = {
         lambda tmp: {"evaluation.metric": "rmse"},
         r"evaluation\.metric='rmse' is a regression metric but the data is a multiclass task; use accuracy",
     ),
+    "selection_metric_for_the_other_task": (
+        lambda tmp: {
+            "model.members": 2,
+            "sweep.learning_rate": [0.01, 0.02],
+            "sweep.selection_metric": "rmse",
+        },
+        r"`selection_metric='rmse'` is a regression metric but the data is a multiclass task; use one of "
+        r"\('accuracy', 'nll', 'brier'\) \(or leave it unset: nll\)",
+    ),
     "batch_larger_than_training_rows": (
         lambda tmp: {"train.batch_size": 1000, "snapshots.enabled": False},
         r"`x_train` has 124 rows, fewer than batch_size=1000",

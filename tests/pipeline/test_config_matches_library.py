@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from ensemble.data import DataConfig
 from ensemble.fused import FusedMLP
 from ensemble.growth_rounds import GrowthConfig
-from ensemble.metrics import evaluate_classification
+from ensemble.metrics import METRICS, evaluate_classification
 from ensemble.schedules import SGDRSchedule
+from ensemble.selection import check_metric
 from ensemble.snapshots import SnapshotCollector
 from ensemble.train import TrainConfig
 from tasks.config import (
@@ -31,6 +32,7 @@ from tasks.config import (
     ModelSection,
     Section,
     SnapshotSection,
+    SweepSection,
     TrainSection,
 )
 
@@ -220,3 +222,16 @@ def test_drift_is_detected_on_a_section_with_another_default_and_bound():
     drifted = Pairing(DriftedGrowth, "growth", pairing.library, pairing.fields, pairing.build)
     assert disagreements(drifted, "noise") == ["default 0.001 vs the library's 0.01"]
     assert disagreements(drifted, "patience") == ["0 accepted by the library only"]
+
+
+@pytest.mark.parametrize("metric", [None, *METRICS, "nonsense"])
+def test_sweep_selection_metric_accepts_exactly_what_the_selection_accepts_for_some_task(metric):
+    """`sweep.selection_metric` and `ensemble.selection.check_metric` agree: both take their names from the
+    registry `ensemble.metrics.METRICS` (the task, known after parsing, then picks among them)."""
+    by_library = any(
+        accepted(lambda task=task: check_metric(metric, task)) for task in ("binary", "regression")
+    )
+    by_section = accepted(lambda: SweepSection(learning_rate=[0.01], selection_metric=metric))
+    assert by_section == by_library, (
+        f"selection_metric={metric!r}: section {by_section}, library {by_library}"
+    )

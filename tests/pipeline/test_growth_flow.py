@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from ensemble.data import PreparedData
 from ensemble.fused import FusedMLP
 from ensemble.growth_rounds import GrowthConfig, grow_rounds, round_stop_epoch
+from ensemble.member_model import load_member_model
+from ensemble.metrics import COMBINERS, evaluate_classification
 from ensemble.predictor import EnsemblePredictor
 from ensemble.train import TrainConfig, schedule_cycle_ends
 from flows.train import train_flow
@@ -91,10 +93,28 @@ def test_growth_worse_on_validation_registers_the_pre_growth_ensemble_and_says_w
 
 @pytest.mark.usefixtures("prefect_api")
 def test_growth_not_worse_on_validation_registers_the_grown_ensemble(tmp_path, tracking):
-    config = growth_config(tmp_path, **{"model.hidden_units": [2], "growth.max_rounds": 2})
-    result = train_flow(config, tracking)
+    """... growth monitoring the ensemble's accuracy, its members combined by `evaluation.combiner`."""
+    overrides = {
+        "model.hidden_units": [2],
+        "growth.max_rounds": 2,
+        "growth.monitor": "val_ensemble_accuracy",
+        "evaluation.combiner": "geometric",
+    }
+    result = train_flow(growth_config(tmp_path, **overrides), tracking)
     client = MlflowClient(tracking.tracking_uri, tracking.tracking_uri)
     parent = client.get_run(result["run_id"])
+    prepared = PreparedData.load(next((tmp_path / "outputs" / "data").iterdir()))
+    model = load_member_model(tmp_path / "outputs" / "runs" / result["run_id"] / "model.keras")  # pre-growth
+    log_probs = model.predict_members(prepared.x_val, log_probs=True)
+    accuracy = {
+        m: evaluate_classification(log_probs, prepared.y_val, method=m, log_probs=True)["accuracy"]
+        for m in COMBINERS
+    }
+    print("GROWTH", accuracy, parent.data.tags["growth_outcome"], parent.data.tags["growth_reason"])
+    (start, *_) = sorted(
+        client.get_metric_history(parent.info.run_id, "growth/val_start"), key=lambda m: m.step
+    )
+    assert start.value == pytest.approx(accuracy["geometric"])
 
     assert parent.data.tags["growth_outcome"] == "grown", parent.data.tags["growth_reason"]
     predictor = EnsemblePredictor.load(result["predictor_dir"])
