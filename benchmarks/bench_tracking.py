@@ -32,6 +32,7 @@ store) are printed.
     .venv/bin/python benchmarks/bench_tracking.py                  # 10 and 30 epochs + the 100,000-row run
     .venv/bin/python benchmarks/bench_tracking.py --repeats 3      # 3 interleaved rounds, medians
     .venv/bin/python benchmarks/bench_tracking.py --quick          # 20 members, 5 epochs; 20,000 rows, 2 epochs
+    .venv/bin/python benchmarks/bench_tracking.py --repeats 0      # the 100,000-row store growth only
 """
 
 from __future__ import annotations
