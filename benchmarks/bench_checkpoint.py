@@ -25,9 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ensemble.checkpoint import EpochCheckpoint, OnDisk  # noqa: E402
-from ensemble.fused import FusedMLP  # noqa: E402
-from ensemble.snapshots import SnapshotCollector  # noqa: E402
+from ensemble.model.fused import FusedMLP  # noqa: E402
+from ensemble.snapshots.collector import SnapshotCollector  # noqa: E402
+from ensemble.training.checkpoint import EpochCheckpoint, OnDisk  # noqa: E402
 
 
 class Rewriting(EpochCheckpoint):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ensemble import compare  # noqa: E402
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
-from ensemble.plots import plot_accuracy_vs_flops  # noqa: E402
+from ensemble.evaluation import compare  # noqa: E402
+from ensemble.evaluation.plots import plot_accuracy_vs_flops  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -3,7 +3,7 @@
 Workload (seed 000): 10,000 rows x 30 features, binary target, N in {5, 50} MLPs with two tanh hidden layers of
 H in {10, 100} units, batch size 1, Adam, one epoch. Compared:
 
-    (a) fused engine: `ensemble.train.fit` on a `FusedMLP`, default `jit_compile="auto"` (XLA), and (a') the same
+    (a) fused engine: `ensemble.training.train.fit` on a `FusedMLP`, default `jit_compile="auto"` (XLA), and (a') the same
         as a plain TensorFlow graph (`jit_compile=False`); tracing / XLA compilation timed separately, on a warm-up
         call;
     (b) N separate `keras.Sequential.fit(batch_size=1)`, timed on a few members and rows, scaled;
@@ -37,9 +37,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ensemble.fused import FusedMLP  # noqa: E402
-from ensemble.optimizers import apply_gradients  # noqa: E402
-from ensemble.train import TrainConfig, compiled_steps, epoch_indices, fit, member_losses  # noqa: E402
+from ensemble.model.fused import FusedMLP  # noqa: E402
+from ensemble.optim.optimizers import apply_gradients  # noqa: E402
+from ensemble.training.train import TrainConfig, compiled_steps, epoch_indices, fit, member_losses  # noqa: E402
 
 ROWS, FEATURES, LR = 10_000, 30, 1e-3
 STEPS_PER_CALL = 1000

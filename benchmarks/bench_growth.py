@@ -17,7 +17,7 @@ Writes `--out` (a list of rows per data set and strategy: `dataset`, `strategy`,
 `sweep_best_test_accuracy`, `grown_train_flops`, `sweep_train_flops`, `grown_final_widths`, `sweep_best_width`,
 ratios and `per_seed` values, the sweep's runs and growth's rounds included) and `--plot` (test accuracy against
 cumulative training FLOPs: growth's path vs every width of the sweep). Test accuracy is the ensemble's (mean of
-member probabilities); FLOPs are `3 * forward FLOPs * samples` (`ensemble.flops.training_flops`).
+member probabilities); FLOPs are `3 * forward FLOPs * samples` (`ensemble.model.flops.training_flops`).
 
     .venv/bin/python benchmarks/bench_growth.py                      # the README's figures (about 20 min here)
     .venv/bin/python benchmarks/bench_growth.py --datasets digits --seeds 0 --strategies splitting
@@ -42,11 +42,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from ensemble import train  # noqa: E402
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
-from ensemble.flops import ensemble_flops, training_flops  # noqa: E402
-from ensemble.fused import FusedMLP  # noqa: E402
-from ensemble.growth_rounds import GrowthConfig, grow_rounds  # noqa: E402
+from ensemble.growth.rounds import GrowthConfig, grow_rounds  # noqa: E402
+from ensemble.model.flops import ensemble_flops, training_flops  # noqa: E402
+from ensemble.model.fused import FusedMLP  # noqa: E402
+from ensemble.training import train  # noqa: E402
 
 tf.get_logger().setLevel(
     "ERROR"

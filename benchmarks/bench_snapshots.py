@@ -30,13 +30,17 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
-from ensemble.fused import FusedMLP  # noqa: E402
-from ensemble.keras_snapshot import SnapshotEnsembleCallback, load_snapshots, predict_ensemble  # noqa: E402
-from ensemble.metrics import accuracy  # noqa: E402
-from ensemble.plots import plot_learning_rate  # noqa: E402
-from ensemble.schedules import SGDRSchedule  # noqa: E402
-from ensemble.snapshots import SnapshotCollector  # noqa: E402
-from ensemble.train import TrainConfig, fit  # noqa: E402
+from ensemble.evaluation.metrics import accuracy  # noqa: E402
+from ensemble.evaluation.plots import plot_learning_rate  # noqa: E402
+from ensemble.model.fused import FusedMLP  # noqa: E402
+from ensemble.optim.schedules import SGDRSchedule  # noqa: E402
+from ensemble.snapshots.collector import SnapshotCollector  # noqa: E402
+from ensemble.snapshots.keras_snapshot import (  # noqa: E402
+    SnapshotEnsembleCallback,
+    load_snapshots,
+    predict_ensemble,
+)
+from ensemble.training.train import TrainConfig, fit  # noqa: E402
 
 
 class TimedCollector(SnapshotCollector):

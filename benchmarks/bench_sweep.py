@@ -44,16 +44,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
-from ensemble.fused import FusedMLP  # noqa: E402
-from ensemble.selection import (  # noqa: E402
+from ensemble.evaluation.selection import (  # noqa: E402
     best_group,
     cross_validated_choice,
     ensemble_loss,
     greedy_selection,
     selection_candidates,
 )
-from ensemble.sweep import SweepConfig, member_settings  # noqa: E402
-from ensemble.train import TrainConfig, fit  # noqa: E402
+from ensemble.model.fused import FusedMLP  # noqa: E402
+from ensemble.training.sweep import SweepConfig, member_settings  # noqa: E402
+from ensemble.training.train import TrainConfig, fit  # noqa: E402
 
 BASE_LR = 1e-3
 LEARNING_RATES = [float(v) for v in np.geomspace(3e-4, 3e-2, 8)]

@@ -1,9 +1,9 @@
 """The deployable ensemble: the training-time preprocessing + member networks + combiner; raw rows in, answers out.
 
-A predictor holds one or more member-model groups (`ensemble.member_model`, e.g. `FusedMLP`s; a group per
+A predictor holds one or more member-model groups (`ensemble.model.member_model`, e.g. `FusedMLP`s; a group per
 architecture: e.g. the final members, or snapshots taken before and after a growth round) whose members are all
 pooled into one ensemble. Member predictions are concatenated along the member axis and combined with
-`ensemble.metrics.combine`, or with a weight per member (an ensemble selection, `ensemble.selection`). Every
+`ensemble.evaluation.metrics.combine`, or with a weight per member (an ensemble selection, `ensemble.evaluation.selection`). Every
 answer carries its uncertainty (`ensemble.uncertainty`).
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ensemble.data import DataError, Preprocessor
-from ensemble.member_model import MemberModel, load_member_model
-from ensemble.metrics import COMBINERS, combine, combine_regression
+from ensemble.evaluation.metrics import COMBINERS, combine, combine_regression
+from ensemble.model.member_model import MemberModel, load_member_model
 from ensemble.uncertainty import (
     check_weights,
     classification_uncertainty,

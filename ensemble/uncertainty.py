@@ -22,7 +22,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ensemble.metrics import LOG_COMBINERS, check_combiner
+from ensemble.evaluation.metrics import LOG_COMBINERS, check_combiner
 
 UNCERTAINTY_COLUMNS = ("predictive_entropy", "mean_member_entropy", "mutual_information", "disagreement")
 
@@ -48,8 +48,8 @@ def check_weights(weights, members: int) -> np.ndarray:
 def weighted_log_combine(log_probs: np.ndarray, weights, method: str = "mean") -> np.ndarray:
     """Ensemble log-probabilities `(B, C)` of member log-probabilities `(K, B, C)` with weights `(K,)`.
 
-    `"mean"`: log sum_k w_k p_k; `"geometric"`: the normalised sum_k w_k log p_k (`ensemble.metrics.LOG_COMBINERS`,
-    the combiners of `ensemble.metrics.combine`, given the weights).
+    `"mean"`: log sum_k w_k p_k; `"geometric"`: the normalised sum_k w_k log p_k (`ensemble.evaluation.metrics.LOG_COMBINERS`,
+    the combiners of `ensemble.evaluation.metrics.combine`, given the weights).
     """
     check_combiner(method, "method")
     log_probs = np.asarray(log_probs, dtype="float64")

@@ -315,7 +315,7 @@ def summary(result: dict, settings: TrackingSettings | None = None) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    from ensemble.metrics import METRICS  # the metrics a version is judged on, in registry order
+    from ensemble.evaluation.metrics import METRICS  # the metrics a version is judged on, in registry order
 
     metrics, best = result["metrics"], result.get("best_member") or {}
     keys = [k for k in METRICS if k in metrics]

@@ -39,7 +39,7 @@ def compare_flow(
     Args:
         config: the pipeline config; `model` defines the ensemble, `train`/`optimizer` how every candidate trains.
         tracking: MLflow settings (default: `mlflow.yaml` + environment).
-        grid: `ensemble.compare.CompareConfig` fields to also run the widths x members grid (None: skip).
+        grid: `ensemble.evaluation.compare.CompareConfig` fields to also run the widths x members grid (None: skip).
     """
     logger = get_run_logger()
     settings = tracking or TrackingSettings.load()

@@ -26,8 +26,8 @@ from prefect.runtime import flow_run, task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import ensemble.tensorflow_quietly  # noqa: F401  (first: a worker's flow run prints none of TF's native notes)
-from ensemble.selection import check_metric
-from ensemble.shards import shard_ranges
+from ensemble.evaluation.selection import check_metric
+from ensemble.training.shards import shard_ranges
 from tasks.config import PipelineConfig, RunnerSection
 from tasks.data import log_data_task, prepare_data_task
 from tasks.describe import parent_description, run_title

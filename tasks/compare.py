@@ -9,12 +9,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ensemble.compare import CompareConfig, rows_to_markdown, run_comparison
 from ensemble.data import PreparedData
-from ensemble.flops import ensemble_flops, equal_flops_width
-from ensemble.fused import FusedMLP
-from ensemble.plots import plot_accuracy_vs_flops
-from ensemble.train import fit
+from ensemble.evaluation.compare import CompareConfig, rows_to_markdown, run_comparison
+from ensemble.evaluation.plots import plot_accuracy_vs_flops
+from ensemble.model.flops import ensemble_flops, equal_flops_width
+from ensemble.model.fused import FusedMLP
+from ensemble.training.train import fit
 from tasks.config import EvaluationSection, ModelSection, OptimizerSection, TrainSection
 from tasks.describe import compare_verdict, table_markdown
 from tasks.evaluate import score
@@ -176,7 +176,7 @@ def summarize_comparison_task(
 
 @task(name="comparison-grid", cache_policy=NO_CACHE)
 def grid_task(settings: TrackingSettings, run_id: str, data_dir: str, grid: dict, run_dir: str) -> list[dict]:
-    """Kondratyuk-style grid (`ensemble.compare.run_comparison`): widths x members + equal-FLOPs singles."""
+    """Kondratyuk-style grid (`ensemble.evaluation.compare.run_comparison`): widths x members + equal-FLOPs singles."""
     rows = run_comparison(PreparedData.load(data_dir), CompareConfig(**grid))
     tracker = Tracker(settings)
     tracker.log_table(

@@ -13,8 +13,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ensemble.data import DataConfig
-from ensemble.metrics import DEFAULT_METRICS, METRICS, check_combiner, metrics_for, monitor_mode, task_kind
-from ensemble.selection import DEFAULT_SELECTION_METRICS, SELECTION_METRICS
+from ensemble.evaluation.metrics import (
+    DEFAULT_METRICS,
+    METRICS,
+    check_combiner,
+    metrics_for,
+    monitor_mode,
+    task_kind,
+)
+from ensemble.evaluation.selection import DEFAULT_SELECTION_METRICS, SELECTION_METRICS
 
 
 class Section(BaseModel):
@@ -38,7 +45,7 @@ PIPELINE_CHOICES: dict[str, str] = {
 """Every default or bound of a section that deliberately differs from the library argument it feeds, and why.
 
 Every other field that a section shares with a library config (`ensemble.data.DataConfig`, `FusedMLP`,
-`TrainConfig`, `SGDRSchedule`, `SnapshotCollector`, `GrowthConfig`, `ensemble.metrics`) has the library's default
+`TrainConfig`, `SGDRSchedule`, `SnapshotCollector`, `GrowthConfig`, `ensemble.evaluation.metrics`) has the library's default
 and accepts exactly the values the library accepts: `tests/pipeline/test_config_matches_library.py` compares them
 and fails on any difference not listed here (and on an entry here that no longer differs)."""
 
@@ -77,7 +84,7 @@ class DataSection(Section):
 
 
 class ModelSection(Section):
-    """The member architecture (see `ensemble.fused.FusedMLP`)."""
+    """The member architecture (see `ensemble.model.fused.FusedMLP`)."""
 
     members: int = Field(8, ge=1, le=100_000)  # the cap is the pipeline's own (FusedMLP takes any N >= 1)
     hidden_units: list[int] = Field(default_factory=lambda: [32, 32])
@@ -122,14 +129,16 @@ class OptimizerSection(Section):
 
 
 class TrainSection(Section):
-    """The fused training loop (see `ensemble.train.TrainConfig`)."""
+    """The fused training loop (see `ensemble.training.train.TrainConfig`)."""
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(1, ge=1)
     bagging: bool = False
     seed: int = 0
     steps_per_call: int = Field(1000, ge=1)
-    jit_compile: bool | Literal["auto"] = "auto"  # XLA where it compiles (see `ensemble.train.XlaFunction`)
+    jit_compile: bool | Literal["auto"] = (
+        "auto"  # XLA where it compiles (see `ensemble.training.train.XlaFunction`)
+    )
     # Pipeline-only (not `TrainConfig` arguments): members per shard, each shard trained by its own task on the
     # `runner` (None: one task trains all members); the Keras dtype policy the members are built with.
     members_per_shard: int | None = Field(None, ge=1)
@@ -224,7 +233,7 @@ class SnapshotSection(Section):
 
 
 class GrowthSection(Section):
-    """Plateau-triggered, function-preserving neuron splitting (see `ensemble.growth`, `ensemble.growth_rounds`).
+    """Plateau-triggered, function-preserving neuron splitting (see `ensemble.growth.split`, `ensemble.growth.rounds`).
 
     With snapshots on (SGDR), rounds end at cycle ends: `patience` counts cycles and `epochs_per_round` is extended
     to the next cycle end; without them `anneal_epochs` ends every round with a cosine anneal. Growth stops at
@@ -235,7 +244,7 @@ class GrowthSection(Section):
 
     enabled: bool = False
     epochs_per_round: int = Field(20, ge=1)  # cap; a plateau usually ends a round sooner
-    monitor: str = "val_accuracy"  # a name in `ensemble.metrics.EPOCH_SCORES`
+    monitor: str = "val_accuracy"  # a name in `ensemble.evaluation.metrics.EPOCH_SCORES`
     min_delta: float = Field(0.005, ge=0)  # a pipeline choice (`PIPELINE_CHOICES`), as the next three marked
     patience: int = Field(2, ge=0)  # epochs, or cycles with SGDR (0 acts as 1, as in Keras' EarlyStopping)
     max_width: int = Field(256, ge=1)
@@ -264,13 +273,13 @@ class GrowthSection(Section):
 
 
 class SweepSection(Section):
-    """Per-member hyper-parameters in one fused run (see `ensemble.sweep`): a grid (every combination of the lists)
+    """Per-member hyper-parameters in one fused run (see `ensemble.training.sweep`): a grid (every combination of the lists)
     or `kind: random` (`samples` draws; a parameter is a list of choices or `{low, high, log}`), each configuration
     trained by `repeats` members. The run then has configurations x `repeats` members (`model.members` follows;
     setting it to another number is an error). `learning_rate` replaces SGDR's `lr_init` (`lr_min` scales with it)
     or, without snapshots, `optimizer.learning_rate`. `selection_metric`: the validation metric of the greedy
     ensemble selection, `selection_bags` its bags, `selection_folds` the validation folds that choose between it,
-    the uniform ensemble and the best configuration (0: register the selection unchosen; `ensemble.selection`)."""
+    the uniform ensemble and the best configuration (0: register the selection unchosen; `ensemble.evaluation.selection`)."""
 
     kind: Literal["grid", "random"] = "grid"
     learning_rate: list[float] | dict[str, float | bool] | None = None
@@ -280,7 +289,7 @@ class SweepSection(Section):
     repeats: int = Field(1, ge=1)
     samples: int = Field(8, ge=1)
     seed: int = 0
-    # A name in `ensemble.selection.SELECTION_METRICS` (the registry's metrics a selection can optimise) of the
+    # A name in `ensemble.evaluation.selection.SELECTION_METRICS` (the registry's metrics a selection can optimise) of the
     # data's kind of task; None follows the task (`DEFAULT_SELECTION_METRICS`: nll for classes, rmse for regression).
     selection_metric: str | None = None
     selection_bags: int = Field(
@@ -313,7 +322,7 @@ class SweepSection(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_coupling_options(cls, data: Any) -> Any:
-        from ensemble.sweep import COUPLING, check_values
+        from ensemble.training.sweep import COUPLING, check_values
 
         for name in COUPLING:
             if isinstance(data, dict) and name in data:
@@ -322,24 +331,22 @@ class SweepSection(Section):
 
     @model_validator(mode="after")
     def _valid_space(self) -> SweepSection:
-        self.library_config()  # `ensemble.sweep.SweepConfig`'s checks: empty lists, negative values...
+        self.library_config()  # `ensemble.training.sweep.SweepConfig`'s checks: empty lists, negative values...
         return self
 
     def library_config(self):
-        """The `ensemble.sweep.SweepConfig` of this section."""
-        from ensemble.sweep import SWEEPABLE, SweepConfig
+        """The `ensemble.training.sweep.SweepConfig` of this section."""
+        from ensemble.training.sweep import SWEEPABLE, SweepConfig
 
         space = {name: getattr(self, name) for name in SWEEPABLE if getattr(self, name) is not None}
         return SweepConfig(space, self.kind, self.samples, self.repeats, self.seed)
 
 
 class EvaluationSection(Section):
-    """How the ensemble is scored: combiners and metrics come from the registries `ensemble.metrics.LOG_COMBINERS`
-    and `ensemble.metrics.METRICS` (names, kind of task, direction)."""
+    """How the ensemble is scored: combiners and metrics come from the registries `ensemble.evaluation.metrics.LOG_COMBINERS`
+    and `ensemble.evaluation.metrics.METRICS` (names, kind of task, direction)."""
 
-    combiner: str = (
-        "mean"  # a name in `ensemble.metrics.COMBINERS`; for class probabilities (regression: mean)
-    )
+    combiner: str = "mean"  # a name in `ensemble.evaluation.metrics.COMBINERS`; for class probabilities (regression: mean)
     bins: int = Field(15, ge=1)
     # The test metric that decides whether a new model version becomes champion; None follows the task
     # (`DEFAULT_METRICS`: accuracy for classes, rmse for regression), resolved by `for_task` once it is known.

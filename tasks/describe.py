@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ensemble.metrics import METRICS
+from ensemble.evaluation.metrics import METRICS
 from tasks.config import PipelineConfig
 
 KEY_METRICS = (

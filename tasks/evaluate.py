@@ -11,10 +11,17 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
-from ensemble.fused import load_fused
-from ensemble.metrics import evaluate_classification, evaluate_regression, mae, member_metrics, r2, rmse
+from ensemble.evaluation.metrics import (
+    evaluate_classification,
+    evaluate_regression,
+    mae,
+    member_metrics,
+    r2,
+    rmse,
+)
+from ensemble.model.fused import load_fused
 from ensemble.predictor import EnsemblePredictor
-from ensemble.snapshots import Snapshots
+from ensemble.snapshots.collector import Snapshots
 from tasks.config import EvaluationSection
 from tasks.tracking import TEST_PREFIX, Tracker, TrackingSettings
 

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 
 from ensemble.data import PreparedData
-from ensemble.fused import FusedMLP, member_seed
-from ensemble.schedules import SGDRSchedule
-from ensemble.train import TrainConfig
+from ensemble.model.fused import FusedMLP, member_seed
+from ensemble.optim.schedules import SGDRSchedule
+from ensemble.training.train import TrainConfig
 from tasks.config import ModelSection, OptimizerSection, SnapshotSection, TrainSection
 
 # Seed 002's parameter names, shared by `SnapshotSection` and `SGDRSchedule.from_epochs`.
@@ -108,7 +108,7 @@ def dtype_policy(name: str | None) -> Iterator[None]:
 
 
 def data_order(train: TrainSection, member_offset: int, members: int) -> dict:
-    """What a member's data order depends on (`ensemble.train.epoch_indices`); stored in every checkpoint."""
+    """What a member's data order depends on (`ensemble.training.train.epoch_indices`); stored in every checkpoint."""
     return {
         "seed": train.seed,
         "bagging": train.bagging,

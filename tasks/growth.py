@@ -1,7 +1,7 @@
 """Prefect task of the growth step: continue training from the trained checkpoint, splitting units at plateaus.
 
 Growth can make a model worse. The task passes the grown model on (to evaluation and registration) only when it is
-not worse on validation than the model growth started from (`ensemble.growth_rounds.grown_is_not_worse`, by
+not worse on validation than the model growth started from (`ensemble.growth.rounds.grown_is_not_worse`, by
 `growth.monitor`); otherwise it passes the pre-growth model on. Either way it says so: the parent run's tags
 `growth_outcome` (`grown` or `pre-growth`) and `growth_reason`, and the Prefect log.
 """
@@ -17,12 +17,18 @@ import keras
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from ensemble.checkpoint import load_checkpoint, save_checkpoint
 from ensemble.data import PreparedData
-from ensemble.growth_rounds import GrowthConfig, GrowthRound, grow_rounds, grown_is_not_worse, split_rows
-from ensemble.progress import EpochProgress, format_epoch
-from ensemble.record import RunRecord, RunRecorder
-from ensemble.train import schedule_cycle_ends
+from ensemble.growth.rounds import (
+    GrowthConfig,
+    GrowthRound,
+    grow_rounds,
+    grown_is_not_worse,
+    split_rows,
+)
+from ensemble.training.checkpoint import load_checkpoint, save_checkpoint
+from ensemble.training.progress import EpochProgress, format_epoch
+from ensemble.training.record import RunRecord, RunRecorder
+from ensemble.training.train import schedule_cycle_ends
 from tasks.config import GrowthSection, TrainSection
 from tasks.factories import train_config
 from tasks.lr_curve import growth_epochs, log_growth_learning_rate

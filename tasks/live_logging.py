@@ -18,9 +18,9 @@ import numpy as np
 from mlflow.entities import Metric
 from mlflow.utils.time import get_current_time_millis
 
-from ensemble.fused import member_seed
-from ensemble.record import RunRecord
-from ensemble.snapshots import SnapshotCollector
+from ensemble.model.fused import member_seed
+from ensemble.snapshots.collector import SnapshotCollector
+from ensemble.training.record import RunRecord
 from tasks.config import ModelSection, OptimizerSection, SnapshotSection, SweepSection, TrainSection
 from tasks.lr_curve import kept_points, lr_metrics
 from tasks.tracking import Tracker
@@ -80,7 +80,7 @@ def member_params(
 def sweep_members(
     sweep: SweepSection | None, optimizer: OptimizerSection, snapshots: SnapshotSection, train: TrainSection
 ) -> list[dict] | None:
-    """Each member's configuration of the sweep (`ensemble.sweep.SweepConfig.expand`), or None without one. The
+    """Each member's configuration of the sweep (`ensemble.training.sweep.SweepConfig.expand`), or None without one. The
     swept learning rate replaces SGDR's `lr_init` (snapshots on) or `optimizer.learning_rate`."""
     if sweep is None:
         return None

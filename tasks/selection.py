@@ -1,6 +1,6 @@
 """Prefect task of a sweep's selection step: choose the registered ensemble from the swept members on validation.
 
-Greedy forward selection with replacement (Caruana et al. 2004; `ensemble.selection`) from a sorted
+Greedy forward selection with replacement (Caruana et al. 2004; `ensemble.evaluation.selection`) from a sorted
 initialisation (the best k models on validation, k chosen on validation), bagged over random halves of the models
 unless `sweep.selection_bags` is 0, over the evaluated ensemble's members (each member's final weights, or its
 snapshots), on `sweep.selection_metric` of the validation split. Beside it, two fixed ensembles: the uniform
@@ -29,10 +29,19 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
-from ensemble.metrics import accuracy, brier, expected_calibration_error, gaussian_nll, mae, nll, r2, rmse
+from ensemble.evaluation.metrics import (
+    accuracy,
+    brier,
+    expected_calibration_error,
+    gaussian_nll,
+    mae,
+    nll,
+    r2,
+    rmse,
+)
+from ensemble.evaluation.selection import SweepSelection, check_metric, choose_ensemble, ensemble_loss
 from ensemble.predictor import EnsemblePredictor
-from ensemble.selection import SweepSelection, check_metric, choose_ensemble, ensemble_loss
-from ensemble.snapshots import Snapshots
+from ensemble.snapshots.collector import Snapshots
 from ensemble.uncertainty import weighted_log_combine
 from tasks.config import PipelineConfig
 from tasks.evaluate import Evaluation

@@ -16,10 +16,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ensemble.data import PreparedData
-from ensemble.fused import load_fused
-from ensemble.metrics import check_combiner
+from ensemble.evaluation.metrics import check_combiner
+from ensemble.model.fused import load_fused
 from ensemble.predictor import stack_weight_sets
-from ensemble.snapshots import Snapshots
+from ensemble.snapshots.collector import Snapshots
 from tasks.config import SnapshotSection
 from tasks.tracking import Tracker, TrackingSettings
 from tasks.trained import Trained
@@ -38,7 +38,7 @@ def collect_snapshots_task(
 ) -> str:
     """Stack the kept snapshots into one fused model `(N x M members)`; returns its `.keras` path.
 
-    `combiner`: a name in `ensemble.metrics.COMBINERS` (`evaluation.combiner`), for the validation curve.
+    `combiner`: a name in `ensemble.evaluation.metrics.COMBINERS` (`evaluation.combiner`), for the validation curve.
     """
     check_combiner(combiner, "combiner")
     tracker = Tracker(settings)

@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
 from mlflow.utils.time import get_current_time_millis
 
-from ensemble.plots import plot_learning_rate
+from ensemble.evaluation.plots import plot_learning_rate
 from tasks.sqlite_wal import use_wal
 
 SETTINGS_FILE_ENV = "ENSEMBLE_MLFLOW_CONFIG"

@@ -23,14 +23,14 @@ from mlflow.utils.time import get_current_time_millis
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from ensemble.checkpoint import EpochCheckpoint, has_checkpoint, load_checkpoint, load_record
 from ensemble.data import PreparedData
-from ensemble.fused import FusedMLP
-from ensemble.progress import EpochProgress
-from ensemble.shards import merge_checkpoints
-from ensemble.snapshots import SnapshotCollector
-from ensemble.sweep import member_settings
-from ensemble.train import fit, schedule_cycle_ends
+from ensemble.model.fused import FusedMLP
+from ensemble.snapshots.collector import SnapshotCollector
+from ensemble.training.checkpoint import EpochCheckpoint, has_checkpoint, load_checkpoint, load_record
+from ensemble.training.progress import EpochProgress
+from ensemble.training.shards import merge_checkpoints
+from ensemble.training.sweep import member_settings
+from ensemble.training.train import fit, schedule_cycle_ends
 from tasks.config import ModelSection, OptimizerSection, SnapshotSection, SweepSection, TrainSection
 from tasks.factories import (
     build_model,

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ensemble.fused import FusedMLP
-from ensemble.record import RunRecord
-from ensemble.snapshots import Snapshots
+from ensemble.model.fused import FusedMLP
+from ensemble.snapshots.collector import Snapshots
+from ensemble.training.record import RunRecord
 
 
 @dataclass(frozen=True)

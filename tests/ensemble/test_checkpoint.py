@@ -11,12 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble.checkpoint import EpochCheckpoint, load_checkpoint, read_record, write_record
-from ensemble.fused import FusedMLP
-from ensemble.record import RECORD_FILE
-from ensemble.schedules import SGDRSchedule
-from ensemble.snapshots import SnapshotCollector
-from ensemble.train import TrainConfig, fit
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.schedules import SGDRSchedule
+from ensemble.snapshots.collector import SnapshotCollector
+from ensemble.training.checkpoint import EpochCheckpoint, load_checkpoint, read_record, write_record
+from ensemble.training.record import RECORD_FILE
+from ensemble.training.train import TrainConfig, fit
 
 ROWS, BATCH = 64, 4  # 16 steps an epoch; one SGDR cycle an epoch, so one new snapshot per epoch
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from ensemble.checks import check_int, is_int
-from ensemble.compare import CompareConfig
-from ensemble.flops import mlp_flops
-from ensemble.growth_rounds import GrowthConfig
-from ensemble.metrics import expected_calibration_error
+from ensemble.evaluation.compare import CompareConfig
+from ensemble.evaluation.metrics import expected_calibration_error
+from ensemble.growth.rounds import GrowthConfig
+from ensemble.model.flops import mlp_flops
 
 
 @pytest.mark.parametrize("value", [0, 3, np.int64(3), np.int32(0)])

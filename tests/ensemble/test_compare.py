@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import compare, plots
-from ensemble.compare import CompareConfig
 from ensemble.data import DataConfig, prepare_data
-from ensemble.flops import ensemble_flops, mlp_flops
+from ensemble.evaluation import compare, plots
+from ensemble.evaluation.compare import CompareConfig
+from ensemble.model.flops import ensemble_flops, mlp_flops
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = CompareConfig(

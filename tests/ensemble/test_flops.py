@@ -1,6 +1,6 @@
 import pytest
 
-from ensemble import flops
+from ensemble.model import flops
 
 
 def test_mlp_flops_30_32_32_1_hand_example():

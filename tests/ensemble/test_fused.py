@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble.fused import (
+from ensemble.model.fused import (
     FusedDense,
     FusedMLP,
     MemberwiseInitializer,

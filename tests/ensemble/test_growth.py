@@ -5,19 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble import train
 from ensemble.data import DataConfig, prepare_data
-from ensemble.flops import ensemble_flops
-from ensemble.fused import FusedMLP
-from ensemble.growth import (
-    ScaledSchedule,
-    grow_model,
-    scale_learning_rate,
-    split_slots,
-    split_units,
-    top_units,
-)
-from ensemble.growth_rounds import (
+from ensemble.growth.rounds import (
     ANNEAL_TO,
     GrowthConfig,
     GrowthRound,
@@ -28,8 +17,19 @@ from ensemble.growth_rounds import (
     round_stop_epoch,
     split_rows,
 )
-from ensemble.schedules import SGDRSchedule
-from ensemble.splitting import splitting_index
+from ensemble.growth.split import (
+    ScaledSchedule,
+    grow_model,
+    scale_learning_rate,
+    split_slots,
+    split_units,
+    top_units,
+)
+from ensemble.growth.splitting import splitting_index
+from ensemble.model.flops import ensemble_flops
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.schedules import SGDRSchedule
+from ensemble.training import train
 
 RNG = np.random.default_rng(1234)
 

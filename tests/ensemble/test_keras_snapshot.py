@@ -4,7 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble.keras_snapshot import SnapshotEnsembleCallback, load_snapshots, predict_ensemble, snapshot_files
+from ensemble.snapshots.keras_snapshot import (
+    SnapshotEnsembleCallback,
+    load_snapshots,
+    predict_ensemble,
+    snapshot_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,9 @@ def seed004_model(seed=0, lr=0.01):
 
 
 def test_seed002_readme_usage_with_one_changed_import(blobs, tmp_path, monkeypatch):
-    from ensemble.keras_snapshot import SnapshotEnsembleCallback  # was: from snapshot_ensemble import ...
+    from ensemble.snapshots.keras_snapshot import (
+        SnapshotEnsembleCallback,  # was: from snapshot_ensemble import ...
+    )
 
     monkeypatch.chdir(tmp_path)
     x, y, x_test, _ = blobs

@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble.flops import ensemble_flops
-from ensemble.fused import FusedMLP
-from ensemble.member_model import MemberModel, find_model_class, load_member_model, model_class_name
+from ensemble.model.flops import ensemble_flops
+from ensemble.model.fused import FusedMLP
+from ensemble.model.member_model import MemberModel, find_model_class, load_member_model, model_class_name
 from ensemble.predictor import stack_weight_sets
-from ensemble.shards import merge_models
-from ensemble.snapshots import Snapshots
+from ensemble.snapshots.collector import Snapshots
+from ensemble.training.shards import merge_models
 
 
 def perturbed(model: FusedMLP, seed: int = 0) -> FusedMLP:

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ensemble import metrics
+from ensemble.evaluation import metrics
 
 # Four samples, three classes. Argmax (ties: lowest index) and confidence per row:
 #   row 0: [0.70, 0.20, 0.10], y=0 -> pred 0, correct, conf 0.70

@@ -5,10 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble.fused import FusedMLP
-from ensemble.growth import grow_model
-from ensemble.optimizer_state import get_slot, learning_rate_schedule, slot_powers, slot_variables
-from ensemble.schedules import SGDRSchedule
+from ensemble.growth.split import grow_model
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.optimizer_state import get_slot, learning_rate_schedule, slot_powers, slot_variables
+from ensemble.optim.schedules import SGDRSchedule
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTER = ROOT / "ensemble" / "optimizer_state.py"
@@ -30,7 +30,7 @@ def test_only_the_adapter_touches_keras_private_optimizer_state():
         p for folder in ("ensemble", "tasks", "flows", "benchmarks") for p in (ROOT / folder).rglob("*.py")
     ]
     offenders = [use for path in sources if path != ADAPTER for use in private_state_uses(path)]
-    assert offenders == [], "go through ensemble.optimizer_state instead:\n" + "\n".join(offenders)
+    assert offenders == [], "go through ensemble.optim.optimizer_state instead:\n" + "\n".join(offenders)
 
 
 def built(optimizer, variable):

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-import ensemble.optimizers
-from ensemble.fused import FusedMLP
-from ensemble.optimizers import apply_gradients, check_elementwise, fused_kind
-from ensemble.train import TrainConfig, fit
+import ensemble.optim.optimizers
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.optimizers import apply_gradients, check_elementwise, fused_kind
+from ensemble.training.train import TrainConfig, fit
 
 OPTIMIZERS = {
     "adam": lambda: keras.optimizers.Adam(0.01),
@@ -49,7 +49,9 @@ def train_fused(make_optimizer, monkeypatch=None):
     """Two epochs on a small binary problem; with `monkeypatch`, force the `optimizer.apply` path."""
     declined = []
     if monkeypatch is not None:
-        monkeypatch.setattr(ensemble.optimizers, "fused_kind", lambda optimizer: declined.append(optimizer))
+        monkeypatch.setattr(
+            ensemble.optim.optimizers, "fused_kind", lambda optimizer: declined.append(optimizer)
+        )
     rng = np.random.default_rng(1)
     x = rng.normal(size=(80, 4)).astype("float32")
     y = (x[:, 0] * x[:, 1] > 0).astype("int64")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ensemble.outputs import log_probs_from_logits, outputs_to_log_probs, outputs_to_predictions
+from ensemble.model.outputs import log_probs_from_logits, outputs_to_log_probs, outputs_to_predictions
 
 
 def reference_log_probs(logits: np.ndarray, task: str) -> np.ndarray:

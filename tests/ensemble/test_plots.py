@@ -1,6 +1,6 @@
 import pytest
 
-from ensemble import plots
+from ensemble.evaluation import plots
 
 ROWS = [
     {"kind": "single", "width": 32, "members": 1, "flops": 4097, "accuracy": 0.90, "nll": 0.30, "ece": 0.03},

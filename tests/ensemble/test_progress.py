@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from ensemble.fused import FusedMLP
-from ensemble.progress import PROGRESS_ENV, EpochProgress, clock, logger_console, progress_console
-from ensemble.train import TrainConfig, fit
+from ensemble.model.fused import FusedMLP
+from ensemble.training.progress import PROGRESS_ENV, EpochProgress, clock, logger_console, progress_console
+from ensemble.training.train import TrainConfig, fit
 
 ROWS, STEPS_PER_CALL = 64, 4  # batch 4: 16 steps per epoch, 4 compiled calls
 

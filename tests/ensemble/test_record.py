@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble.fused import FusedMLP
-from ensemble.record import RunRecord, RunRecorder, step_runs
-from ensemble.schedules import SGDRSchedule
-from ensemble.train import TrainConfig, fit
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.schedules import SGDRSchedule
+from ensemble.training.record import RunRecord, RunRecorder, step_runs
+from ensemble.training.train import TrainConfig, fit
 
 
 def recorded_run(epochs: int = 4, steps: int = 5, members: int = 3) -> RunRecord:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ensemble.schedules import SGDRSchedule
+from ensemble.optim.schedules import SGDRSchedule
 
 CASES = [  # cycle_length (steps), cycle_length_multiplier, lr_init, lr_min, lr_multiplier
     (10, 1.0, 0.1, 0.001, 1.0),

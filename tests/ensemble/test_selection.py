@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ensemble import metrics
-from ensemble.selection import (
+from ensemble.evaluation import metrics
+from ensemble.evaluation.selection import (
     DEFAULT_SELECTION_METRICS,
     SCORES,
     SELECTION_METRICS,
@@ -189,7 +189,7 @@ def test_cross_validated_choice_rejects_bad_arguments(kwargs, match):
 
 
 def reference_value(metric: str, prediction: np.ndarray, y: np.ndarray) -> float:
-    """`ensemble.metrics`' own value of `metric` for one combined prediction: log-probabilities `(B, C)` or a mean
+    """`ensemble.evaluation.metrics`' own value of `metric` for one combined prediction: log-probabilities `(B, C)` or a mean
     `(B,)`."""
     if metric == "nll":
         return metrics.nll(prediction, y, log_probs=True)

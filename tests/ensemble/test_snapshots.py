@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from ensemble.data import DataConfig, prepare_data
-from ensemble.fused import FusedMLP
-from ensemble.metrics import COMBINERS, accuracy, combine
-from ensemble.plots import plot_learning_rate
-from ensemble.schedules import SGDRSchedule
-from ensemble.snapshots import SnapshotCollector, Snapshots, select_best
-from ensemble.train import TrainConfig, fit
+from ensemble.evaluation.metrics import COMBINERS, accuracy, combine
+from ensemble.evaluation.plots import plot_learning_rate
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.schedules import SGDRSchedule
+from ensemble.snapshots.collector import SnapshotCollector, Snapshots, select_best
+from ensemble.training.train import TrainConfig, fit
 
 MEMBERS, BATCH = 3, 10
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ensemble.fused import FusedMLP
-from ensemble.growth import grow_model, split_units, widen_inputs
-from ensemble.splitting import (
+from ensemble.growth.split import grow_model, split_units, widen_inputs
+from ensemble.growth.splitting import (
     layer_terms,
     most_negative_units,
     splitting_index,
     splitting_matrices,
 )
+from ensemble.model.fused import FusedMLP
 
 ACTIVATIONS = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0)}
 

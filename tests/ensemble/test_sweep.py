@@ -5,10 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble.fused import FusedMLP
-from ensemble.schedules import SGDRSchedule
-from ensemble.sweep import SweepConfig, member_settings
-from ensemble.train import TrainConfig, epoch_indices, fit
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.schedules import SGDRSchedule
+from ensemble.training.sweep import SweepConfig, member_settings
+from ensemble.training.train import TrainConfig, epoch_indices, fit
 from tests.ensemble.test_train import FEATURES, HIDDEN, REFERENCE_LOSSES, make_data, max_weight_difference
 
 MEMBERS = 4

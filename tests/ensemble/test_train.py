@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ensemble.fused import FusedMLP
-from ensemble.growth_rounds import GrowthConfig, grow_rounds
-from ensemble.metrics import COMBINERS, evaluate_classification
-from ensemble.train import (
+from ensemble.evaluation.metrics import COMBINERS, evaluate_classification
+from ensemble.growth.rounds import GrowthConfig, grow_rounds
+from ensemble.model.fused import FusedMLP
+from ensemble.training.train import (
     TrainConfig,
     check_training_data,
     compiled_scores,
@@ -388,7 +388,7 @@ def test_compiled_member_scores_equal_a_numpy_computation_from_the_member_output
 
 
 def combiner_accuracies(model: FusedMLP, x, y) -> dict[str, float]:
-    """`ensemble.metrics`' accuracy of each combiner on `model`'s members for rows `x`, labels `y`."""
+    """`ensemble.evaluation.metrics`' accuracy of each combiner on `model`'s members for rows `x`, labels `y`."""
     log_probs = model.predict_members(x, log_probs=True)
     return {m: evaluate_classification(log_probs, y, method=m, log_probs=True)["accuracy"] for m in COMBINERS}
 
@@ -407,7 +407,7 @@ def test_compiled_ensemble_accuracy_combines_the_members_as_the_metrics_do_with_
 
 def test_live_ensemble_accuracy_and_growths_monitored_value_follow_the_configured_combiner():
     """`val_ensemble_accuracy` in `fit`'s logs (logged live as `val/ensemble_accuracy`) and the value growth rounds
-    monitor, with `TrainConfig.combiner="geometric"`, are `ensemble.metrics`' geometric accuracy, not the mean's."""
+    monitor, with `TrainConfig.combiner="geometric"`, are `ensemble.evaluation.metrics`' geometric accuracy, not the mean's."""
     x, y = make_data(60, "multiclass")
     x_val, y_val = make_data(200, "multiclass", seed=1)
     model = FusedMLP(MEMBERS, FEATURES, HIDDEN, task="multiclass", num_classes=3, seed=3)
@@ -436,7 +436,11 @@ def py_function_tanh(t):
 
 
 def xla_warnings(caplog, what: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "ensemble.train" and what in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ensemble.training.train" and what in r.getMessage()
+    ]
 
 
 def test_auto_jit_compile_trains_with_xla_and_matches_the_plain_graph(caplog):
@@ -466,7 +470,7 @@ def test_auto_jit_compile_falls_back_to_the_plain_graph_with_one_warning_giving_
     for jit_compile in ("auto", False):
         model = FusedMLP(MEMBERS, FEATURES, (4,), task="binary", activation=py_function_tanh, seed=3)
         config = TrainConfig(epochs=2, steps_per_call=15, jit_compile=jit_compile)  # 3 calls per epoch
-        with caplog.at_level("WARNING", logger="ensemble.train"):
+        with caplog.at_level("WARNING", logger="ensemble.training.train"):
             histories.append(
                 fit(model, x, y, optimizer=keras.optimizers.Adam(0.01), config=config, validation_data=(x, y))
             )
@@ -505,7 +509,7 @@ def test_growth_rounds_fall_back_once_and_retrace_grown_models_as_plain_graphs(c
     # Nothing improves by 1.0: every round ends after one epoch.
     growth = GrowthConfig(min_delta=1.0, patience=1, max_rounds=2)
     config = TrainConfig(epochs=5, batch_size=8, train_metrics=False)
-    with caplog.at_level("WARNING", logger="ensemble.train"):
+    with caplog.at_level("WARNING", logger="ensemble.training.train"):
         grown, _, rounds = grow_rounds(model, keras.optimizers.Adam(0.01), data, config, growth)
 
     assert [r.widths for r in rounds] == [(4,), (8,), (16,)] and grown.hidden_units == [16]
@@ -538,7 +542,7 @@ def test_compiled_scores_auto_falls_back_with_one_warning_and_scores_as_the_plai
     x, y = make_data(30, "multiclass")
     model = FusedMLP(2, FEATURES, (4,), task="multiclass", num_classes=3, activation=py_function_tanh)
     args = (tf.constant(x), label_tensor("multiclass", y))
-    with caplog.at_level("WARNING", logger="ensemble.train"):
+    with caplog.at_level("WARNING", logger="ensemble.training.train"):
         auto = [compiled_scores(model, "auto")(*args) for _ in range(2)]
     plain = compiled_scores(model, False)(*args)
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from ensemble.data import DataConfig, prepare_data
-from ensemble.fused import FusedMLP
-from ensemble.metrics import combine
+from ensemble.evaluation.metrics import combine
+from ensemble.model.fused import FusedMLP
 from ensemble.predictor import EnsemblePredictor
 from ensemble.uncertainty import (
     classification_uncertainty,

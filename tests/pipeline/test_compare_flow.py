@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ensemble.flops import ensemble_flops, mlp_flops
+from ensemble.model.flops import ensemble_flops, mlp_flops
 from flows.compare import compare_flow
 from tests.pipeline.helpers import MEMBERS, private_tracking, tiny_config
 

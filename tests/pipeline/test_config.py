@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ensemble.metrics import COMBINERS, EPOCH_SCORES, METRICS
+from ensemble.evaluation.metrics import COMBINERS, EPOCH_SCORES, METRICS
 from flows.cli import build_parser, load_pipeline_config
 from tasks.config import PipelineConfig, load_config, parse_assignment
 

@@ -17,13 +17,13 @@ import pytest
 from pydantic import ValidationError
 
 from ensemble.data import DataConfig
-from ensemble.fused import FusedMLP
-from ensemble.growth_rounds import GrowthConfig
-from ensemble.metrics import METRICS, evaluate_classification
-from ensemble.schedules import SGDRSchedule
-from ensemble.selection import check_metric
-from ensemble.snapshots import SnapshotCollector
-from ensemble.train import TrainConfig
+from ensemble.evaluation.metrics import METRICS, evaluate_classification
+from ensemble.evaluation.selection import check_metric
+from ensemble.growth.rounds import GrowthConfig
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.schedules import SGDRSchedule
+from ensemble.snapshots.collector import SnapshotCollector
+from ensemble.training.train import TrainConfig
 from tasks.config import (
     PIPELINE_CHOICES,
     DataSection,
@@ -226,8 +226,8 @@ def test_drift_is_detected_on_a_section_with_another_default_and_bound():
 
 @pytest.mark.parametrize("metric", [None, *METRICS, "nonsense"])
 def test_sweep_selection_metric_accepts_exactly_what_the_selection_accepts_for_some_task(metric):
-    """`sweep.selection_metric` and `ensemble.selection.check_metric` agree: both take their names from the
-    registry `ensemble.metrics.METRICS` (the task, known after parsing, then picks among them)."""
+    """`sweep.selection_metric` and `ensemble.evaluation.selection.check_metric` agree: both take their names from the
+    registry `ensemble.evaluation.metrics.METRICS` (the task, known after parsing, then picks among them)."""
     by_library = any(
         accepted(lambda task=task: check_metric(metric, task)) for task in ("binary", "regression")
     )

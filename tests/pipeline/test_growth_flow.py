@@ -14,12 +14,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
-from ensemble.fused import FusedMLP
-from ensemble.growth_rounds import GrowthConfig, grow_rounds, round_stop_epoch
-from ensemble.member_model import load_member_model
-from ensemble.metrics import COMBINERS, evaluate_classification
+from ensemble.evaluation.metrics import COMBINERS, evaluate_classification
+from ensemble.growth.rounds import GrowthConfig, grow_rounds, round_stop_epoch
+from ensemble.model.fused import FusedMLP
+from ensemble.model.member_model import load_member_model
 from ensemble.predictor import EnsemblePredictor
-from ensemble.train import TrainConfig, schedule_cycle_ends
+from ensemble.training.train import TrainConfig, schedule_cycle_ends
 from flows.train import train_flow
 from tasks.config import OptimizerSection, SnapshotSection
 from tasks.factories import build_optimizer

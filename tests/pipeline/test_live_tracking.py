@@ -11,10 +11,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ensemble.fused import FusedMLP, member_seed
-from ensemble.schedules import SGDRSchedule
-from ensemble.snapshots import SnapshotCollector
-from ensemble.train import TrainConfig, fit
+from ensemble.model.fused import FusedMLP, member_seed
+from ensemble.optim.schedules import SGDRSchedule
+from ensemble.snapshots.collector import SnapshotCollector
+from ensemble.training.train import TrainConfig, fit
 from tasks.config import load_config
 from tasks.live_logging import MlflowEpochLogger, member_params
 from tasks.lr_curve import LR_METRIC, boundary_steps, kept_points, lr_stride

@@ -15,9 +15,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from ensemble.data import PreparedData
-from ensemble.fused import load_fused
-from ensemble.metrics import accuracy, nll
-from ensemble.snapshots import Snapshots
+from ensemble.evaluation.metrics import accuracy, nll
+from ensemble.model.fused import load_fused
+from ensemble.snapshots.collector import Snapshots
 from flows.train import train_flow
 from tests.pipeline.helpers import EPOCHS, MEMBERS, private_tracking, tiny_config
 

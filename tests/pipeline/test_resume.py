@@ -22,9 +22,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 from prefect.settings import get_current_settings
 
-from ensemble.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from ensemble.fused import FusedMLP
-from ensemble.snapshots import Snapshots
+from ensemble.model.fused import FusedMLP
+from ensemble.snapshots.collector import Snapshots
+from ensemble.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from flows.train import train_flow
 from tasks.config import PipelineConfig
 from tasks.data import prepare_data_task

@@ -12,9 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from ensemble.fused import member_seed
-from ensemble.shards import merge_epoch_logs, shard_ranges
-from ensemble.snapshots import Snapshots
+from ensemble.model.fused import member_seed
+from ensemble.snapshots.collector import Snapshots
+from ensemble.training.shards import merge_epoch_logs, shard_ranges
 from flows.train import build_task_runner, train_flow
 from tasks.config import RunnerSection
 from tests.pipeline.helpers import EPOCHS, tiny_config

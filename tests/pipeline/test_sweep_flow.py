@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
+from ensemble.evaluation.selection import bagged_selection, cross_validated_choice, selection_candidates
 from ensemble.predictor import EnsemblePredictor
-from ensemble.selection import bagged_selection, cross_validated_choice, selection_candidates
 from flows.train import train_flow
 from tests.pipeline.helpers import EPOCHS, tiny_config
 

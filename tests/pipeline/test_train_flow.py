@@ -9,8 +9,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
-from ensemble.member_model import load_member_model
-from ensemble.metrics import COMBINERS, evaluate_classification
+from ensemble.evaluation.metrics import COMBINERS, evaluate_classification
+from ensemble.model.member_model import load_member_model
 from ensemble.predictor import EnsemblePredictor
 from flows.train import train_flow
 from tests.pipeline.helpers import EPOCHS, MEMBERS, tiny_config

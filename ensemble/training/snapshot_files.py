@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.member_model import find_model_class, model_class_name
-from ensemble.record import RunRecord
-from ensemble.snapshots import Snapshots
+from ensemble.model.member_model import find_model_class, model_class_name
+from ensemble.snapshots.collector import Snapshots
+from ensemble.training.record import RunRecord
 
 SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_CONFIG = "model.json"  # in SNAPSHOT_DIR: the snapshots' `model_class` and `model_config`

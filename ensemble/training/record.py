@@ -7,8 +7,8 @@ checkpoint's snapshot events). On disk a record is JSON Lines, one row per line,
     {"epoch": 0, "logs": {"loss": 0.41, "member_val_loss": [0.39, 0.44], ...}, "steps": [[1, 64]],
      "learning_rates": [0.05, ...], "cycle_ends": [64]}
 
-`steps` holds `[first, last]` runs of consecutive global steps (one run for an epoch of `ensemble.train.fit`).
-`RunRecorder` (a callback of `fit`, which keeps one for its `History`) fills a record; `ensemble.checkpoint`'s
+`steps` holds `[first, last]` runs of consecutive global steps (one run for an epoch of `ensemble.training.train.fit`).
+`RunRecorder` (a callback of `fit`, which keeps one for its `History`) fills a record; `ensemble.training.checkpoint`'s
 `EpochCheckpoint` appends each epoch's row to the checkpoint's `record.jsonl`; `RunRecord.read` reads it back.
 Floats round-trip exactly (JSON holds their shortest repr).
 """

@@ -26,8 +26,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from ensemble.fused import FusedMLP
-from ensemble.optimizer_state import get_slot, learning_rate_schedule, slot_powers, slot_variables
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.optimizer_state import get_slot, learning_rate_schedule, slot_powers, slot_variables
 
 SlotMode = Literal["copy", "zero"]
 SLOT_MODES: tuple[str, ...] = ("copy", "zero")
@@ -119,7 +119,7 @@ def split_units(
         bias_nudge: seed 001's nudge: the original unit's bias `+ bias_nudge`, the copy's `- bias_nudge`.
             Changes the outputs slightly (by about `bias_nudge * |w_out|`); 0 disables it.
         directions: `(N, k, in + 1)` unit vectors over `[incoming weights; bias]` (splitting steepest descent,
-            `ensemble.splitting`): the unit moves to `theta + s v`, its copy to `theta - s v`, with
+            `ensemble.growth.splitting`): the unit moves to `theta + s v`, its copy to `theta - s v`, with
             `s = delta * |theta|`. The outputs change by `O(delta^2)` (by 0 at `delta=0`).
         delta: step along `directions`, relative to the norm of the unit's `theta = [w_in; b_in]`.
 

@@ -31,7 +31,7 @@ SWEEPABLE: dict[str, float | bool | None] = {
 """What a sweep can vary, with each one's value when it is not swept."""
 
 COUPLING = ("clipnorm", "global_clipnorm")
-"""Options a sweep cannot vary: they couple members (see `ensemble.optimizers.check_elementwise`)."""
+"""Options a sweep cannot vary: they couple members (see `ensemble.optim.optimizers.check_elementwise`)."""
 
 
 def check_values(name: str, values: list) -> list:

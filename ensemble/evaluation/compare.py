@@ -31,13 +31,15 @@ import numpy as np
 
 from ensemble.checks import check_int, is_int
 from ensemble.data import PreparedData
-from ensemble.flops import ensemble_flops, equal_flops_width, mlp_flops, pareto_front
-from ensemble.fused import FusedMLP
-from ensemble.metrics import check_combiner, evaluate_classification, metrics_for
-from ensemble.train import TrainConfig, fit
+from ensemble.evaluation.metrics import check_combiner, evaluate_classification, metrics_for
+from ensemble.model.flops import ensemble_flops, equal_flops_width, mlp_flops, pareto_front
+from ensemble.model.fused import FusedMLP
+from ensemble.training.train import TrainConfig, fit
 
 KINDS: tuple[str, ...] = ("single", "ensemble", "equal_flops_single")
-_METRICS = metrics_for("classification")  # every classification metric of `ensemble.metrics.METRICS`
+_METRICS = metrics_for(
+    "classification"
+)  # every classification metric of `ensemble.evaluation.metrics.METRICS`
 ROW_KEYS: tuple[str, ...] = (
     "kind",
     "width",
@@ -64,7 +66,7 @@ class CompareConfig:
         epochs: training epochs of every model (no early stopping: all models get the same budget).
         batch_size: rows per member per Adam step.
         learning_rate: Adam learning rate.
-        combiner: a name in `ensemble.metrics.COMBINERS`: `"mean"` (arithmetic mean of probabilities) or
+        combiner: a name in `ensemble.evaluation.metrics.COMBINERS`: `"mean"` (arithmetic mean of probabilities) or
             `"geometric"` (renormalised geometric mean, the paper's eq. 1, the default here; the pipeline passes
             its `evaluation.combiner`).
         seed: base seed of weights (member `k` uses `member_seed(seed, k)`) and data order.

@@ -4,7 +4,7 @@ Axes: `(N, B, out)` = members, batch, raw outputs (`out = C` logits for multicla
 regression); `(N, B, C)` = members, batch, classes (binary: `C = 2`, columns `[1 - p, p]`).
 
 `log_probs_from_logits` is the one implementation of the formula. It is written with `keras.ops`, so the NumPy
-paths (`FusedMLP.predict_members`, snapshots) and the compiled epoch-end scores (`ensemble.train.compiled_scores`)
+paths (`FusedMLP.predict_members`, snapshots) and the compiled epoch-end scores (`ensemble.training.train.compiled_scores`)
 run the same ops in float64, and their argmaxes break ties the same way.
 """
 

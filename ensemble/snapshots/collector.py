@@ -1,8 +1,8 @@
 """Snapshot ensembles of a fused run: every member's weights at every SGDR cycle end, addressed as (member, cycle).
 
 A fused run of N members over M cycles yields N x M weight sets. `SnapshotCollector` (a callback of
-`ensemble.train.fit`) stores them at each cycle end; `Snapshots` predicts with any subset of (member, cycle) pairs
-and combines them with `ensemble.metrics.combine`.
+`ensemble.training.train.fit`) stores them at each cycle end; `Snapshots` predicts with any subset of (member, cycle) pairs
+and combines them with `ensemble.evaluation.metrics.combine`.
 
 Axes: `(K, B, C)` = selected snapshots, batch, classes; `(N, in, out)` = members, layer input, layer output.
 """
@@ -17,10 +17,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ensemble.member_model import DEFAULT_MODEL_CLASS, MemberModel, find_model_class, model_class_name
-from ensemble.metrics import accuracy, check_combiner, combine, combine_regression, monitor_mode, rmse
-from ensemble.outputs import outputs_to_log_probs, outputs_to_predictions
-from ensemble.train import evaluate_members
+from ensemble.evaluation.metrics import (
+    accuracy,
+    check_combiner,
+    combine,
+    combine_regression,
+    monitor_mode,
+    rmse,
+)
+from ensemble.model.member_model import DEFAULT_MODEL_CLASS, MemberModel, find_model_class, model_class_name
+from ensemble.model.outputs import outputs_to_log_probs, outputs_to_predictions
+from ensemble.training.train import evaluate_members
 
 Key = tuple[int, int]  # (member, cycle)
 MONITORS = {name: monitor_mode(name) for name in ("val_loss", "val_accuracy")}  # the per-member scores
@@ -50,7 +57,7 @@ class Snapshots:
             ..., W_head, b_head]` for a `FusedMLP`).
         steps: `{cycle: global step count at its end}`.
         scores: `{(member, cycle): {"val_loss": ..., "val_accuracy": ...}}` measured when the snapshot was taken.
-        model_class: the run's member-model class (`ensemble.member_model.MemberModel`): it predicts with and
+        model_class: the run's member-model class (`ensemble.model.member_model.MemberModel`): it predicts with and
             exports the weight sets.
     """
 
@@ -155,7 +162,7 @@ class Snapshots:
         method: str = "mean",
     ) -> np.ndarray:
         """Ensemble prediction of the selected snapshots: probabilities `(B, C)` combined with
-        `ensemble.metrics.combine(method=...)`, or the mean regression prediction `(B,)`."""
+        `ensemble.evaluation.metrics.combine(method=...)`, or the mean regression prediction `(B,)`."""
         member_preds = self.predict_members(x, members, cycles, log_probs=True)
         if self.model_config["task"] == "regression":
             return combine_regression(member_preds)[0]
@@ -163,7 +170,7 @@ class Snapshots:
 
     def growing_ensemble_scores(self, x, y, *, method: str) -> list[dict[str, float]]:
         """Scores of the ensemble of cycles `0..k` for each stored cycle k (ascending): `accuracy` of the members'
-        probabilities combined with `method` (a name in `ensemble.metrics.COMBINERS`, no default: pass the
+        probabilities combined with `method` (a name in `ensemble.evaluation.metrics.COMBINERS`, no default: pass the
         run's combiner) or, for regression, `rmse` of their mean; `count`: the snapshots in it.
 
         Args:
@@ -230,7 +237,7 @@ class Snapshots:
 
 
 class SnapshotCollector(keras.callbacks.Callback):
-    """Collects every member's weights at every SGDR cycle end of `ensemble.train.fit` into `self.snapshots`.
+    """Collects every member's weights at every SGDR cycle end of `ensemble.training.train.fit` into `self.snapshots`.
 
     `fit` calls `on_cycle_end(cycle, logs)` right after the step that ends a cycle of the optimiser's schedule
     (`SGDRSchedule.cycle_ends`), so a snapshot holds exactly the weights of that step, the last cycle included.
@@ -297,7 +304,7 @@ class SnapshotCollector(keras.callbacks.Callback):
         if not ends:
             raise ValueError(
                 "SnapshotCollector needs cycle ends: the optimizer's `learning_rate` must be a schedule with "
-                "`cycle_ends(total_steps)`, e.g. `ensemble.schedules.SGDRSchedule`, and the run must cover at "
+                "`cycle_ends(total_steps)`, e.g. `ensemble.optim.schedules.SGDRSchedule`, and the run must cover at "
                 f"least one cycle (or pass `partial_cycle='ignore'`). Received: total_steps={total}, no cycle end."
             )
         if total not in ends:

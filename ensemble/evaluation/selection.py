@@ -12,7 +12,7 @@ validation) instead of one; `bagged_selection` averages the selections of random
 uniform ensemble, the best configuration) by their K-fold cross-validated score over the validation rows, so a
 selection that only fits the rows it chose on loses to the simple ensembles.
 
-Metrics: the names in `SCORES`, the metrics of the registry `ensemble.metrics.METRICS` that a selection can
+Metrics: the names in `SCORES`, the metrics of the registry `ensemble.evaluation.metrics.METRICS` that a selection can
 optimise, scored on the combined probabilities (classification) or the combined mean (regression); the registry says
 which kind of task each is for and which way is better. Every score here is a loss (lower is better): a metric where
 higher is better (accuracy, r2) is minimised as `1 - value` (accuracy as the error rate). Member predictions:
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ensemble.metrics import METRICS, higher_is_better, metrics_for, task_kind
+from ensemble.evaluation.metrics import METRICS, higher_is_better, metrics_for, task_kind
 from ensemble.uncertainty import weighted_log_combine
 
 
@@ -53,7 +53,7 @@ def _mae(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _r2(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
     residual, total = ((mean - y[None]) ** 2).sum(axis=1), np.sum((y - y.mean()) ** 2)  # (K,), ()
-    if total == 0:  # constant targets: 1 for a perfect fit, else 0, as `ensemble.metrics.r2`
+    if total == 0:  # constant targets: 1 for a perfect fit, else 0, as `ensemble.evaluation.metrics.r2`
         return (residual == 0).astype("float64")
     return 1.0 - residual / total
 
@@ -66,15 +66,15 @@ SCORES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "mae": _mae,
     "r2": _r2,
 }
-"""The metrics of `ensemble.metrics.METRICS` a selection can optimise, each vectorised over K candidate ensembles:
+"""The metrics of `ensemble.evaluation.metrics.METRICS` a selection can optimise, each vectorised over K candidate ensembles:
 combined log-probabilities `(K, B, C)` (classification) or combined means `(K, B)` (regression), with labels /
-targets `(B,)` -> values `(K,)`, as `ensemble.metrics` computes them (`tests/ensemble/test_selection.py` compares).
+targets `(B,)` -> values `(K,)`, as `ensemble.evaluation.metrics` computes them (`tests/ensemble/test_selection.py` compares).
 Names, kind of task and direction come from `METRICS`; a metric is selectable by adding its vectorised score here."""
 
 assert set(SCORES) <= set(METRICS), set(SCORES) - set(METRICS)  # names come from the one registry
 
 SELECTION_METRICS: tuple[str, ...] = tuple(name for name in METRICS if name in SCORES)
-"""The selectable metrics, in registry order (derived; edit `SCORES` or `ensemble.metrics.METRICS`)."""
+"""The selectable metrics, in registry order (derived; edit `SCORES` or `ensemble.evaluation.metrics.METRICS`)."""
 
 DEFAULT_SELECTION_METRICS = {"classification": "nll", "regression": "rmse"}
 """The selection metric of each kind of task when none is configured (`sweep.selection_metric: null`)."""
@@ -107,7 +107,7 @@ def check_metric(metric: str | None, task: str) -> str:
 
 def losses(predictions: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
     """Losses `(K,)` (lower is better) of K candidate ensembles' combined log-probabilities `(K, B, C)` or means
-    `(K, B)`: `metric`'s value, or `1 - value` where higher is better (`ensemble.metrics.METRICS`)."""
+    `(K, B)`: `metric`'s value, or `1 - value` where higher is better (`ensemble.evaluation.metrics.METRICS`)."""
     values = SCORES[metric](predictions, y)  # (K,)
     return 1.0 - values if higher_is_better(metric) else values
 

@@ -24,12 +24,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from ensemble.fused import FusedMLP
-from ensemble.metrics import LOG_COMBINERS, check_combiner
-from ensemble.optimizer_state import learning_rate_schedule
-from ensemble.optimizers import apply_gradients, check_elementwise, check_member_learning_rates
-from ensemble.outputs import log_probs_from_logits
-from ensemble.record import RunRecorder
+from ensemble.evaluation.metrics import LOG_COMBINERS, check_combiner
+from ensemble.model.fused import FusedMLP
+from ensemble.model.outputs import log_probs_from_logits
+from ensemble.optim.optimizer_state import learning_rate_schedule
+from ensemble.optim.optimizers import apply_gradients, check_elementwise, check_member_learning_rates
+from ensemble.training.record import RunRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,12 @@ class TrainConfig:
         track_unit_gradients: accumulate |dL/dW| per hidden unit over each epoch (for targeted growth).
         member_offset: global index of the model's first member: member n draws the data order (and bootstrap) of
             member `member_offset + n`, so a shard of a larger ensemble sees exactly what it would in one run.
-        lr_scales: per-member factors of the optimiser's learning rate (a sweep; `ensemble.sweep`), one per member
+        lr_scales: per-member factors of the optimiser's learning rate (a sweep; `ensemble.training.sweep`), one per member
             of the whole ensemble (member n of a shard uses entry `member_offset + n`); None: all 1.
         weight_decay: L2 penalty `weight_decay * sum(W**2)` on each member's kernels, added to its loss (as Keras'
             `kernel_regularizer=L2(weight_decay)`): one float for all members or one per member, as `lr_scales`.
         combiner: how `val_ensemble_accuracy` combines the members' class probabilities: a name in
-            `ensemble.metrics.COMBINERS` (the pipeline passes `evaluation.combiner`, as the test scores combine).
+            `ensemble.evaluation.metrics.COMBINERS` (the pipeline passes `evaluation.combiner`, as the test scores combine).
 
     `bagging` may also be one bool per member (as `lr_scales`).
     """
@@ -169,8 +169,8 @@ def evaluate_members(
     model: FusedMLP, x: np.ndarray, y: np.ndarray, jit_compile: bool | str = "auto", combiner: str = "mean"
 ) -> dict[str, np.ndarray]:
     """Per-member loss and, for classification, accuracy on one shared set `(N,)`, plus the ensemble's accuracy
-    (the members' probabilities combined by `combiner`, a name in `ensemble.metrics.COMBINERS`: the accuracy
-    `ensemble.metrics.evaluate_classification(..., method=combiner)` gives).
+    (the members' probabilities combined by `combiner`, a name in `ensemble.evaluation.metrics.COMBINERS`: the accuracy
+    `ensemble.evaluation.metrics.evaluate_classification(..., method=combiner)` gives).
 
     One compiled call (`compiled_scores`): eager op-by-op dispatch would hold the GIL at every op and, with a
     logging thread beside training, wait for it each time. It runs XLA-compiled only for `jit_compile=True`;
@@ -213,7 +213,7 @@ class XlaFunction:
     compiles (`"auto"`).
 
     With "auto", a call that XLA fails to compile or run (an op without an XLA kernel, such as `tf.py_function`, or
-    an LLVM error) logs ONE warning on the `ensemble.train` logger naming `what` and the reason, and this and every
+    an LLVM error) logs ONE warning on the `ensemble.training.train` logger naming `what` and the reason, and this and every
     later call run the plain graph. XLA writes variables only when a compiled call completes, so a failed attempt
     leaves them untouched. Both paths compute the same function; results agree to float rounding.
 
@@ -263,7 +263,7 @@ _SCORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def compiled_scores(model: FusedMLP, jit_compile: bool | str = "auto", combiner: str = "mean"):
     """The compiled `scores(x (B, d), y (B,)) -> {"loss" (N,)[, "correct" (N,), "ensemble_correct" ()]}`: mean
     losses, and float64 counts of rows each member (and the ensemble, its members combined by `combiner`:
-    `ensemble.metrics.LOG_COMBINERS`, the formula evaluation uses) classifies right.
+    `ensemble.evaluation.metrics.LOG_COMBINERS`, the formula evaluation uses) classifies right.
 
     Every member scores the same rows; traced once per model (and `jit_compile`, see `XlaFunction`, and
     `combiner`) for any B (XLA compiles once per distinct B).
@@ -350,7 +350,7 @@ def fit(
         over the epoch, averaged over members), `accuracy`, `val_loss`, `val_accuracy` (means over members),
         `val_ensemble_accuracy` (the members combined by `config.combiner`), `lr` (at the epoch's last step). Per-member `(N,)` arrays: `member_loss`,
         `member_accuracy`, `member_val_loss`, `member_val_accuracy`. `history.record` is the run's
-        `ensemble.record.RunRecord` (these epochs' logs, the learning rate of every step as the optimiser used it,
+        `ensemble.training.record.RunRecord` (these epochs' logs, the learning rate of every step as the optimiser used it,
         the cycle ends); `history.learning_rates` and `history.steps` are its per-step lists.
         `history.uses_xla` says whether the step loop ran XLA-compiled (False after an "auto" fallback).
     """

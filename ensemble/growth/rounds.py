@@ -1,4 +1,4 @@
-"""Growth rounds: train until the validation metric plateaus, split units (`ensemble.growth`), repeat.
+"""Growth rounds: train until the validation metric plateaus, split units (`ensemble.growth.split`), repeat.
 
 Seed 001's recipe for all members at once: start small (e.g. 2 hidden units), train until the monitored metric
 stops improving (`min_delta`, `patience`, as Keras' `EarlyStopping`), then widen the network without changing its
@@ -17,7 +17,7 @@ full learning rate.
 
 Growth stops at `max_rounds`, when no layer can grow (`max_width`), when a round gained nothing on validation
 (`stop_without_gain`: the width before the split was enough), or, with `strategy="splitting"`, when no unit of any
-member has a negative splitting index (no split lowers the loss, `ensemble.splitting`).
+member has a negative splitting index (no split lowers the loss, `ensemble.growth.splitting`).
 """
 
 from __future__ import annotations
@@ -33,16 +33,23 @@ import keras
 import numpy as np
 
 from ensemble.checks import check_int, is_int
-from ensemble.flops import training_flops
-from ensemble.fused import FusedMLP
-from ensemble.growth import SLOT_MODES, SlotMode, all_units, grow_model, scale_learning_rate, top_units
-from ensemble.metrics import EPOCH_SCORES, monitor_mode
-from ensemble.optimizer_state import learning_rate_schedule
-from ensemble.schedules import MAX_STEPS
-from ensemble.splitting import SplittingIndex, most_negative_units, splitting_index
-from ensemble.train import TrainConfig, evaluate_members, fit, schedule_cycle_ends
+from ensemble.evaluation.metrics import EPOCH_SCORES, monitor_mode
+from ensemble.growth.split import (
+    SLOT_MODES,
+    SlotMode,
+    all_units,
+    grow_model,
+    scale_learning_rate,
+    top_units,
+)
+from ensemble.growth.splitting import SplittingIndex, most_negative_units, splitting_index
+from ensemble.model.flops import training_flops
+from ensemble.model.fused import FusedMLP
+from ensemble.optim.optimizer_state import learning_rate_schedule
+from ensemble.optim.schedules import MAX_STEPS
+from ensemble.training.train import TrainConfig, evaluate_members, fit, schedule_cycle_ends
 
-MONITORS: tuple[str, ...] = tuple(EPOCH_SCORES)  # the registry `ensemble.metrics.EPOCH_SCORES`
+MONITORS: tuple[str, ...] = tuple(EPOCH_SCORES)  # the registry `ensemble.evaluation.metrics.EPOCH_SCORES`
 STRATEGIES: tuple[str, ...] = ("all", "targeted", "splitting")
 ANNEAL_TO = 0.01  # `anneal_epochs` ends a round at this fraction of the learning rate
 
@@ -64,18 +71,18 @@ class GrowthConfig:
         strategy: `"all"` splits every unit (doubles the layer; seed 001); `"targeted"` splits, per member, the
             `units_per_split` units with the largest |dL/dW| accumulated over the round's last epoch;
             `"splitting"` splits, per member, the units with the most negative splitting index (splitting steepest
-            descent, `ensemble.splitting`), moving the two copies apart along its eigenvector by `+/- delta`.
+            descent, `ensemble.growth.splitting`), moving the two copies apart along its eigenvector by `+/- delta`.
         units_per_split: k for `"targeted"` (required there); for `"splitting"` the most units split per layer
             and round (None: up to the layer's width): every member splits k units, k = the most negative-index
             units of any member; ignored for `"all"`.
         layers: hidden layers to grow each round; None grows all of them.
-        noise: symmetry-breaking offset scale, see `ensemble.growth.split_units` (keeps the function). With
+        noise: symmetry-breaking offset scale, see `ensemble.growth.split.split_units` (keeps the function). With
             `"splitting"` the directions already break the symmetry, and offsets on copies whose incoming weights
             differ change the function to first order in `delta` (0 keeps it to second order).
         bias_nudge: seed 001's bias nudge (changes the function slightly); 0 disables it.
-        optimizer_slots: `"copy"` or `"zero"`, see `ensemble.growth.split_slots`.
+        optimizer_slots: `"copy"` or `"zero"`, see `ensemble.growth.split.split_slots`.
         lr_width_scaling: after each split, multiply the learning rate by the hidden units before / after the
-            split (`ensemble.growth.scale_learning_rate`: without it, each doubling about doubles the effective
+            split (`ensemble.growth.split.scale_learning_rate`: without it, each doubling about doubles the effective
             step of the layers after the grown ones, and wide rounds train worse than narrow ones).
         delta: `"splitting"`: the copies move by `+/- delta * |theta|` along the eigenvector (`theta`: the unit's
             incoming weights and bias); the function is kept as delta -> 0.
@@ -148,7 +155,7 @@ class GrowthConfig:
 
     @property
     def mode(self) -> str:
-        """`"min"` for a loss, `"max"` for an accuracy (`ensemble.metrics.monitor_mode`)."""
+        """`"min"` for a loss, `"max"` for an accuracy (`ensemble.evaluation.metrics.monitor_mode`)."""
         return monitor_mode(self.monitor)
 
     def get_config(self) -> dict:

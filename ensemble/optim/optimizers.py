@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from ensemble.optimizer_state import get_slot
+from ensemble.optim.optimizer_state import get_slot
 
 COUPLING_OPTIONS = ("clipnorm", "global_clipnorm")
 

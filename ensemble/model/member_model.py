@@ -1,7 +1,7 @@
 """The member-model seam: what snapshots, the predictor, shards, checkpoints and FLOP counts need from a model.
 
 A member model is N networks of one architecture held as stacked weights `(N, ...)` and run as one Keras model
-(`ensemble.fused.FusedMLP` is the implementation; a second member type implements this protocol and is found
+(`ensemble.model.fused.FusedMLP` is the implementation; a second member type implements this protocol and is found
 through Keras' serialisation registry, as `keras.saving.load_model` finds it). Nothing outside the member type's
 own module reads its layers, widths or activation: it goes through these methods.
 
@@ -17,8 +17,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import keras
 import numpy as np
 
-from ensemble.fused import FusedMLP, load_fused
-from ensemble.outputs import Task
+from ensemble.model.fused import FusedMLP, load_fused
+from ensemble.model.outputs import Task
 
 
 @runtime_checkable
@@ -106,5 +106,5 @@ def find_model_class(name: str | None) -> type[MemberModel]:
 
 def load_member_model(path: str | Path) -> MemberModel:
     """A saved member model, without drawing the random initial weights the saved ones overwrite
-    (`ensemble.fused.load_fused`: `keras.saving.load_model` finds the class by its registered name)."""
+    (`ensemble.model.fused.load_fused`: `keras.saving.load_model` finds the class by its registered name)."""
     return load_fused(path)

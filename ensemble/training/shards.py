@@ -16,9 +16,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ensemble.checkpoint import load_checkpoint, read_record, save_checkpoint, write_record
-from ensemble.member_model import MemberModel
-from ensemble.snapshots import Snapshots
+from ensemble.model.member_model import MemberModel
+from ensemble.snapshots.collector import Snapshots
+from ensemble.training.checkpoint import load_checkpoint, read_record, save_checkpoint, write_record
 
 # Epoch-log scalars that are means over members: recomputed over all members when shards are merged.
 MEMBER_MEANS = {

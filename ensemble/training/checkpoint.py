@@ -2,9 +2,9 @@
 
 Layout: `model.keras` (architecture + weights), `optimizer.json` (Keras optimiser config, schedule included),
 `optimizer.npz` (every optimiser variable: iterations, slots), `state.json` (epoch, step and caller extras such as
-the data order). `EpochCheckpoint` adds the run's record so far: `record.jsonl` (`ensemble.record`: one row per
+the data order). `EpochCheckpoint` adds the run's record so far: `record.jsonl` (`ensemble.training.record`: one row per
 epoch with its logs, the learning rate of each of its steps and its cycle ends) and `snapshots/`
-(`ensemble.snapshot_files`: one `cycle-0003.npz` per cycle, that cycle's member weights `(K, ...)` and scores).
+(`ensemble.training.snapshot_files`: one `cycle-0003.npz` per cycle, that cycle's member weights `(K, ...)` and scores).
 
 A checkpoint is replaced as a whole and atomically, but an epoch rewrites only what changes: the weights, the
 optimiser state, `state.json`. The record is appended to (one row) and a cycle's snapshots are written once; the
@@ -12,7 +12,7 @@ new checkpoint takes the earlier rows and snapshot files over from the previous 
 file system has none), so what an epoch writes does not grow with the epoch number. The record file is shared with
 the previous checkpoint, so `state.json` names its length (`record_bytes`): a row appended after it (a crash before
 the swap) is not part of that checkpoint and is cut off when the run resumes.
-The data order of an epoch is a pure function of `(seed, member, epoch)` (`ensemble.train.epoch_indices`), so
+The data order of an epoch is a pure function of `(seed, member, epoch)` (`ensemble.training.train.epoch_indices`), so
 weights + optimiser state + epoch are all a resumed run needs to continue exactly.
 """
 
@@ -28,9 +28,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ensemble.member_model import MemberModel, load_member_model
-from ensemble.record import RECORD_FILE, RunRecord, RunRecorder
-from ensemble.snapshot_files import (
+from ensemble.model.member_model import MemberModel, load_member_model
+from ensemble.snapshots.collector import SnapshotCollector, Snapshots
+from ensemble.training.record import RECORD_FILE, RunRecord, RunRecorder
+from ensemble.training.snapshot_files import (
     SNAPSHOT_DIR,
     Key,
     carry,
@@ -38,7 +39,6 @@ from ensemble.snapshot_files import (
     read_snapshots,
     write_snapshots,
 )
-from ensemble.snapshots import SnapshotCollector, Snapshots
 
 LEGACY_RECORD_FILE = "record.json"  # the whole record rewritten each epoch (checkpoints of earlier versions)
 

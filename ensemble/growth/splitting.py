@@ -27,8 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ensemble.fused import FusedMLP
-from ensemble.train import label_tensor, member_losses
+from ensemble.model.fused import FusedMLP
+from ensemble.training.train import label_tensor, member_losses
 
 # Piecewise-linear activations: the change of slope at the kink z = 0 (sigma'' = jump * Dirac delta).
 KINKS: dict[str, float] = {"relu": 1.0, "leaky_relu": 0.8}  # keras' leaky_relu: negative_slope 0.2

@@ -19,8 +19,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from ensemble.flops import ensemble_flops
-from ensemble.outputs import HEAD_ACTIVATIONS, TASKS, Task, outputs_to_log_probs, outputs_to_predictions
+from ensemble.model.flops import ensemble_flops
+from ensemble.model.outputs import HEAD_ACTIVATIONS, TASKS, Task, outputs_to_log_probs, outputs_to_predictions
 
 _WEIGHTS_FOLLOW = threading.local()
 
@@ -181,7 +181,7 @@ class FusedMLP(keras.Model):
     Call: `x (N, B, d) -> raw outputs (N, B, out)` (logits for classification). Use `predict_members` for
     probabilities.
 
-    Implements `ensemble.member_model.MemberModel`: stacked weights are `get_weights()`, `[W_0 (N, d, H_0),
+    Implements `ensemble.model.member_model.MemberModel`: stacked weights are `get_weights()`, `[W_0 (N, d, H_0),
     b_0 (N, H_0), ..., W_head (N, H, out), b_head (N, out)]`; a member's are the same without the N axis.
     """
 
@@ -319,7 +319,7 @@ class FusedMLP(keras.Model):
         return model
 
     def forward_flops(self) -> int:
-        """Forward FLOPs per sample of all members (`ensemble.flops.ensemble_flops`)."""
+        """Forward FLOPs per sample of all members (`ensemble.model.flops.ensemble_flops`)."""
         return ensemble_flops(self.input_dim, self.hidden_units, self.output_dim, self.members)
 
     @property
@@ -351,7 +351,7 @@ class FusedMLP(keras.Model):
             x: `(B, d)` features, given to every member (or `(N, B, d)`, one batch per member).
             batch_size: rows per forward pass (memory bound only; results do not depend on it).
             log_probs: classification: return log-probabilities (log-softmax / log-sigmoid of the logits, exact
-                where a probability underflows to 0), for `ensemble.metrics`' `log_probs=True`. Regression
+                where a probability underflows to 0), for `ensemble.evaluation.metrics`' `log_probs=True`. Regression
                 predictions are returned as they are.
 
         Returns:

@@ -182,12 +182,12 @@ LOG_COMBINERS: dict[str, Callable[..., np.ndarray]] = {
 
 Each formula is written once, against the operations NumPy and `keras.ops` share (`ops`: the `numpy` module, the
 default, or `keras.ops` inside a compiled function), so the evaluation here and the training loop's compiled
-epoch-end scores (`ensemble.train.compiled_scores`, `val_ensemble_accuracy`) combine the members the same way.
+epoch-end scores (`ensemble.training.train.compiled_scores`, `val_ensemble_accuracy`) combine the members the same way.
 
-Adding a combiner is a change here: `combine`, `evaluate_classification`, `EnsemblePredictor`, `ensemble.compare`,
+Adding a combiner is a change here: `combine`, `evaluate_classification`, `EnsemblePredictor`, `ensemble.evaluation.compare`,
 the snapshot curve (`tasks.snapshots`), `ensemble.uncertainty.weighted_log_combine` (the member weights of a selected
 ensemble), the live `val_ensemble_accuracy` (`TrainConfig.combiner`) and the config's `evaluation.combiner` all
-take their names and formulas from it. Not yet the greedy selection's incremental scores (`ensemble.selection`),
+take their names and formulas from it. Not yet the greedy selection's incremental scores (`ensemble.evaluation.selection`),
 which keep running sums and branch on "geometric" themselves. Combiners apply to class probabilities; a regression
 ensemble is always the members' mean (`combine_regression`)."""
 
@@ -605,7 +605,7 @@ EPOCH_SCORES: dict[str, bool] = {
     "val_ensemble_accuracy": True,  # accuracy of the members combined by `TrainConfig.combiner`
     "val_loss": False,  # the members' mean training loss on the validation rows (NLL, or MSE for regression)
 }
-"""THE registry of the validation scores `ensemble.train.fit` logs at epoch ends that callbacks may monitor:
+"""THE registry of the validation scores `ensemble.training.train.fit` logs at epoch ends that callbacks may monitor:
 name -> whether higher is better. `SnapshotCollector(keep_best=...)` ranks by the per-member ones, growth rounds
 (`GrowthConfig.monitor`) detect plateaus on any of them."""
 

@@ -3,7 +3,7 @@
 Keras 3 keeps an optimiser's per-variable slots in lists indexed by the private `_get_variable_index(variable)`:
 Adam's `_momentums`, `_velocities` (and `_velocity_hats` with `amsgrad`), SGD's public `momentums`. The
 learning-rate schedule itself sits in the private `_learning_rate` (the public `learning_rate` evaluates it at the
-current step). The fused update kernels (`ensemble.optimizers`), growth (`ensemble.growth`: slots carried through a
+current step). The fused update kernels (`ensemble.optim.optimizers`), growth (`ensemble.growth.split`: slots carried through a
 split, the schedule kept and scaled) and the training loop (the schedule's cycle ends) all go through the
 functions below, so a Keras release that renames these attributes is a change here only
 (`tests/ensemble/test_optimizer_state.py` fails when another module touches them).

@@ -2,7 +2,7 @@
 
 Switch by changing one import:
 
-    from ensemble.keras_snapshot import SnapshotEnsembleCallback
+    from ensemble.snapshots.keras_snapshot import SnapshotEnsembleCallback
 
     snapshot_cb = SnapshotEnsembleCallback()          # seed 002's parameters and defaults
     model.fit(x, y, epochs=25, callbacks=[snapshot_cb])  # 25 epochs = two whole cycles (10 + 15) by default
@@ -27,9 +27,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from ensemble.metrics import combine
-from ensemble.plots import plot_learning_rate
-from ensemble.schedules import SGDRSchedule
+from ensemble.evaluation.metrics import combine
+from ensemble.evaluation.plots import plot_learning_rate
+from ensemble.optim.schedules import SGDRSchedule
 
 SAVE_FORMATS = {"keras": ".keras", "weights": ".weights.h5"}
 PARTIAL_CYCLE = ("error", "ignore")
@@ -297,7 +297,7 @@ def predict_ensemble(
     Args:
         models: the snapshot models (e.g. `load_snapshots(...)`, or its last K).
         x: inputs accepted by every model, batch `B`.
-        method: a combiner of `ensemble.metrics.COMBINERS` (`"mean"`, `"geometric"`) for probability outputs
+        method: a combiner of `ensemble.evaluation.metrics.COMBINERS` (`"mean"`, `"geometric"`) for probability outputs
             `(B, C)` with C >= 2; other outputs (a sigmoid `(B, 1)`, regression) are averaged (`"mean"` only).
 
     Returns:

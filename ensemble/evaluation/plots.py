@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ensemble.flops import pareto_front
+from ensemble.model.flops import pareto_front
 
 _ROW_KEYS = ("kind", "width", "members", "flops", "accuracy")
 _KINDS = ("single", "ensemble", "equal_flops_single")

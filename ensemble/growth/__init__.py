@@ -1,0 +1,1 @@
+"""Growth rounds: function-preserving unit splits (pure), the splitting index, the round controller."""

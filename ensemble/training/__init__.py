@@ -1,0 +1,1 @@
+"""The training loop, its run record, checkpoints, shards, progress and a sweep's per-member settings."""
