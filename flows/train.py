@@ -246,6 +246,7 @@ def evaluate(
         run_dir,
         model_path=trained.model_path,  # member runs' test/* come from each member's final weights
         snapshot_dir=trained.snapshot_dir,
+        close_members=config.sweep is None,  # a sweep's selection logs to the member runs after it
     )
     if config.sweep is None:
         return evaluation

@@ -77,15 +77,9 @@ def log_data_task(settings: TrackingSettings, run_id: str, data_dir: str, source
         for message in prepared.warnings:
             get_run_logger().warning(message)
         tracker.set_tags(run_id, {"data_warnings": "\n".join(prepared.warnings)})
-    for split, frame in prepared.raw.items():
-        tracker.log_dataset(
-            run_id,
-            frame,
-            name=f"{Path(source).stem}-{split}",
-            source=source,
-            target=prepared.preprocessor.target,
-            context=split,
-        )
+    tracker.log_datasets(
+        run_id, prepared.raw, name=Path(source).stem, source=source, target=prepared.preprocessor.target
+    )
     summary = {
         "task": prepared.task,
         "features": prepared.num_features,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,7 @@ def evaluate_task(
     run_dir: str,
     model_path: str,
     snapshot_dir: str | None = None,
+    close_members: bool = False,
 ) -> Evaluation:
     """Score the ensemble formed by all members of `group_paths` (final members and/or snapshots).
 
@@ -83,10 +86,36 @@ def evaluate_task(
     trained model at `model_path`) and, with `snapshot_dir`, `snapshot/test_<metric>` of each of its snapshots at
     `step` = cycle; a Prefect table artifact of every (member, cycle) and the ensemble; and saves the deployable
     predictor to `run_dir/predictor`. `evaluation.metric` None is resolved for the data's task.
+
+    The member runs' metrics are written on a thread while the ensemble is scored and its predictor saved
+    (TensorFlow, Prefect's API and file writes leave the interpreter to it); with `close_members` (nothing logs to
+    the member runs after this task) each member run is then closed FINISHED there too, instead of at the end of
+    the flow (`Tracker.run(..., nested="member")` closes those still open, or all of them FAILED if the flow fails).
     """
     tracker = Tracker(settings)
     prepared = PreparedData.load(data_dir)
     evaluation = evaluation.for_task(prepared.task)
+    rows = member_table(prepared, evaluation, model_path, snapshot_dir)
+    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-member-scores") as pool:
+        members = pool.submit(
+            contextvars.copy_context().run, log_member_scores, tracker, member_run_ids, rows, close_members
+        )
+        scored = score_ensemble(tracker, run_id, prepared, evaluation, group_paths, rows, run_dir)
+        members.result()  # raises a failed write
+    return scored
+
+
+def score_ensemble(
+    tracker: Tracker,
+    run_id: str,
+    prepared: PreparedData,
+    evaluation: EvaluationSection,
+    group_paths: list[str],
+    rows: list[dict],
+    run_dir: str,
+) -> Evaluation:
+    """The ensemble of `group_paths` scored on the test split (`test/<metric>` on the parent run), the Prefect
+    artifacts (`publish_scores`, with the member `rows`) and the predictor saved to `run_dir/predictor`."""
     groups = [load_fused(path) for path in group_paths]
     predictor = EnsemblePredictor(prepared.preprocessor, groups, combiner=evaluation.combiner)
     member_preds = np.concatenate(
@@ -96,9 +125,6 @@ def evaluate_task(
     flops = sum(g.forward_flops() for g in groups)
     metrics["flops_per_sample"] = float(flops)
     tracker.log_metrics(run_id, {f"{TEST_PREFIX}{k}": v for k, v in metrics.items()})
-
-    rows = member_table(prepared, evaluation, model_path, snapshot_dir)
-    log_member_scores(tracker, member_run_ids, rows)
     publish_scores(rows, metrics, f"MLflow run: [{run_id}]({tracker.run_url(run_id)})")
     if (
         prepared.task == "regression"
@@ -171,9 +197,12 @@ def member_scores(member_preds: np.ndarray, y: np.ndarray, task: str, bins: int)
     return [{k: v for k, v in row.items() if k != "member"} for row in rows]
 
 
-def log_member_scores(tracker: Tracker, member_run_ids: list[str], rows: list[dict]) -> None:
+def log_member_scores(
+    tracker: Tracker, member_run_ids: list[str], rows: list[dict], close: bool = False
+) -> None:
     """Member run n gets `test/<metric>` of its final weights (step 0) and `snapshot/test_<metric>` of each
-    snapshot (`step` = cycle). Nothing is logged for untracked members (no run ids)."""
+    snapshot (`step` = cycle), and with `close` is then closed FINISHED. Nothing is logged for untracked members
+    (no run ids)."""
     if not member_run_ids:
         return
     steps: dict[int, dict[int, dict[str, float]]] = {n: {} for n in range(len(member_run_ids))}
@@ -183,6 +212,8 @@ def log_member_scores(tracker: Tracker, member_run_ids: list[str], rows: list[di
         steps[row["member"]].setdefault(step, {}).update({prefix + k: v for k, v in values.items()})
     for n, member_run in enumerate(member_run_ids):
         tracker.log_metrics_at_steps(member_run, steps[n])
+        if close:
+            tracker.finish_run(member_run)
 
 
 def _json_safe(rows: list[dict]) -> list[dict]:

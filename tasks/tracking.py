@@ -26,7 +26,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 import yaml
-from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag
+from mlflow.entities import LoggedModelOutput, Metric, Param, RunStatus, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -173,15 +173,25 @@ class Tracker:
         self.set_tags(run_id, {DESCRIPTION_TAG: markdown})
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
-        """Close a run as FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(run_id, status=status)
+        """Close a run as FINISHED, FAILED or KILLED (now, as its end time).
+
+        Through the store's `update_run_info`, which is what `MlflowClient.set_terminated` does after stopping
+        MLflow's asynchronous logging: that stop waits for the logging thread's next 1-second poll of its queue
+        (0.2-0.4 s per flow, measured), and the next live write has to restart it. Writes queued with
+        `log_metrics_async` are therefore not waited for here: wait on their operations first (`flush_async`), as
+        `MlflowEpochLogger.flush` does."""
+        self.client._tracking_client.store.update_run_info(
+            run_id, RunStatus.from_string(status), end_time=get_current_time_millis(), run_name=None
+        )
 
     # -- run lifecycle ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def run(self, run_id: str, nested: str | None = None) -> Iterator[str]:
         """Close the started run `run_id` when the block ends: FINISHED, or FAILED if the block raised (anything,
         a cancellation too; the error propagates). With `nested` (a `child_runs` kind, e.g. "member"), its nested
-        runs of that kind close with it, as they stand then (those opened before a failure are FAILED).
+        runs of that kind close with it, as they stand then: those still RUNNING as FINISHED (a step may have
+        closed them already, `finish_run`), or after a failure every one of them as FAILED, those a step
+        had closed FINISHED too.
 
         Usage: `with tracker.run(tracker.start_run(name, tags)) as run_id: ...`.
         """
@@ -193,8 +203,9 @@ class Tracker:
         self._finish_with_nested(run_id, nested, "FINISHED")
 
     def _finish_with_nested(self, run_id: str, nested: str | None, status: str) -> None:
-        for child in self.child_runs(run_id, nested).values() if nested else ():
-            self.finish_run(child, status)
+        for child in self._child_runs(run_id, nested) if nested else ():
+            if status != "FINISHED" or child.info.status == "RUNNING":
+                self.finish_run(child.info.run_id, status)
         self.finish_run(run_id, status)
 
     def reopen_run(self, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -259,12 +270,14 @@ class Tracker:
 
     def child_runs(self, parent_run_id: str, kind: str) -> dict[int, str]:
         """The nested runs of `parent_run_id` tagged `kind` (e.g. "member"), by their integer `kind` tag."""
-        runs = self.client.search_runs(
+        return {int(run.data.tags[kind]): run.info.run_id for run in self._child_runs(parent_run_id, kind)}
+
+    def _child_runs(self, parent_run_id: str, kind: str) -> list:
+        return self.client.search_runs(
             [self.experiment_id()],
             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.kind = '{kind}'",
             max_results=50_000,
         )
-        return {int(run.data.tags[kind]): run.info.run_id for run in runs}
 
     # -- values -------------------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -352,21 +365,27 @@ class Tracker:
         """A table (list of row dicts) as an MLflow table artifact (visible in the UI's artifact viewer)."""
         self.client.log_table(run_id, pd.DataFrame(rows), artifact_file)
 
-    def log_dataset(
-        self, run_id: str, frame: pd.DataFrame, name: str, source: str, target: str, context: str
+    def log_datasets(
+        self, run_id: str, frames: Mapping[str, pd.DataFrame], name: str, source: str, target: str
     ) -> None:
-        """Record `frame` as an MLflow dataset input of the run (name, digest, schema, source)."""
+        """Record each of `frames` (by context: `train`, `val`, `test`) as an MLflow dataset input of the run,
+        named `<name>-<context>` (name, digest, schema, source), in one `log_inputs` call."""
         with (
             warnings.catch_warnings()
         ):  # MLflow registers its local source twice; integer columns are fine here
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             warnings.filterwarnings("ignore", message=INTEGER_SCHEMA_HINT)
-            dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name)
-            entity = dataset._to_mlflow_entity()  # the schema is inferred here (lazily)
-        dataset_input = mlflow.entities.DatasetInput(
-            dataset=entity, tags=[mlflow.entities.InputTag("mlflow.data.context", context)]
-        )
-        self.client.log_inputs(run_id, datasets=[dataset_input])
+            inputs = [
+                mlflow.entities.DatasetInput(
+                    # The schema is inferred in `_to_mlflow_entity` (lazily).
+                    dataset=mlflow.data.from_pandas(
+                        frame, source=source, targets=target, name=f"{name}-{context}"
+                    )._to_mlflow_entity(),
+                    tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
+                )
+                for context, frame in frames.items()
+            ]
+        self.client.log_inputs(run_id, datasets=inputs)
 
     # -- models -------------------------------------------------------------------------------------------------
     def log_model(

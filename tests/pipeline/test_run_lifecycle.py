@@ -38,3 +38,20 @@ def test_without_nested_only_the_run_itself_is_closed(tracking):
         member = tracker.open_child_runs(run_id, "member", {0: {}})[0]
         raise ValueError("boom")
     assert statuses(tracker, run_id, member) == ["FAILED", "RUNNING"]
+
+
+def test_a_member_closed_inside_the_block_keeps_its_end_but_fails_with_the_block(tracking):
+    tracker = Tracker(tracking)
+    with tracker.run(tracker.start_run("parent"), nested="member") as run_id:
+        closed, open_ = tracker.open_child_runs(run_id, "member", {0: {}, 1: {}})
+        tracker.finish_run(closed)
+        ended = tracker.client.get_run(closed).info.end_time
+    assert statuses(tracker, run_id, closed, open_) == ["FINISHED"] * 3
+    assert tracker.client.get_run(closed).info.end_time == ended  # not closed a second time
+
+    with pytest.raises(RuntimeError), tracker.run(tracker.start_run("parent"), nested="member") as run_id:
+        closed = tracker.open_child_runs(run_id, "member", {0: {}})[0]
+        tracker.finish_run(closed)
+        raise RuntimeError("a later step failed")
+    assert statuses(tracker, run_id, closed) == ["FAILED", "FAILED"]
+
