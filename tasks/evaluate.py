@@ -91,17 +91,21 @@ def evaluate_task(
     (TensorFlow, Prefect's API and file writes leave the interpreter to it); with `close_members` (nothing logs to
     the member runs after this task) each member run is then closed FINISHED there too, instead of at the end of
     the flow (`Tracker.run(..., nested="member")` closes those still open, or all of them FAILED if the flow fails).
+    MLflow's asynchronous logging, which training used, is stopped on another thread (`Tracker.stop_async`).
     """
     tracker = Tracker(settings)
     prepared = PreparedData.load(data_dir)
     evaluation = evaluation.for_task(prepared.task)
     rows = member_table(prepared, evaluation, model_path, snapshot_dir)
-    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-member-scores") as pool:
+    with ThreadPoolExecutor(2, thread_name_prefix="mlflow-members") as pool:
+        # Training's live logging is written (flushed when training ended): its stop waits up to a second.
+        stopped = pool.submit(tracker.stop_async)
         members = pool.submit(
             contextvars.copy_context().run, log_member_scores, tracker, member_run_ids, rows, close_members
         )
         scored = score_ensemble(tracker, run_id, prepared, evaluation, group_paths, rows, run_dir)
         members.result()  # raises a failed write
+        stopped.result()
     return scored
 
 

@@ -176,9 +176,9 @@ class Tracker:
         """Close a run as FINISHED, FAILED or KILLED (now, as its end time).
 
         Through the store's `update_run_info`, which is what `MlflowClient.set_terminated` does after stopping
-        MLflow's asynchronous logging: that stop waits for the logging thread's next 1-second poll of its queue
-        (0.2-0.4 s per flow, measured), and the next live write has to restart it. Writes queued with
-        `log_metrics_async` are therefore not waited for here: wait on their operations first (`flush_async`), as
+        MLflow's asynchronous logging (`stop_async`): that stop waits up to a second, so it is done once, where it
+        costs nothing (the evaluate step, beside its predictions) or at the end of `run`. Writes queued with
+        `log_metrics_async` are not waited for here: wait on their operations first (`flush_async`), as
         `MlflowEpochLogger.flush` does."""
         self.client._tracking_client.store.update_run_info(
             run_id, RunStatus.from_string(status), end_time=get_current_time_millis(), run_name=None
@@ -203,6 +203,7 @@ class Tracker:
         self._finish_with_nested(run_id, nested, "FINISHED")
 
     def _finish_with_nested(self, run_id: str, nested: str | None, status: str) -> None:
+        self.stop_async()  # a no-op if stopped already: in a flow, the evaluate step has done it
         for child in self._child_runs(run_id, nested) if nested else ():
             if status != "FINISHED" or child.info.status == "RUNNING":
                 self.finish_run(child.info.run_id, status)
@@ -352,6 +353,16 @@ class Tracker:
             return
         for operation in operations:
             operation.wait()
+
+    def stop_async(self) -> None:
+        """Stop MLflow's asynchronous logging to this store: write what is queued, then end its threads.
+
+        It has to be stopped before a process ends: its worker pool's threads are not daemons, and the CLI's
+        `exit_fast` waits for every such thread before it runs the exit handlers (MLflow's would stop them). The
+        stop waits for the logging thread's next 1-second poll of its queue; a no-op when stopped already, and
+        the next `log_metrics_async` starts it again. Nothing may queue writes to this store meanwhile (one flow
+        at a time per process does not: its live logging is flushed when training ends)."""
+        self.client._tracking_client.store.shut_down_async_logging()
 
     # -- artifacts ----------------------------------------------------------------------------------------------
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

@@ -11,7 +11,7 @@ from ensemble.optim.optimizer_state import get_slot, learning_rate_schedule, slo
 from ensemble.optim.schedules import SGDRSchedule
 
 ROOT = Path(__file__).resolve().parents[2]
-ADAPTER = ROOT / "ensemble" / "optimizer_state.py"
+ADAPTER = ROOT / "ensemble" / "optim" / "optimizer_state.py"
 # Keras' private optimiser state: the slot lists, their index, the schedule attribute.
 PRIVATE = re.compile(r"_get_variable_index|_momentums|_velocities|_velocity_hats|\b_learning_rate\b")
 

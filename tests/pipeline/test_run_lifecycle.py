@@ -54,4 +54,3 @@ def test_a_member_closed_inside_the_block_keeps_its_end_but_fails_with_the_block
         tracker.finish_run(closed)
         raise RuntimeError("a later step failed")
     assert statuses(tracker, run_id, closed) == ["FAILED", "FAILED"]
-
