@@ -213,75 +213,89 @@ def run_command(
     """`run` once the input is checked (and Prefect's temporary server is starting, `server`, if needed)."""
     if not args.debug:
         quiet_runtime()
-    from flows.prefect_api import flow_run_settings
     from tasks.tracking import TrackingSettings
 
-    settings = TrackingSettings.load()
-    if args.command == "ui":
-        if settings.tracking_uri.startswith(("http://", "https://")):
-            print(
-                f"The store is the tracking server {settings.tracking_uri}: its UI is at {settings.ui_address}."
-            )
-            return 0
-        command = [
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            settings.tracking_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(args.port),
-        ]
-        print(f"MLflow UI on http://127.0.0.1:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it.")
-        return subprocess.call([os.path.join(os.path.dirname(sys.executable), "mlflow"), *command[1:]])
-    if args.command == "deploy":
-        from flows.deploy import write_dockerfile
+    command = COMMANDS.get(args.command, run_train)
+    return command(args, config, server, marks, TrackingSettings.load())
 
-        dockerfile = write_dockerfile(args.dockerfile, settings, args.alias, args.model_name)
-        print(f"Wrote {dockerfile} and the model beside it; build and run the image with:")
-        print(f"  docker build -t fused-ensemble {dockerfile.parent}")
-        print("  docker run -p 5001:8080 fused-ensemble   # POST http://127.0.0.1:5001/invocations")
-        return 0
-    if args.command == "predict":
-        from flows.predict import predict_flow
 
-        prefect_api_ready(server, marks)
-        with flow_run_settings(server):
-            result = predict_flow(args.input, args.output, args.alias, args.model_name, settings)
-        print(f"Wrote {result['rows']} predictions to {result['output']} ({result['model_uri']}).")
-        return 0
-    if args.command == "schedule":
-        from flows.schedule import schedule_training
-
-        when = f"on cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"
-        if args.no_serve:
-            deployment_id = schedule_training(
-                config, args.cron, args.name, False, interval=args.interval, pool=args.pool
-            )
-            print(
-                f"Deployment 'train-ensemble/{args.name}' ({deployment_id}) runs the train flow {when} on work "
-                f"pool {args.pool!r}. Start a worker in this project's environment to run it:\n"
-                f"  prefect worker start --pool {args.pool}"
-            )
-            return 0
-        with contextlib.suppress(KeyboardInterrupt):  # Prefect's serve pauses the schedule as it stops
-            schedule_training(config, args.cron, args.name, True, interval=args.interval)
+def run_ui(args, config, server, marks, settings) -> int:
+    """`ensemble ui`: the MLflow UI on the configured store (a tracking server already has its own)."""
+    if settings.tracking_uri.startswith(("http://", "https://")):
         print(
-            f"Stopped serving 'train-ensemble/{args.name}': its schedule is paused on the Prefect server; "
-            "run the same command to serve it again."
+            f"The store is the tracking server {settings.tracking_uri}: its UI is at {settings.ui_address}."
         )
         return 0
-    if args.command == "compare":
-        from flows.compare import compare_flow
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    command = [mlflow, "ui", "--backend-store-uri", settings.tracking_uri, "--host", "127.0.0.1"]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it.")
+    return subprocess.call([*command, "--port", str(args.port)])
 
-        prefect_api_ready(server, marks)
-        with flow_run_settings(server):
-            result = compare_flow(config, settings, grid={} if args.grid else None)
+
+def run_deploy(args, config, server, marks, settings) -> int:
+    """`ensemble deploy`: a Dockerfile and the registered model beside it."""
+    from flows.deploy import write_dockerfile
+
+    dockerfile = write_dockerfile(args.dockerfile, settings, args.alias, args.model_name)
+    print(f"Wrote {dockerfile} and the model beside it; build and run the image with:")
+    print(f"  docker build -t fused-ensemble {dockerfile.parent}")
+    print("  docker run -p 5001:8080 fused-ensemble   # POST http://127.0.0.1:5001/invocations")
+    return 0
+
+
+def run_predict(args, config, server, marks, settings) -> int:
+    """`ensemble predict`: the predict flow on a file of rows."""
+    from flows.predict import predict_flow
+    from flows.prefect_api import flow_run_settings
+
+    prefect_api_ready(server, marks)
+    with flow_run_settings(server):
+        result = predict_flow(args.input, args.output, args.alias, args.model_name, settings)
+    print(f"Wrote {result['rows']} predictions to {result['output']} ({result['model_uri']}).")
+    return 0
+
+
+def run_schedule(args, config, server, marks, settings) -> int:
+    """`ensemble schedule`: a deployment of the train flow on a schedule, served here or run by a worker."""
+    from flows.schedule import schedule_training
+
+    when = f"on cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"
+    if args.no_serve:
+        deployment_id = schedule_training(
+            config, args.cron, args.name, False, interval=args.interval, pool=args.pool
+        )
         print(
-            f"\nComparison run {result['run_id']}: child runs tagged comparison={result['run_id']}. {ui_hint(settings)}"
+            f"Deployment 'train-ensemble/{args.name}' ({deployment_id}) runs the train flow {when} on work "
+            f"pool {args.pool!r}. Start a worker in this project's environment to run it:\n"
+            f"  prefect worker start --pool {args.pool}"
         )
         return 0
+    with contextlib.suppress(KeyboardInterrupt):  # Prefect's serve pauses the schedule as it stops
+        schedule_training(config, args.cron, args.name, True, interval=args.interval)
+    print(
+        f"Stopped serving 'train-ensemble/{args.name}': its schedule is paused on the Prefect server; "
+        "run the same command to serve it again."
+    )
+    return 0
+
+
+def run_compare(args, config, server, marks, settings) -> int:
+    """`ensemble compare`: ensembles against single models at equal FLOPs."""
+    from flows.compare import compare_flow
+    from flows.prefect_api import flow_run_settings
+
+    prefect_api_ready(server, marks)
+    with flow_run_settings(server):
+        result = compare_flow(config, settings, grid={} if args.grid else None)
+    print(
+        f"\nComparison run {result['run_id']}: child runs tagged comparison={result['run_id']}. {ui_hint(settings)}"
+    )
+    return 0
+
+
+def run_train(args, config, server, marks, settings) -> int:
+    """`ensemble train`: the train flow, then the closing summary."""
+    from flows.prefect_api import flow_run_settings
     from flows.train import train_flow
 
     prefect_api_ready(server, marks)
@@ -290,6 +304,16 @@ def run_command(
     marks.mark("flow_returned")
     print(summary(result, settings))
     return 0
+
+
+COMMANDS = {
+    "ui": run_ui,
+    "deploy": run_deploy,
+    "predict": run_predict,
+    "schedule": run_schedule,
+    "compare": run_compare,
+    "train": run_train,
+}
 
 
 def prefect_api_ready(server: TemporaryServer | None, marks: PhaseMarks) -> None:
