@@ -56,6 +56,7 @@ from prefect.client.schemas.sorting import TaskRunSort  # noqa: E402
 
 from flows.train import train_flow  # noqa: E402
 from tasks.config import load_config  # noqa: E402
+from tasks.live_logging import MEMBER_METRICS, PARENT_METRICS  # noqa: E402
 from tasks.tracking import Tracker, TrackingSettings  # noqa: E402
 
 POSTGRES_URI_ENV = "ENSEMBLE_TEST_POSTGRES_URI"
@@ -149,16 +150,14 @@ def flow_traffic(settings: TrackingSettings, members: int, epochs: int, steps: i
         batch = [
             Metric(key, 1.0 / (e + 1), now, e)
             for e in range(epochs)
-            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+            for key in MEMBER_METRICS.values()  # the names the train flow logs per member
         ]
         tracker.log_metric_batch(run, batch)
         tracker.finish_run(run)
         count += len(batch)
-    parent_batch = [
-        Metric(k, 0.5, now, e) for e in range(epochs) for k in ("loss", "val_loss", "val_accuracy")
-    ]
+    parent_batch = [Metric(k, 0.5, now, e) for e in range(epochs) for k in PARENT_METRICS.values()]
     tracker.log_metric_batch(parent, parent_batch)
-    tracker.log_series(parent, "lr", np.linspace(0.01, 0.0001, steps), range(1, steps + 1))
+    tracker.log_series(parent, "schedule/lr", np.linspace(0.01, 0.0001, steps), range(1, steps + 1))
     tracker.finish_run(parent)
     return count + len(parent_batch) + steps
 
