@@ -52,7 +52,6 @@ class Evaluation:
         value: the registered predictor's test value of `metric`.
         higher_is_better: the direction of `metric`.
         predictor_dir: the saved predictor that registration packages.
-        flops_per_sample: forward FLOPs per sample of all the ensemble's members.
         best_member: the member row (final weights) best on `metric`, or None.
         selection: a sweep's three ensembles' test scores (`tasks.selection`), None without a sweep.
     """
@@ -62,7 +61,6 @@ class Evaluation:
     value: float
     higher_is_better: bool
     predictor_dir: str
-    flops_per_sample: int
     best_member: dict | None = None
     selection: dict | None = None
 
@@ -130,9 +128,8 @@ def score_ensemble(
     metrics["flops_per_sample"] = float(flops)
     tracker.log_metrics(run_id, {f"{TEST_PREFIX}{k}": v for k, v in metrics.items()})
     publish_scores(rows, metrics, f"MLflow run: [{run_id}]({tracker.run_url(run_id)})")
-    if (
-        prepared.task == "regression"
-    ):  # the served prediction interval: split-conformal on the validation rows
+    # The served prediction interval (regression): split-conformal on the validation rows.
+    if prepared.task == "regression":
         predictor.calibrate_interval(prepared.x_val, prepared.y_val)
     predictor_dir = predictor.save(Path(run_dir) / "predictor")
     higher = evaluation.higher_is_better(prepared.task)
@@ -144,7 +141,6 @@ def score_ensemble(
         value=metrics[evaluation.metric],
         higher_is_better=higher,
         predictor_dir=str(predictor_dir),
-        flops_per_sample=flops,
         best_member=_json_safe([best])[0] if best else None,
     )
 

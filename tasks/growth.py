@@ -146,7 +146,7 @@ def log_growth_curve(
     tracker: Tracker,
     run_id: str,
     trained: Trained,
-    learning_rates: RunRecord,
+    growth_record: RunRecord,
     rounds: list[GrowthRound],
     optimizer: keras.optimizers.Optimizer,
     train: TrainSection,
@@ -156,13 +156,13 @@ def log_growth_curve(
     """The growth steps' `schedule/lr` (at training's stride, each round's first and last step kept) and the
     whole run's learning-rate plot and exact curve (training's steps, then growth's)."""
     history = read_history(trained)
-    steps, lrs = history["steps"] + learning_rates.steps, history["lr"] + learning_rates.learning_rates
+    steps, lrs = history["steps"] + growth_record.steps, history["lr"] + growth_record.learning_rates
     cycle_ends = schedule_cycle_ends(optimizer, steps[-1])
     log_growth_learning_rate(
         tracker,
         run_id,
-        learning_rates.steps,
-        learning_rates.learning_rates,
+        growth_record.steps,
+        growth_record.learning_rates,
         [r.epochs_trained for r in rounds],
         cycle_ends,
         train.epochs,
