@@ -88,6 +88,11 @@ class EnsemblePredictor:
                 f"No rows to predict: send at least one row with the feature columns {self.preprocessor.feature_names}."
             )
         x = self.preprocessor.transform(frame)  # (B, d), validated and standardised
+        return self.pooled_members(x, log_probs=log_probs)
+
+    def pooled_members(self, x: np.ndarray, log_probs: bool = False) -> np.ndarray:
+        """Every group's member predictions of standardised features `(B, d)` (as `PreparedData.x_test`), pooled
+        along the member axis: `(K, B, C)` probabilities (their logs with `log_probs`), or `(K, B)` for regression."""
         return np.concatenate(
             [group.predict_members(x, log_probs=log_probs) for group in self.groups], axis=0
         )
@@ -139,8 +144,7 @@ class EnsemblePredictor:
             raise ValueError(
                 "calibrate_interval is for regression; classification answers carry no interval."
             )
-        members = np.concatenate([group.predict_members(x) for group in self.groups], axis=0)  # (K, B)
-        mean, _ = self.combine_members(members)
+        mean, _ = self.combine_members(self.pooled_members(x))  # members (K, B)
         self.interval_half_width = conformal_quantile(mean, y, self.interval_level)
         return self.interval_half_width
 

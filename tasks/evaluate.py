@@ -120,9 +120,7 @@ def score_ensemble(
     artifacts (`publish_scores`, with the member `rows`) and the predictor saved to `run_dir/predictor`."""
     groups = [load_fused(path) for path in group_paths]
     predictor = EnsemblePredictor(prepared.preprocessor, groups, combiner=evaluation.combiner)
-    member_preds = np.concatenate(
-        [g.predict_members(prepared.x_test, log_probs=True) for g in groups], axis=0
-    )
+    member_preds = predictor.pooled_members(prepared.x_test, log_probs=True)  # (K, B, C) / (K, B)
     metrics = score(member_preds, prepared.y_test, prepared.task, evaluation)
     flops = sum(g.forward_flops() for g in groups)
     metrics["flops_per_sample"] = float(flops)

@@ -112,11 +112,6 @@ class Selected:
     selection: dict[str, dict[str, float]]
 
 
-def member_predictions(predictor: EnsemblePredictor, x: np.ndarray) -> np.ndarray:
-    """Every pooled model's predictions of `x`: log-probabilities `(K, B, C)`, or `(K, B)` for regression."""
-    return np.concatenate([g.predict_members(x, log_probs=True) for g in predictor.groups], axis=0)
-
-
 def weighted_ensembles(
     uniform: EnsemblePredictor, chosen: SweepSelection, prepared: PreparedData
 ) -> dict[str, EnsemblePredictor]:
@@ -216,7 +211,8 @@ def select_ensemble_task(
     prepared = PreparedData.load(data_dir)
     uniform = EnsemblePredictor.load(evaluation.predictor_dir)
     metric = check_metric(sweep.selection_metric, prepared.task)
-    val, test = (member_predictions(uniform, x) for x in (prepared.x_val, prepared.x_test))  # (K, B, ...)
+    # Every pooled model's predictions: log-probabilities (K, B, C), or (K, B) for regression.
+    val, test = (uniform.pooled_members(x, log_probs=True) for x in (prepared.x_val, prepared.x_test))
     keys = library_members(uniform, trained)
     configurations = sweep_members(sweep, config.optimizer, config.snapshots, config.train)
     groups = [configurations[member]["configuration"] for member, _ in keys]  # each model's configuration
