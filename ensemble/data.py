@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -28,8 +28,9 @@ class DataError(ValueError):
 
 
 BUNDLED_DATASETS: tuple[str, ...] = ("blobs", "breast_cancer", "digits", "wine")
-TaskType = Literal["binary", "multiclass", "regression"]
-_TASKS = ("auto", "binary", "multiclass", "regression")
+TaskType = Literal["binary", "multiclass", "regression"]  # the library's one list of tasks
+TASKS: tuple[str, ...] = get_args(TaskType)
+_TASKS = ("auto", *TASKS)
 _EXTENSIONS = (".csv", ".parquet", ".pq")
 _SPLITS = ("train", "val", "test")
 

@@ -19,8 +19,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from ensemble.data import TASKS
 from ensemble.model.flops import ensemble_flops
-from ensemble.model.outputs import HEAD_ACTIVATIONS, TASKS, Task, outputs_to_log_probs, outputs_to_predictions
+from ensemble.model.outputs import HEAD_ACTIVATIONS, Task, outputs_to_log_probs, outputs_to_predictions
 
 _WEIGHTS_FOLLOW = threading.local()
 

@@ -10,13 +10,11 @@ run the same ops in float64, and their argmaxes break ties the same way.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from keras import ops
 
-Task = Literal["binary", "multiclass", "regression"]
-TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
+from ensemble.data import TaskType as Task  # the tasks' one home
+
 HEAD_ACTIVATIONS: dict[str, str] = {"binary": "sigmoid", "multiclass": "softmax", "regression": "linear"}
 
 
