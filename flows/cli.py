@@ -248,7 +248,7 @@ def run_predict(args, config, server, marks, settings) -> int:
     from flows.predict import predict_flow
     from flows.prefect_api import flow_run_settings
 
-    prefect_api_ready(server, marks)
+    prefect_api_ready(server, marks, settings)
     with flow_run_settings(server):
         result = predict_flow(args.input, args.output, args.alias, args.model_name, settings)
     print(f"Wrote {result['rows']} predictions to {result['output']} ({result['model_uri']}).")
@@ -284,7 +284,7 @@ def run_compare(args, config, server, marks, settings) -> int:
     from flows.compare import compare_flow
     from flows.prefect_api import flow_run_settings
 
-    prefect_api_ready(server, marks)
+    prefect_api_ready(server, marks, settings)
     with flow_run_settings(server):
         result = compare_flow(config, settings, grid={} if args.grid else None)
     print(
@@ -298,7 +298,7 @@ def run_train(args, config, server, marks, settings) -> int:
     from flows.prefect_api import flow_run_settings
     from flows.train import train_flow
 
-    prefect_api_ready(server, marks)
+    prefect_api_ready(server, marks, settings)
     with flow_run_settings(server):
         result = train_flow(config, settings, resume="fresh" if args.fresh else args.resume or "auto")
     marks.mark("flow_returned")
@@ -316,9 +316,14 @@ COMMANDS = {
 }
 
 
-def prefect_api_ready(server: TemporaryServer | None, marks: PhaseMarks) -> None:
-    """Marks the end of the imports, then waits for Prefect's temporary server (if this command started one)."""
+def prefect_api_ready(server: TemporaryServer | None, marks: PhaseMarks, settings: TrackingSettings) -> None:
+    """Marks the end of the imports, starts opening the MLflow store on a thread (`open_store_early`: it overlaps
+    the wait below and Prefect's creation of the flow run), then waits for Prefect's temporary server (if this
+    command started one)."""
+    from tasks.tracking import open_store_early
+
     marks.mark("imports")
+    open_store_early(settings)
     if server is not None:
         server.wait_ready()
         marks["server_ready"] = time.time()

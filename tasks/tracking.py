@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -34,6 +35,7 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 from mlflow.utils.time import get_current_time_millis
 
 from ensemble.evaluation.plots import plot_learning_rate
+from tasks.requirements import prepare_requirement_checks
 from tasks.sqlite_wal import use_wal
 
 SETTINGS_FILE_ENV = "ENSEMBLE_MLFLOW_CONFIG"
@@ -122,11 +124,44 @@ class TrackingSettings:
         return cls(**values)
 
 
+_opening: dict[str, threading.Event] = {}  # tracking URI -> set once `open_store_early` has opened its store
+
+
+def open_store_early(settings: TrackingSettings) -> None:
+    """Open the store of `settings` on a thread, now, then prepare model logging's requirement checks.
+
+    For a process about to wait on something else: the CLI calls it before its flow starts, so it runs while
+    Prefect creates the flow run (an HTTP round trip to its server, during which this process only waits).
+    Opening the store (MLflow's engine, its schema check or, for a new store, its migrations, and the experiment)
+    is about half a second of a small run. The first `Tracker` of the same store waits until the thread has opened
+    it and takes it from MLflow's cache: made beside the thread, it would build a second store after the first
+    (MLflow builds one at a time) and pay the opening twice. A failure is left to that `Tracker`, which meets it
+    again and raises it where it belongs. Then the thread builds what MLflow's first model logging would
+    (`tasks.requirements.prepare_requirement_checks`), beside the run's first steps; nothing waits for that.
+    """
+    uri = settings.tracking_uri
+    if uri in _opening:
+        return
+    opened = _opening[uri] = threading.Event()
+
+    def prepare() -> None:
+        try:
+            with contextlib.suppress(Exception):
+                Tracker(settings, early=True).experiment_id()
+        finally:
+            opened.set()
+        prepare_requirement_checks()
+
+    threading.Thread(target=prepare, name="mlflow-open-store", daemon=True).start()
+
+
 class Tracker:
     """One MLflow client for one store; every method takes the run it writes to."""
 
-    def __init__(self, settings: TrackingSettings | None = None):
+    def __init__(self, settings: TrackingSettings | None = None, early: bool = False):
         self.settings = settings or TrackingSettings.load()
+        if not early and (opening := _opening.pop(self.settings.tracking_uri, None)) is not None:
+            opening.wait()  # `open_store_early`
         # The registry URI is always explicit: MlflowClient would otherwise take the process-wide default.
         self.registry_uri = self.settings.registry_uri or self.settings.tracking_uri
         for uri in (self.settings.tracking_uri, self.registry_uri):  # before MLflow opens a SQLite store

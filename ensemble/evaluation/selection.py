@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ensemble.checks import check_int
 from ensemble.evaluation.metrics import METRICS, higher_is_better, metrics_for, task_kind
 from ensemble.uncertainty import weighted_log_combine
 
@@ -280,8 +281,9 @@ def bagged_selection(
     `greedy_selection`; `seed` draws the subsets.
     """
     preds = np.asarray(member_preds, dtype="float64")
-    if int(bags) < 1 or not 0 < fraction <= 1:
-        raise ValueError(f"Need bags >= 1 and 0 < fraction <= 1. Received: bags={bags}, fraction={fraction}")
+    check_int(bags, "bags")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"Argument `fraction` must be in (0, 1]. Received: fraction={fraction}")
     rng, models = np.random.default_rng(seed), preds.shape[0]
     size = max(1, round(models * fraction))
     total, curve = np.zeros(models), []

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ensemble.checks import check_int
 from ensemble.data import TASKS
 from ensemble.model.flops import ensemble_flops
 from ensemble.model.outputs import HEAD_ACTIVATIONS, Task, outputs_to_log_probs, outputs_to_predictions
@@ -121,8 +122,7 @@ class FusedDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(units) < 1:
-            raise ValueError(f"Argument `units` must be >= 1. Received: units={units}")
+        check_int(units, "units")
         if len(seeds) < 1:
             raise ValueError(
                 f"Argument `seeds` must hold one seed per member (>= 1). Received: seeds={seeds}"
@@ -203,14 +203,10 @@ class FusedMLP(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(members) < 1:
-            raise ValueError(f"Argument `members` must be >= 1. Received: members={members}")
-        if int(input_dim) < 1:
-            raise ValueError(f"Argument `input_dim` must be >= 1. Received: input_dim={input_dim}")
-        if any(int(u) < 1 for u in hidden_units):
-            raise ValueError(
-                f"Every entry of `hidden_units` must be >= 1. Received: hidden_units={hidden_units}"
-            )
+        check_int(members, "members")
+        check_int(input_dim, "input_dim")
+        for i, units in enumerate(hidden_units):
+            check_int(units, f"hidden_units[{i}]")
         if task not in TASKS:
             raise ValueError(f"Argument `task` must be one of {TASKS}. Received: task={task!r}")
         if task == "multiclass" and int(num_classes) < 2:

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ensemble.checks import check_int
+
 MAX_STEPS = 2**31 - 1
 """Cycles of a growing schedule are tabulated up to this many steps (or `MAX_CYCLES`)."""
 MAX_CYCLES = 100_000
@@ -112,10 +114,7 @@ class SGDRSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
         `kwargs` are the other constructor arguments. The result's `cycle_length` is in steps.
         """
-        if int(steps_per_epoch) < 1:
-            raise ValueError(
-                f"Argument `steps_per_epoch` must be >= 1. Received: steps_per_epoch={steps_per_epoch}"
-            )
+        check_int(steps_per_epoch, "steps_per_epoch")
         if not cycle_length > 0:
             raise ValueError(
                 f"Argument `cycle_length` must be > 0 (epochs). Received: cycle_length={cycle_length}"
@@ -169,9 +168,7 @@ class SGDRSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def steps_for_cycles(self, num_cycles: int) -> int:
         """Total steps of a run of exactly `num_cycles` whole cycles."""
-        if int(num_cycles) < 1:
-            raise ValueError(f"Argument `num_cycles` must be >= 1. Received: num_cycles={num_cycles}")
-        return sum(self.cycle_length_at(k) for k in range(int(num_cycles)))
+        return sum(self.cycle_length_at(k) for k in range(check_int(num_cycles, "num_cycles")))
 
     def check_whole_cycles(self, total_steps: int, steps_per_epoch: int | None = None) -> int:
         """Number of cycles in a run of `total_steps` steps, which must end exactly at a cycle end.

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ensemble.checks import check_int
 from ensemble.evaluation.metrics import (
     accuracy,
     check_combiner,
@@ -267,10 +268,9 @@ class SnapshotCollector(keras.callbacks.Callback):
         partial_cycle: str = "error",
     ):
         super().__init__()
-        if int(skip_first) < 0:
-            raise ValueError(f"Argument `skip_first` must be >= 0. Received: skip_first={skip_first}")
-        if keep_best is not None and int(keep_best) < 1:
-            raise ValueError(f"Argument `keep_best` must be >= 1 or None. Received: keep_best={keep_best}")
+        check_int(skip_first, "skip_first", minimum=0)
+        if keep_best is not None:
+            check_int(keep_best, "keep_best")
         if keep_best is not None and validation_data is None:
             raise ValueError(
                 "Argument `validation_data` is required when `keep_best` is set: snapshots are ranked by their "

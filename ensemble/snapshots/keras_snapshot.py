@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ensemble.checks import check_int
 from ensemble.evaluation.metrics import combine
 from ensemble.evaluation.plots import plot_learning_rate
 from ensemble.optim.schedules import SGDRSchedule
@@ -105,10 +106,8 @@ class SnapshotEnsembleCallback(keras.callbacks.Callback):
         num_snapshots = options.get("num_snapshots", num_snapshots)
         dirpath = options.get("dirpath", dirpath)
         model_prefix = options.get("model_prefix", model_prefix)
-        if num_snapshots is not None and int(num_snapshots) < 1:
-            raise ValueError(
-                f"Argument `num_snapshots` must be >= 1 or None. Received: num_snapshots={num_snapshots}"
-            )
+        if num_snapshots is not None:
+            check_int(num_snapshots, "num_snapshots")
         if save_format not in SAVE_FORMATS:
             raise ValueError(
                 f"Argument `save_format` must be one of {list(SAVE_FORMATS)}. Received: save_format={save_format!r}"

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ensemble.checks import check_int
 from ensemble.model.member_model import MemberModel
 from ensemble.snapshots.collector import Snapshots
 from ensemble.training.checkpoint import load_checkpoint, read_record, save_checkpoint, write_record
@@ -36,12 +37,9 @@ def shard_ranges(members: int, members_per_shard: int | None) -> list[tuple[int,
 
     E.g. `shard_ranges(10, 4) == [(0, 4), (4, 4), (8, 2)]`; `members_per_shard=None` gives one shard.
     """
-    if int(members) < 1:
-        raise ValueError(f"Argument `members` must be >= 1. Received: members={members}")
-    if members_per_shard is not None and int(members_per_shard) < 1:
-        raise ValueError(
-            f"Argument `members_per_shard` must be >= 1 or None. Received: members_per_shard={members_per_shard}"
-        )
+    check_int(members, "members")
+    if members_per_shard is not None:
+        check_int(members_per_shard, "members_per_shard")
     size = int(members_per_shard or members)
     return [(offset, min(size, members - offset)) for offset in range(0, members, size)]
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ensemble.checks import check_int
+
 SWEEPABLE: dict[str, float | bool | None] = {
     "learning_rate": None,  # None: the run's own learning rate (`base_learning_rate`)
     "weight_decay": 0.0,
@@ -95,11 +97,8 @@ class SweepConfig:
     def __post_init__(self):
         if self.kind not in ("grid", "random"):
             raise ValueError(f"Argument `kind` must be 'grid' or 'random'. Received: kind={self.kind!r}")
-        if int(self.repeats) < 1 or int(self.samples) < 1:
-            raise ValueError(
-                f"Arguments `repeats` and `samples` must be >= 1. Received: repeats={self.repeats}, "
-                f"samples={self.samples}"
-            )
+        check_int(self.repeats, "repeats")
+        check_int(self.samples, "samples")
         if not self.space:
             raise ValueError(
                 f"The sweep space is empty: give at least one parameter of {list(SWEEPABLE)} with its values."

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from ensemble.checks import check_int
 from ensemble.evaluation.metrics import LOG_COMBINERS, check_combiner
 from ensemble.model.fused import FusedMLP
 from ensemble.model.outputs import log_probs_from_logits
@@ -78,12 +79,8 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "steps_per_call"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"Argument `{name}` must be >= 1. Received: {name}={getattr(self, name)}")
-        if int(self.member_offset) < 0:
-            raise ValueError(
-                f"Argument `member_offset` must be >= 0. Received: member_offset={self.member_offset}"
-            )
+            check_int(getattr(self, name), name)
+        check_int(self.member_offset, "member_offset", minimum=0)
         check_jit_compile(self.jit_compile)
         check_combiner(self.combiner, "combiner")
         for name in ("bagging", "lr_scales", "weight_decay"):  # lists (YAML, JSON) -> hashable tuples

@@ -204,11 +204,12 @@ def test_get_config_round_trip_rebuilds_the_same_initial_model():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"members": 0}, r"Argument `members` must be >= 1. Received: members=0"),
-        ({"input_dim": 0}, r"Argument `input_dim` must be >= 1. Received: input_dim=0"),
+        ({"members": 0}, r"Argument `members` must be an int >= 1. Received: members=0"),
+        ({"members": 2.7}, r"Argument `members` must be an int >= 1. Received: members=2.7"),
+        ({"input_dim": 0}, r"Argument `input_dim` must be an int >= 1. Received: input_dim=0"),
         (
             {"hidden_units": (8, 0)},
-            r"Every entry of `hidden_units` must be >= 1. Received: hidden_units=\(8, 0\)",
+            r"Argument `hidden_units\[1\]` must be an int >= 1. Received: hidden_units\[1\]=0",
         ),
         ({"task": "clustering"}, r"Argument `task` must be one of .* Received: task='clustering'"),
         ({"task": "multiclass", "num_classes": 1}, r"`num_classes` must be >= 2 for multiclass"),
@@ -223,7 +224,7 @@ def test_fused_mlp_rejects_bad_arguments(kwargs, match):
 
 
 def test_fused_dense_rejects_zero_units_and_no_seeds():
-    with pytest.raises(ValueError, match=r"Argument `units` must be >= 1. Received: units=0"):
+    with pytest.raises(ValueError, match=r"Argument `units` must be an int >= 1. Received: units=0"):
         FusedDense(0, seeds=[1])
     with pytest.raises(ValueError, match=r"Argument `seeds` must hold one seed per member"):
         FusedDense(3, seeds=[])

@@ -225,9 +225,11 @@ def test_bagging_draws_one_bootstrap_per_member_and_reuses_it_every_epoch():
 
 
 @pytest.mark.parametrize("name", ["epochs", "batch_size", "steps_per_call"])
-def test_train_config_rejects_non_positive_counts(name):
-    with pytest.raises(ValueError, match=rf"Argument `{name}` must be >= 1. Received: {name}=0"):
+def test_train_config_rejects_non_positive_or_fractional_counts(name):
+    with pytest.raises(ValueError, match=rf"Argument `{name}` must be an int >= 1. Received: {name}=0"):
         TrainConfig(**{name: 0})
+    with pytest.raises(ValueError, match=rf"Argument `{name}` must be an int >= 1. Received: {name}=2.5"):
+        TrainConfig(**{name: 2.5})  # not truncated to 2
 
 
 def test_train_config_get_config_round_trip():

@@ -1,11 +1,16 @@
-"""What the CLI does for a quick start (README "Start-up time"): XLA's persistent compilation cache, and no flow-run
-heartbeats on the temporary Prefect server it starts itself."""
+"""What the CLI does for a quick start (README "Start-up time"): XLA's persistent compilation cache, no flow-run
+heartbeats on the temporary Prefect server it starts itself, and the MLflow store opened while Prefect creates the
+flow run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,8 @@ from prefect.settings import get_current_settings
 
 from flows import xla_cache
 from flows.prefect_api import TemporaryServer, flow_run_settings
+from tasks.requirements import prepare_requirement_checks
+from tasks.tracking import Tracker, TrackingSettings, open_store_early
 
 FLAG = xla_cache.FLAG
 
@@ -93,3 +100,46 @@ def test_flow_runs_on_the_clis_own_temporary_server_send_no_heartbeats_and_other
     configured = heartbeat_setting()
     with flow_run_settings(None):
         assert heartbeat_setting() == configured is not None
+
+
+def test_the_first_tracker_of_a_store_being_opened_early_waits_for_it_and_the_store_is_built_once(tmp_path):
+    """`open_store_early` builds (here: creates and migrates) the store on a thread. The first `Tracker` of it waits
+    and takes that store from MLflow's cache; building its own beside it would pay the whole opening again. The
+    test holds the new file locked, so the opening cannot end before the `Tracker` is made."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    builds = _tracking_store_registry._get_store_with_resolved_uri.cache_info
+    path = tmp_path / "new.db"
+    settings = TrackingSettings(tracking_uri=f"sqlite:///{path}", experiment_name="early")
+    before = builds().misses
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as lock:
+        lock.execute("BEGIN EXCLUSIVE")
+        open_store_early(settings)
+        with ThreadPoolExecutor(1) as pool:
+            made = pool.submit(Tracker, settings)
+            time.sleep(1.0)
+            lock.execute("COMMIT")
+            tracker = made.result(timeout=120)
+    assert builds().misses - before == 1
+    run_id = tracker.start_run("first")
+    assert tracker.client.get_run(run_id).info.experiment_id == tracker.experiment_id()
+    assert [e.name for e in tracker.client.search_experiments()] == ["early", "Default"]
+
+
+def test_a_store_that_cannot_be_opened_early_fails_where_its_tracker_uses_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings = TrackingSettings(tracking_uri=f"sqlite:///{blocker / 'mlflow.db'}")  # a folder inside a file
+    open_store_early(settings)  # says nothing: the failure belongs to the step that needs the store
+    with pytest.raises(FileExistsError, match="a-file"):
+        Tracker(settings).experiment_id()
+
+
+def test_model_loggings_requirement_checks_can_be_prepared_ahead_of_the_first_model():
+    """The map MLflow's first model logging builds to check the model's requirements (`prepare_requirement_checks`
+    builds it beside the run's first steps); if MLflow moves it, this fails and the preparation is a no-op."""
+    from mlflow.utils import requirements_utils
+
+    requirements_utils._MODULES_TO_PACKAGES = requirements_utils._PACKAGES_TO_MODULES = None
+    prepare_requirement_checks()
+    assert requirements_utils._PACKAGES_TO_MODULES["tensorflow"] == "tensorflow"
