@@ -366,7 +366,7 @@ def summary(result: dict, settings: TrackingSettings | None = None) -> str:
     if best:
         table.add_row(f"best member (#{best['member']})", *(number(best.get(k)) for k in keys))
     if any(MEAN_MEMBER.get(k) in metrics for k in keys):
-        table.add_row("mean member", *(number(metrics.get(MEAN_MEMBER.get(k, ""))) for k in keys))
+        table.add_row("mean model", *(number(metrics.get(MEAN_MEMBER.get(k, ""))) for k in keys))
     if best:
         gains = (number(metrics[k] - best[k], "+.4f") if best.get(k) is not None else "" for k in keys)
         table.add_row("ensemble - best member", *gains)

@@ -4,13 +4,15 @@ Schedules need a Prefect server (`prefect server start`, then `export PREFECT_AP
 the temporary server Prefect starts without one stops with the process, and nothing would fire.
 
 Two ways to run the scheduled flow runs:
-- served (default): this process creates the deployment and runs its flow runs, one at a time (a run due while
-  another trains waits for it), until Ctrl-C, which pauses the deployment's schedule on the server (Prefect's
+- served (default): this process creates the deployment and runs its flow runs until Ctrl-C, which pauses the deployment's schedule on the server (Prefect's
   `serve`);
 - a work pool (`serve_forever=False`): the deployment is bound to a process work pool and any
   `prefect worker start --pool <pool>` started in an environment with this project installed runs it. The
   entrypoint is the module path `flows.train.train_flow` and the worker runs it in the working directory the
   schedule was created in, so `mlflow.yaml`, relative data paths and `outputs/` resolve as for `ensemble train`.
+
+Either way the deployment runs one flow run at a time (its concurrency limit is 1): a run due while another trains
+waits for it.
 """
 
 from __future__ import annotations
@@ -65,9 +67,16 @@ def schedule_training(
             "with this process, and with it the schedule)"
         )
     schedule = {"cron": cron} if cron is not None else {"interval": timedelta(seconds=interval)}
-    common = {"name": name, "parameters": {"config": config.model_dump()}, "tags": ["ensemble", "retraining"]}
+    common = {
+        "name": name,
+        "parameters": {"config": config.model_dump()},
+        "tags": ["ensemble", "retraining"],
+        # Retrainings never overlap: a run due while another trains waits for it (Prefect queues it), however many
+        # workers poll the pool, and a worker that comes back after a pause does not start the missed runs at once.
+        "concurrency_limit": 1,
+    }
     if serve_forever:
-        serve(train_flow.to_deployment(**common, **schedule), limit=1)  # retrainings never overlap
+        serve(train_flow.to_deployment(**common, **schedule), limit=1)
         return None
     ensure_process_pool(pool)
     deployment = train_flow.to_deployment(

@@ -59,10 +59,13 @@ def flow_run_title() -> str:
 
 
 def prefect_tags() -> dict[str, str]:
-    """The Prefect flow run this MLflow run belongs to: id, name and (with a Prefect UI) address."""
+    """The Prefect flow run this MLflow run belongs to: id, name and (with a Prefect UI) address.
+
+    Without a UI address Prefect still returns the flow run's path (`/flow-runs/flow-run/<id>`), a link to
+    nowhere: only an absolute address is kept."""
     tags = {"prefect.flow_run_id": str(flow_run.get_id()), "prefect.flow_run_name": str(flow_run.get_name())}
-    url = flow_run.get_flow_run_ui_url()
-    return {**tags, "prefect.flow_run_url": url} if url else tags
+    url = flow_run.get_flow_run_ui_url() or ""
+    return {**tags, "prefect.flow_run_url": url} if url.startswith(("http://", "https://")) else tags
 
 
 @flow(name="train-ensemble", flow_run_name=flow_run_title, log_prints=True)

@@ -157,20 +157,24 @@ def mark_crashed(tracker: Tracker, run: Run, log: Callable[[str], None]) -> None
     tracker.set_tags(run_id, {"ensemble.failure": "its process died while the run was RUNNING"})
     tracker.finish_run(run_id, "FAILED")
     flow_run_id = tags.get(FLOW_RUN_TAG)
+    prefect = "no Prefect flow run recorded"
     if flow_run_id and flow_run_id != "None":
-        set_prefect_crashed(flow_run_id, "Its process died; found by a later flow run.")
+        prefect = set_prefect_crashed(flow_run_id, "Its process died; found by a later flow run.")
     log(
         f"MLflow run {run_id} ({run.info.run_name}) was left RUNNING by pid {tags.get(PID_TAG)} on "
-        f"{tags.get(HOST_TAG)}, which is gone: marked FAILED (flow run {flow_run_id} Crashed)."
+        f"{tags.get(HOST_TAG)}, which is gone: marked FAILED ({prefect})."
     )
 
 
-def set_prefect_crashed(flow_run_id: str, message: str) -> None:
-    """Force the flow run into Crashed unless it already ended (or this Prefect API does not know it)."""
+def set_prefect_crashed(flow_run_id: str, message: str) -> str:
+    """Force the flow run into Crashed unless it already ended; returns what became of it, in words (a flow run of
+    another Prefect API than this process's is left as it is, and the words say so)."""
     try:
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(flow_run_id).state
-            if state is None or not state.is_final():
-                client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
-    except Exception:  # the flow run lives on another Prefect API: MLflow still says FAILED
-        return
+            if state is not None and state.is_final():
+                return f"flow run {flow_run_id} had already ended {state.type.value}"
+            client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+            return f"flow run {flow_run_id} marked Crashed"
+    except Exception:  # the flow run lives on another Prefect API (or none answers): MLflow still says FAILED
+        return f"flow run {flow_run_id} is unknown to this Prefect API and left as it is there"

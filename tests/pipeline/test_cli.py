@@ -95,7 +95,7 @@ def test_cli_train_returns_0_and_closes_with_a_summary_table_the_registry_decisi
         "test split",
         "ensemble (2 models)",
         "best member",
-        "mean member",
+        "mean model",
         "ensemble - best member",
     ]
     assert table["test split"] == ["accuracy", "nll", "brier", "ece"]
@@ -476,3 +476,6 @@ def test_console_script_on_a_terminal_draws_a_bar_and_starts_and_stops_prefects_
 
     servers = [p for p in psutil.process_iter() if serves_this_home(p)]
     assert servers == []
+    # Its flow run is on that temporary server, which has no UI: no link to it (Prefect gives a bare path).
+    [run] = [r for r in runs_of(tracking) if r.data.tags.get("kind") == "ensemble"]
+    assert "prefect.flow_run_id" in run.data.tags and "prefect.flow_run_url" not in run.data.tags

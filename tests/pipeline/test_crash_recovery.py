@@ -234,3 +234,21 @@ def test_a_failed_run_resumes_explicitly_from_its_checkpoint(tmp_path, tracking)
 
     assert opened.run_id == failed and opened.resumed
     assert statuses(tracker, failed) == ["RUNNING", "RUNNING", "RUNNING"]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_dead_runs_flow_run_on_another_prefect_api_is_said_to_be_left_as_it_is(tmp_path, tracking):
+    """Marked FAILED in MLflow; its flow run lives on a Prefect API this process cannot reach (a worker's server,
+    seen from a run on the CLI's temporary one), so the log must not claim it Crashed."""
+    tracker = Tracker(tracking)
+    elsewhere = "0f5e2c3a-1b2c-4d5e-8f90-123456789abc"  # no such flow run on this API
+    run_id = left_running(tracker, key="another-config")
+    tracker.set_tags(run_id, {FLOW_RUN_TAG: elsewhere})
+    said: list[str] = []
+
+    open_parent_run(tracker, "new", {}, resume_key(tiny_config(tmp_path)), "auto", log=said.append)
+
+    assert statuses(tracker, run_id) == ["FAILED", "FAILED", "FAILED"]
+    [line] = [line for line in said if run_id in line]
+    assert f"flow run {elsewhere} is unknown to this Prefect API and left as it is there" in line
+    assert "Crashed" not in line

@@ -53,6 +53,9 @@ def test_cli_schedule_without_serving_creates_the_deployment(tmp_path, monkeypat
     assert config.model.members == 2
     assert config.output_dir == str(tmp_path / "outputs")
     assert str(deployment.id) in capsys.readouterr().out
+    # However many workers poll the pool, retrainings do not overlap (a worker back from a pause would otherwise
+    # start every missed run at once).
+    assert deployment.global_concurrency_limit.limit == 1
 
 
 def test_cli_schedule_with_a_bad_cron_exits_2_and_creates_nothing(tmp_path, monkeypatch, capsys):
