@@ -163,13 +163,44 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
     if source in BUNDLED_DATASETS:
         return _bundled_frame(source), target or "target"
     path = _data_file(source)
+    frame = read_table(path)
+    return frame, _required_target(path, target, list(frame.columns))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The rows of a CSV or Parquet file (by its extension, `.csv`, `.parquet` or `.pq`); DataError naming the file
+    when it is missing, of another type or unreadable."""
+    path = check_input_table(path)
     try:
-        frame = (
-            pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path, engine="pyarrow")
-        )
+        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path, engine="pyarrow")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError) as error:
         raise DataError(f"Could not read {path}: {error}") from error
-    return frame, _required_target(path, target, list(frame.columns))
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """`frame` written as CSV or Parquet by the extension of `path` (its folder made if needed), without the index."""
+    path = check_output_table(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, engine="pyarrow", index=False)
+    return path
+
+
+def check_input_table(path: str | Path) -> Path:
+    """`path` if it is an existing CSV or Parquet file; DataError naming it otherwise."""
+    return _data_file(str(path))
+
+
+def check_output_table(path: str | Path) -> Path:
+    """`path` if its extension says which table format to write (`.csv`, `.parquet`, `.pq`); DataError otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in _EXTENSIONS:
+        raise DataError(
+            f"Unsupported output file extension {path.suffix!r} ({path}); use one of {_EXTENSIONS}."
+        )
+    return path
 
 
 def check_source(

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--grid", action="store_true", help="also run the widths x members grid")
     predict = add_command("predict", help="score a CSV/Parquet file with a registered model alias")
     predict.add_argument("--input", required=True)
-    predict.add_argument("--output", required=True, help="Parquet file to write")
+    predict.add_argument("--output", required=True, help="file to write: .csv, or .parquet / .pq")
     predict.add_argument("--alias", default="champion", help="model alias to score with")
     predict.add_argument(
         "--model-name",
@@ -193,6 +193,11 @@ def run(args: argparse.Namespace, marks: PhaseMarks | None = None) -> int:
         config = load_pipeline_config(args)
         if args.command != "schedule":  # a scheduled run reads its data when it runs
             check_data_source(config)
+    if args.command == "predict":  # the same for the files of a prediction
+        from ensemble.data import check_input_table, check_output_table
+
+        check_input_table(args.input)
+        check_output_table(args.output)
     marks.mark("config")
     if args.command in (*FLOW_COMMANDS, "schedule"):  # before TensorFlow loads: it reads TF_XLA_FLAGS once
         from flows.xla_cache import enable

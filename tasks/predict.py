@@ -2,43 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ensemble.data import DataError
+from ensemble.data import DataError, check_output_table, read_table, write_table
 from tasks.data import retry_unless_bad_input
 from tasks.tracking import Tracker, TrackingSettings
-
-READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV or Parquet file as a frame (errors name the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Input file not found: {path}")
-    if path.suffix.lower() not in READERS:
-        raise DataError(
-            f"Unsupported input file type {path.suffix!r} for {path}; use one of {sorted(READERS)}"
-        )
-    return READERS[path.suffix.lower()](path)
 
 
 @task(name="score-batch", retries=1, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_bad_input)
 def score_batch_task(
     settings: TrackingSettings, input_path: str, output_path: str, alias: str, model_name: str | None = None
 ) -> dict:
-    """Score every row of `input_path` with `models:/<name>@<alias>`; write the predictions as Parquet.
+    """Score every row of `input_path` with `models:/<name>@<alias>`; write the predictions as CSV or Parquet (by
+    the extension of `output_path`).
 
     The output holds the model's columns (`proba_<class>`, `label` and the uncertainty columns, or `prediction`,
     `spread`, `lower`, `upper`: `tasks.pyfunc`), row for row,
     after the model's ID column (`data.id_column`) when the input has it.
     """
     frame = read_table(input_path)
+    check_output_table(output_path)  # before the model loads
     tracker = Tracker(settings)
     model_name = tracker.model_name(model_name)  # no default name: the error lists the registered models
     model = tracker.load_model(alias, model_name)
@@ -50,7 +35,5 @@ def score_batch_task(
         raise DataError(f"{input_path}: {str(error).rsplit('Error: ', 1)[-1].strip()}") from error
     if ids is not None:
         predictions.insert(0, id_column, ids.to_numpy())
-    output = Path(output_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_parquet(output, index=False)
+    output = write_table(predictions, output_path)
     return {"rows": len(predictions), "output": str(output), "model_uri": f"models:/{model_name}@{alias}"}

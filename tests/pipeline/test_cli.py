@@ -289,6 +289,16 @@ def test_cli_predict_with_a_missing_input_file_exits_2_naming_it(tmp_path, cli_e
     assert not (tmp_path / "out.parquet").exists()
 
 
+def test_cli_predict_to_a_file_of_unknown_type_exits_2_naming_it_before_loading_anything(
+    tmp_path, cli_env, capsys
+):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b\n1,2\n")
+    assert main(["predict", "--input", str(rows), "--output", str(tmp_path / "out.txt")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "'.txt'")
+    assert not (tmp_path / "out.txt").exists()
+
+
 def test_console_script_with_bad_data_prints_one_error_line_and_no_traceback(tmp_path, tracking, cli_env):
     """The installed `ensemble` script in a fresh process (real stderr, Prefect's own log handlers included)."""
     script = str(Path(sys.executable).with_name("ensemble"))

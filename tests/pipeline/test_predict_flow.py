@@ -28,20 +28,22 @@ def trained(tmp_path_factory, migrated_store, prefect_api):
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
-def test_predict_flow_scores_every_row_like_the_in_process_predictor(tmp_path, trained, suffix):
+def test_predict_flow_scores_every_row_like_the_in_process_predictor_into_csv_or_parquet(
+    tmp_path, trained, suffix
+):
     _, settings, rows, predictor = trained
     source = tmp_path / f"rows.{suffix}"
     if suffix == "csv":
         rows.to_csv(source, index=False)
     else:
         rows.to_parquet(source, index=False)
-    output = tmp_path / "scored" / "predictions.parquet"
+    output = tmp_path / "scored" / f"predictions.{suffix}"  # written in the format its extension names
 
     answer = predict_flow(str(source), str(output), "champion", None, settings)
 
     assert answer["rows"] == len(rows)
     assert answer["model_uri"] == "models:/test-ensemble@champion"
-    scored = pd.read_parquet(output)
+    scored = pd.read_csv(output) if suffix == "csv" else pd.read_parquet(output)
     expected = predictor.predict(rows)
     uncertainty = ["predictive_entropy", "mean_member_entropy", "mutual_information", "disagreement"]
     assert list(scored.columns) == [
