@@ -231,10 +231,24 @@ def run_ui(args, config, server, marks, settings) -> int:
             f"The store is the tracking server {settings.tracking_uri}: its UI is at {settings.ui_address}."
         )
         return 0
+    import signal
+    import socket
+
+    with socket.socket() as probe:  # else MLflow prints the address, then fails and exits 0
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as error:
+            raise RuntimeError(
+                f"Port {args.port} is in use ({error.strerror}): pass another with --port"
+            ) from None
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     command = [mlflow, "ui", "--backend-store-uri", settings.tracking_uri, "--host", "127.0.0.1"]
     print(f"MLflow UI on http://127.0.0.1:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it.")
-    return subprocess.call([*command, "--port", str(args.port)])
+    # Its own process group, which gets this process's Ctrl-C or `kill`: MLflow's server and job workers end with it.
+    ui = subprocess.Popen([*command, "--port", str(args.port)], start_new_session=True)
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda signum, frame: os.killpg(ui.pid, signum))
+    return ui.wait()
 
 
 def run_deploy(args, config, server, marks, settings) -> int:

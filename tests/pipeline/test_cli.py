@@ -10,6 +10,8 @@ import json
 import os
 import pty
 import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,7 @@ from prefect.settings import get_current_settings
 from flows.cli import build_parser, main
 from tasks.config import PipelineConfig
 from tests.pipeline.helpers import cli_in_a_fresh_process
+from tests.pipeline.servers import free_port, wait_healthy
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -280,6 +283,41 @@ def test_cli_ui_on_a_tracking_server_points_at_it_instead_of_serving_a_store(cli
     monkeypatch.setenv("ENSEMBLE_MLFLOW_UI_URL", "http://mlflow.example.test:8080/")
     assert main(["ui"]) == 0
     assert "its UI is at http://mlflow.example.test:8080." in capsys.readouterr().out
+
+
+def test_cli_ui_on_a_busy_port_exits_2_naming_it(tmp_path, cli_env, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == 2
+    assert_one_error_line(capsys.readouterr().err, f"Port {port} is in use")
+
+
+def test_a_killed_ensemble_ui_takes_the_mlflow_ui_with_it(tmp_path):
+    """`kill <pid of ensemble ui>` (SIGTERM, as a service manager stops it) stops MLflow's server and its workers."""
+    import psutil
+
+    port = free_port()
+    script = str(Path(sys.executable).with_name("ensemble"))
+    env = console_env(tmp_path)
+    with open(tmp_path / "ui.log", "w") as log:
+        ui = subprocess.Popen(
+            [script, "ui", "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=log
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", ui, tmp_path / "ui.log")
+        children = psutil.Process(ui.pid).children(recursive=True)
+        assert children
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(timeout=60)
+        gone, alive = psutil.wait_procs(children, timeout=60)
+        assert alive == []
+    finally:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(ui.pid).children(recursive=True):
+                child.kill()
+        ui.kill()
 
 
 def test_cli_predict_with_a_missing_input_file_exits_2_naming_it(tmp_path, cli_env, capsys):
