@@ -620,7 +620,7 @@ class Tracker:
             return name or self.settings.registered_model_name
         registered = sorted(model.name for model in self.client.search_registered_models())
         raise ValueError(
-            "Which registered model? Pass its name (`ensemble predict --model-name NAME`) or set "
+            "Which registered model? Pass its name (`--model-name NAME`) or set "
             f"{ENV_OVERRIDES['registered_model_name']} / `registered_model_name` in mlflow.yaml. Registered "
             f"models in {self.registry_uri}: {registered or 'none'}"
         )
