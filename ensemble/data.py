@@ -18,7 +18,6 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ensemble.checks import is_int as _is_int  # the library's one integer check
 
@@ -210,24 +209,13 @@ def check_source(
     drop: tuple[str, ...] = (),
     id_column: str | None = None,
 ) -> None:
-    """The checks of `load_frame` and `validate_frame` that need no rows, from a file's header only (fast, for a
-    command line to run before it starts anything): the file exists with a supported extension, and names the
-    target and every column that `features`, `drop` and `id_column` name. Same DataError messages."""
-    if source in BUNDLED_DATASETS:  # built in memory in a fraction of a second
-        columns, target = list(_bundled_frame(source).columns), target or "target"
-    else:
-        path = _data_file(source)
-        try:
-            columns = (
-                list(pd.read_csv(path, nrows=0).columns)
-                if path.suffix.lower() == ".csv"
-                else list(pq.read_schema(path).names)
-            )
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError):
-            return  # `load_frame` says what is wrong with the file
-        target = _required_target(path, target, columns)
-    _check_target_column(target, columns)
-    feature_columns(columns, target, features, drop, id_column)
+    """`load_frame` and `validate_frame` on the data, for a command line to run before it starts anything: the file
+    exists with a supported extension and can be read; it names the target and every column that `features`,
+    `drop` and `id_column` name; the features are numeric, without NaN or inf; the target has no missing values.
+    Same DataError messages as data preparation, which reads the data again (mistakes that need the split, such as
+    a class too small for it, are found there)."""
+    frame, target = load_frame(source, target)
+    validate_frame(frame, target, features, drop, id_column)
 
 
 def _data_file(source: str) -> Path:

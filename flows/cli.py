@@ -511,7 +511,12 @@ def one_line(error: Exception) -> str:
     from pydantic import ValidationError
 
     if isinstance(error, ValidationError):
-        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
+        problems = []
+        for problem in error.errors():
+            where, message = ".".join(map(str, problem["loc"])), problem["msg"].removeprefix("Value error, ")
+            problems.append(
+                f"{where}: {message}" if where else message
+            )  # a check of the whole config has no field
         return "invalid config: " + "; ".join(problems)
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

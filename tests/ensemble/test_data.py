@@ -118,17 +118,32 @@ def test_load_frame_file_without_target_lists_columns(tmp_path):
         load_frame(str(path))
 
 
-def header_only_file(tmp_path, suffix: str) -> str:
-    """A file whose header is fine and whose rows `load_frame`/`validate_frame` would reject (strings, NaN)."""
-    frame = make_frame(20).assign(f0="not a number", f2=np.nan)
+def header_only_file(tmp_path, suffix: str, **columns) -> str:
+    """A file of `make_frame` rows, with `columns` replaced (e.g. strings or NaN in a feature)."""
+    frame = make_frame(20).assign(**columns)
     path = tmp_path / f"data{suffix}"
     frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
     return str(path)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_check_source_reads_only_the_header(tmp_path, suffix):
-    check_source(header_only_file(tmp_path, suffix), "label", features=("f0", "f1"), drop=("f2",))
+@pytest.mark.parametrize(
+    ("columns", "match"),
+    [
+        ({"f0": "not a number"}, r"Feature columns must be numeric; .* \{'f0': 'object'\}"),
+        ({"f2": np.nan}, r"Feature columns with NaN or inf values \(column: bad rows\): \{'f2': 20\}"),
+        ({"label": np.nan}, r"Target column 'label' has 20 rows with NaN or inf"),
+    ],
+)
+def test_check_source_rejects_what_the_rows_show_with_the_loaders_message(tmp_path, suffix, columns, match):
+    with pytest.raises(DataError, match=match):
+        check_source(header_only_file(tmp_path, suffix, **columns), "label")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_check_source_accepts_rows_the_options_leave_out(tmp_path, suffix):
+    path = header_only_file(tmp_path, suffix, f2=np.nan, f0="an id, not a feature")
+    check_source(path, "label", drop=("f2",), id_column="f0")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

@@ -154,7 +154,7 @@ def frame(x1, x2, y) -> pd.DataFrame:
 
 
 GOOD_X = [float(i) for i in range(20)]
-HEADER_ERRORS = {  # found from the file's header, before Prefect or MLflow start
+EARLY_DATA_ERRORS = {  # found by the CLI's reading of the data (`check_source`), before Prefect or MLflow start
     "missing_file": (lambda tmp: ["--data", "/nonexistent.csv", "--target", "y"], ["/nonexistent.csv"]),
     "unknown_target_column": (
         lambda tmp: [
@@ -176,12 +176,6 @@ HEADER_ERRORS = {  # found from the file's header, before Prefect or MLflow star
         ],
         ["features", "'x3'"],
     ),
-}
-DATA_ERRORS = {  # found once the rows are read, by the flow
-    "single_class": (
-        lambda tmp: ["--data", write_csv(tmp / "d.csv", frame(GOOD_X, GOOD_X, [1] * 20)), "--target", "y"],
-        ["single class"],
-    ),
     "nan_values": (
         lambda tmp: [
             "--data",
@@ -190,6 +184,21 @@ DATA_ERRORS = {  # found once the rows are read, by the flow
             "y",
         ],
         ["NaN", "x1"],
+    ),
+    "text_feature": (
+        lambda tmp: [
+            "--data",
+            write_csv(tmp / "d.csv", frame(["red"] * 20, GOOD_X, [0, 1] * 10)),
+            "--target",
+            "y",
+        ],
+        ["must be numeric", "'x1'"],
+    ),
+}
+DATA_ERRORS = {  # found by the flow's data preparation (they need the task and the split)
+    "single_class": (
+        lambda tmp: ["--data", write_csv(tmp / "d.csv", frame(GOOD_X, GOOD_X, [1] * 20)), "--target", "y"],
+        ["single class"],
     ),
 }
 
@@ -207,11 +216,11 @@ def test_cli_train_with_bad_data_exits_2_leaves_a_failed_run_and_registers_nothi
         client_of(tracking).get_registered_model(tracking.registered_model_name)
 
 
-@pytest.mark.parametrize("case", list(HEADER_ERRORS))
-def test_cli_train_with_a_data_error_the_header_shows_exits_2_before_any_run(
+@pytest.mark.parametrize("case", list(EARLY_DATA_ERRORS))
+def test_cli_train_with_a_data_error_the_rows_show_exits_2_before_any_run(
     case, tmp_path, tracking, cli_env, capsys
 ):
-    data_args, named = HEADER_ERRORS[case]
+    data_args, named = EARLY_DATA_ERRORS[case]
     assert main(["train", *data_args(tmp_path), "--members", "2", "--epochs", "1", *TINY]) == 2
     assert_one_error_line(capsys.readouterr().err, *named)
     assert runs_of(tracking) == []
@@ -232,6 +241,14 @@ def test_cli_train_with_a_bad_config_exits_2_before_any_run(case, tracking, cli_
     assert main(["train", "--data", "wine", *args]) == 2
     assert_one_error_line(capsys.readouterr().err, *named)
     assert runs_of(tracking) == []
+
+
+def test_a_mistake_between_config_sections_reads_as_one_sentence(tracking, cli_env, capsys):
+    """A check of the whole config (here SGDR cycles against the epochs) names no single field: no empty one."""
+    assert main(["train", "--data", "wine", "--epochs", "3", "--set", "snapshots.cycle_length=2"]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, "error: invalid config: snapshots.cycle_length=2")
+    assert "Value error" not in err
 
 
 def test_cli_train_with_an_unknown_key_in_a_yaml_section_exits_2_naming_it(
