@@ -512,11 +512,9 @@ def one_line(error: Exception) -> str:
 
     if isinstance(error, ValidationError):
         problems = []
-        for problem in error.errors():
+        for problem in error.errors():  # a check of the whole config names no field
             where, message = ".".join(map(str, problem["loc"])), problem["msg"].removeprefix("Value error, ")
-            problems.append(
-                f"{where}: {message}" if where else message
-            )  # a check of the whole config has no field
+            problems.append(f"{where}: {message}" if where else message)
         return "invalid config: " + "; ".join(problems)
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
