@@ -229,5 +229,7 @@ def test_bad_rows_at_predict_time_fail_naming_the_column_and_write_nothing(case,
 def test_predict_input_of_an_unsupported_type_is_named(tmp_path, registered):
     settings, rows = registered
     source = Path(write(tmp_path / "rows.json", rows.to_json()))
-    with pytest.raises(Exception, match=r"Unsupported input file type '\.json' .*use one of \['\.csv'"):
+    with pytest.raises(
+        Exception, match=r"Unsupported file extension '\.json' .*rows\.json.*use one of \('\.csv'"
+    ):
         predict_flow(str(source), str(tmp_path / "out.parquet"), "champion", None, settings)
