@@ -342,7 +342,9 @@ def member_runs_floor(template: Path, root: Path, members: int, epochs: int) -> 
     fresh copy of the store: a parent run, `members` nested runs opened with their params (`open_child_runs`), one
     batch of `epochs` epochs of the four per-member curves per run (what the live logger sends at the end of a
     short training), one batch of test metrics per run, and each run closed (`finish_run`)."""
-    db = root / f"floor-{uuid.uuid4().hex}.db"  # a new file each time (a store's write-ahead log lives beside it)
+    db = (
+        root / f"floor-{uuid.uuid4().hex}.db"
+    )  # a new file each time (a store's write-ahead log lives beside it)
     shutil.copy(template, db)
     tracker = Tracker(TrackingSettings(tracking_uri=f"sqlite:///{db}", artifact_location=str(root / "floor")))
     parent = tracker.start_run("floor")

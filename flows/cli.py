@@ -193,6 +193,14 @@ def run(args: argparse.Namespace, marks: PhaseMarks | None = None) -> int:
         config = load_pipeline_config(args)
         if args.command != "schedule":  # a scheduled run reads its data when it runs
             check_data_source(config)
+    if args.command == "schedule":  # nothing would run it: said before the imports below
+        from flows.prefect_api import require_server
+
+        require_server()
+    if args.command == "deploy":
+        from flows.deploy import check_build_directory
+
+        check_build_directory(args.dockerfile)
     if args.command == "predict":  # the same for the files of a prediction
         from ensemble.data import check_input_table, check_output_table
 

@@ -11,8 +11,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tasks.tracking import Tracker, TrackingSettings
+if TYPE_CHECKING:
+    from tasks.tracking import TrackingSettings
 
 MLFLOW_CLI = os.path.join(os.path.dirname(sys.executable), "mlflow")
 
@@ -28,12 +30,9 @@ def write_dockerfile(
         alias: the registered model alias to serve.
         model_name: the registered model (default: `settings.registered_model_name`; see `Tracker.model_name`).
     """
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise ValueError(
-            f"Argument `--dockerfile` must name a new or empty directory; {directory} is not empty. "
-            "Pass another directory or empty this one."
-        )
+    from tasks.tracking import Tracker
+
+    directory = check_build_directory(directory)
     uri = f"models:/{Tracker(settings).model_name(model_name)}@{alias}"  # no name: the error lists the models
     env = {
         **os.environ,
@@ -50,3 +49,14 @@ def write_dockerfile(
         cause = [line for line in done.stderr.splitlines() if line.strip()][-1:]  # the exception's line
         raise RuntimeError(f"mlflow models generate-dockerfile -m {uri} failed: {' '.join(cause)}")
     return directory / "Dockerfile"
+
+
+def check_build_directory(directory: str | Path) -> Path:
+    """`directory` if it is new or empty (the build context is written there); ValueError otherwise."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise ValueError(
+            f"Argument `--dockerfile` must name a new or empty directory; {directory} is not empty. "
+            "Pass another directory or empty this one."
+        )
+    return directory

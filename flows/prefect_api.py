@@ -142,3 +142,16 @@ def flow_run_settings(server: TemporaryServer | None) -> contextlib.AbstractCont
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def require_server() -> None:
+    """Raise unless a Prefect server is configured (`PREFECT_API_URL`, in the environment or the profile): a schedule
+    needs one to fire, and the temporary server of a serverless run stops with its process."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise RuntimeError(
+            "Schedules need a Prefect server: start one with `prefect server start` and "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (the temporary server of a serverless run stops "
+            "with this process, and with it the schedule)"
+        )

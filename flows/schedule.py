@@ -24,9 +24,9 @@ from uuid import UUID
 
 from prefect import serve
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL
 from prefect.types.entrypoint import EntrypointType
 
+from flows.prefect_api import require_server
 from flows.train import train_flow
 from tasks.config import PipelineConfig
 
@@ -60,12 +60,7 @@ def schedule_training(
         raise ValueError("Pass exactly one of `cron` and `interval` (seconds). Received: neither or both")
     if interval is not None and interval <= 0:
         raise ValueError(f"Argument `interval` must be > 0 seconds. Received: interval={interval}")
-    if not PREFECT_API_URL.value():
-        raise RuntimeError(
-            "Schedules need a Prefect server: start one with `prefect server start` and "
-            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (the temporary server of a serverless run stops "
-            "with this process, and with it the schedule)"
-        )
+    require_server()
     schedule = {"cron": cron} if cron is not None else {"interval": timedelta(seconds=interval)}
     common = {
         "name": name,

@@ -50,8 +50,11 @@ def private_tracking(root: Path, migrated_store: Path) -> TrackingSettings:
 SLOW_IMPORTS = ("tensorflow", "prefect", "mlflow", "sklearn")
 
 
-def cli_in_a_fresh_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """`ensemble <args>` in a new interpreter; its stdout's last line lists which of `SLOW_IMPORTS` it loaded."""
+def cli_in_a_fresh_process(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`ensemble <args>` in a new interpreter (with `env`, default this process's); its stdout's last line lists
+    which of `SLOW_IMPORTS` it loaded."""
     code = (
         "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
         f"print(*[m for m in {SLOW_IMPORTS!r} if m in sys.modules]); sys.exit(code)"
@@ -62,5 +65,5 @@ def cli_in_a_fresh_process(args: list[str], cwd: Path) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        env={**(os.environ if env is None else env), "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )

@@ -30,7 +30,7 @@ from prefect.settings import get_current_settings
 from flows.cli import build_parser, main
 from tasks.config import PipelineConfig
 from tests.pipeline.helpers import cli_in_a_fresh_process
-from tests.pipeline.servers import free_port, wait_healthy
+from tests.pipeline.servers import child_env, free_port, wait_healthy
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -396,6 +396,26 @@ def test_cli_mistakes_in_config_or_data_header_load_neither_tensorflow_nor_prefe
     assert line.startswith("error: ") and named in line
     assert completed.stdout.split() == loaded
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_schedule_without_a_server_and_a_deploy_into_a_full_folder_fail_before_tensorflow_or_mlflow_load(
+    tmp_path,
+):
+    """One line, status 2, in a fresh process: reading Prefect's settings is all a schedule needs to know that
+    nothing could run it; the folder check needs nothing."""
+    env = child_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    schedule = cli_in_a_fresh_process(["schedule", "--interval", "60", "--data", "wine"], tmp_path, env)
+    assert schedule.returncode == 2, schedule.stderr
+    [line] = schedule.stderr.splitlines()
+    assert line.startswith("error: ") and "Schedules need a Prefect server" in line
+    assert schedule.stdout.split() == ["prefect"]
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "Dockerfile").write_text("FROM scratch\n")
+    deploy = cli_in_a_fresh_process(["deploy", "--dockerfile", "image"], tmp_path, env)
+    assert deploy.returncode == 2, deploy.stderr
+    [line] = deploy.stderr.splitlines()
+    assert line.startswith("error: ") and "is not empty" in line
+    assert deploy.stdout.split() == []
 
 
 def test_the_cli_keeps_runs_offline_and_quiet_unless_told_otherwise():
