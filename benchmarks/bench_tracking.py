@@ -80,7 +80,7 @@ import tasks.train  # noqa: E402
 from flows.train import train_flow  # noqa: E402
 from tasks.config import PipelineConfig, load_config  # noqa: E402
 from tasks.live_logging import MEMBER_METRICS  # noqa: E402
-from tasks.tracking import Tracker, TrackingSettings  # noqa: E402
+from tasks.tracking import TEST_PREFIX, Tracker, TrackingSettings  # noqa: E402
 
 TASKS = ("prepare-data", "log-data", "train-fused", "collect-snapshots", "evaluate", "register-model")
 FLOW_BODY = "(flow body)"
@@ -342,9 +342,8 @@ def member_runs_floor(template: Path, root: Path, members: int, epochs: int) -> 
     fresh copy of the store: a parent run, `members` nested runs opened with their params (`open_child_runs`), one
     batch of `epochs` epochs of the four per-member curves per run (what the live logger sends at the end of a
     short training), one batch of test metrics per run, and each run closed (`finish_run`)."""
-    db = (
-        root / f"floor-{uuid.uuid4().hex}.db"
-    )  # a new file each time (a store's write-ahead log lives beside it)
+    # A new file each time: a store's write-ahead log lives beside it, and a copy over an open store corrupts it.
+    db = root / f"floor-{uuid.uuid4().hex}.db"
     shutil.copy(template, db)
     tracker = Tracker(TrackingSettings(tracking_uri=f"sqlite:///{db}", artifact_location=str(root / "floor")))
     parent = tracker.start_run("floor")
@@ -353,7 +352,7 @@ def member_runs_floor(template: Path, root: Path, members: int, epochs: int) -> 
         for n in range(members)
     }
     curves = {epoch: dict.fromkeys(MEMBER_METRICS.values(), 0.5) for epoch in range(epochs)}
-    tests = {0: {f"test/{key}": 0.5 for key in ("accuracy", "nll", "brier", "ece")}}
+    tests = {0: {f"{TEST_PREFIX}{key}": 0.5 for key in ("accuracy", "nll", "brier", "ece")}}
     start = time.perf_counter()
     runs = tracker.open_child_runs(parent, "member", params)
     for run_id in runs:
@@ -481,7 +480,7 @@ def main() -> None:
             floor = statistics.median(member_runs_floor(template, root, members, n_epochs) for _ in range(3))
             print(
                 f"member runs alone, nothing else running (median of 3): {floor:.2f} s of store work = "
-                f"{100 * floor / t_off:.1f} % of T_off (the whole target allows {10:.0f} %)"
+                f"{100 * floor / t_off:.1f} % of T_off (the whole target allows 10 %)"
             )
             summary.append((n_epochs, t_off, t_on, floor))
         if rows:

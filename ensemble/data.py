@@ -161,9 +161,8 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
     """
     if source in BUNDLED_DATASETS:
         return _bundled_frame(source), target or "target"
-    path = _data_file(source)
-    frame = read_table(path)
-    return frame, _required_target(path, target, list(frame.columns))
+    frame = read_table(source)  # checks the file first (`check_input_table`)
+    return frame, _required_target(Path(source), target, list(frame.columns))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -4,8 +4,8 @@ Schedules need a Prefect server (`prefect server start`, then `export PREFECT_AP
 the temporary server Prefect starts without one stops with the process, and nothing would fire.
 
 Two ways to run the scheduled flow runs:
-- served (default): this process creates the deployment and runs its flow runs until Ctrl-C, which pauses the deployment's schedule on the server (Prefect's
-  `serve`);
+- served (default): this process creates the deployment and runs its flow runs until Ctrl-C, which pauses the
+  deployment's schedule on the server (Prefect's `serve`);
 - a work pool (`serve_forever=False`): the deployment is bound to a process work pool and any
   `prefect worker start --pool <pool>` started in an environment with this project installed runs it. The
   entrypoint is the module path `flows.train.train_flow` and the worker runs it in the working directory the
