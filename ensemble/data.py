@@ -161,6 +161,7 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
     """
     if source in BUNDLED_DATASETS:
         return _bundled_frame(source), target or "target"
+    _check_not_a_misspelt_bundled_name(source)
     frame = read_table(source)  # checks the file first (`check_input_table`)
     return frame, _required_target(Path(source), target, list(frame.columns))
 
@@ -187,8 +188,13 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def check_input_table(path: str | Path) -> Path:
-    """`path` if it is an existing CSV or Parquet file; DataError naming it otherwise."""
-    return _data_file(str(path))
+    """`path` if it is an existing CSV or Parquet file; DataError naming it and the fix otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in _EXTENSIONS:
+        raise DataError(f"Unsupported file extension {path.suffix!r} ({path}); use one of {_EXTENSIONS}.")
+    if not path.is_file():
+        raise DataError(f"Data file not found: {path} (resolved to {path.resolve()}).")
+    return path
 
 
 def check_output_table(path: str | Path) -> Path:
@@ -217,17 +223,12 @@ def check_source(
     validate_frame(frame, target, features, drop, id_column)
 
 
-def _data_file(source: str) -> Path:
-    """The existing CSV/Parquet file `source` names; DataError naming the fix otherwise."""
+def _check_not_a_misspelt_bundled_name(source: str) -> None:
+    """DataError when a data source that is not a bundled name looks like one (a bare name, no extension, no
+    such file): the fix is one of `BUNDLED_DATASETS`, not a file type."""
     path = Path(source)
-    suffix = path.suffix.lower()
-    if suffix not in _EXTENSIONS:
-        if not suffix and not path.exists() and len(path.parts) == 1:
-            raise DataError(f"Unknown bundled data set {source!r}. Available: {list(BUNDLED_DATASETS)}.")
-        raise DataError(f"Unsupported file extension {path.suffix!r} ({path}); use one of {_EXTENSIONS}.")
-    if not path.is_file():
-        raise DataError(f"Data file not found: {path} (resolved to {path.resolve()}).")
-    return path
+    if not path.suffix and not path.exists() and len(path.parts) == 1:
+        raise DataError(f"Unknown bundled data set {source!r}. Available: {list(BUNDLED_DATASETS)}.")
 
 
 def _required_target(path: Path, target: str | None, columns: list[str]) -> str:
@@ -656,7 +657,8 @@ def file_sha256(path: str | Path) -> str:
         import sklearn
 
         return hashlib.sha256(f"{path}:scikit-learn=={sklearn.__version__}".encode()).hexdigest()
-    path = _data_file(str(path))  # the same DataError as loading it would give
+    _check_not_a_misspelt_bundled_name(str(path))  # the same DataError as loading it would give
+    path = check_input_table(path)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -344,6 +344,15 @@ def test_cli_predict_with_a_missing_input_file_exits_2_naming_it(tmp_path, cli_e
     assert not (tmp_path / "out.parquet").exists()
 
 
+def test_cli_predict_input_without_an_extension_is_named_as_a_file_not_a_bundled_data_set(
+    tmp_path, cli_env, capsys
+):
+    assert main(["predict", "--input", "rows", "--output", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, "Unsupported file extension '' (rows)")
+    assert "bundled" not in err
+
+
 def test_cli_predict_to_a_file_of_unknown_type_exits_2_naming_it_before_loading_anything(
     tmp_path, cli_env, capsys
 ):
