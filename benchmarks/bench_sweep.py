@@ -15,12 +15,14 @@ Each fit is timed twice: the whole `fit` (tracing and XLA compilation included) 
 after the first: compiled once, per-epoch cost).
 
 Part 2, selection (digits and breast_cancer, `--seeds` seeds each; the 64-member sweep above trained `--epochs`
-epochs on each): test NLL of the selected ensemble as the pipeline registers it (`sweep.selection_folds: 5`): the
-5-fold cross-validated choice, over the validation rows, between Caruana et al. 2004's selection (greedy forward
-selection with replacement on validation NLL from a sorted initialisation, bagged over 20 random halves of the
-members), the uniform ensemble of all 64 members and the best single configuration (the configuration whose 2
-seeds, averaged, have the best validation NLL); beside it the bagged selection itself and the plain greedy one, and
-the two baselines.
+epochs on each): test NLL of the selected ensemble as the pipeline registers it (`choose_ensemble` at the
+pipeline's defaults: `sweep.selection_folds: 5`, `sweep.selection_standard_errors: 3`): the 5-fold cross-validated
+choice, over the validation rows, between Caruana et al. 2004's selection (greedy forward selection with
+replacement on validation NLL from a sorted initialisation, bagged over 20 random halves of the members), the
+uniform ensemble of all 64 members and the best single configuration (the configuration whose 2 seeds, averaged,
+have the best validation NLL), keeping the uniform ensemble unless another beats it by more than 3 standard errors
+of their per-row held-out difference; beside it the bagged selection itself and the plain greedy one, and the two
+baselines. `--seeds 30` gives the 60 sweeps the margin was chosen on (seeds 3-29; the reported ones are 0-2).
 
 Part 3, `--widths` only (why members of different widths are not masked units of one max-width run): steady
 seconds per epoch of 64 members at widths 8-8, 32-32 and 128-128 (three fused runs, one per width) against 192
@@ -45,11 +47,10 @@ import tensorflow as tf  # noqa: E402
 
 from ensemble.data import DataConfig, prepare_data  # noqa: E402
 from ensemble.evaluation.selection import (  # noqa: E402
-    best_group,
-    cross_validated_choice,
+    PREFER_UNIFORM_STANDARD_ERRORS,
+    choose_ensemble,
     ensemble_loss,
     greedy_selection,
-    selection_candidates,
 )
 from ensemble.model.fused import FusedMLP  # noqa: E402
 from ensemble.training.sweep import SweepConfig, member_settings  # noqa: E402
@@ -59,6 +60,9 @@ BASE_LR = 1e-3
 LEARNING_RATES = [float(v) for v in np.geomspace(3e-4, 3e-2, 8)]
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
 HIDDEN = (32, 32)
+REPORTED_SEEDS = (
+    3  # data-split seeds 0-2 are the issue's; the selection's margin was chosen on seeds 3 and up
+)
 
 
 def load() -> str:
@@ -179,21 +183,20 @@ def scores(data, model: FusedMLP, repeats: int = 2) -> dict:
     val = model.predict_members(data.x_val, log_probs=True)  # (64, B, C)
     test = model.predict_members(data.x_test, log_probs=True)
     groups = np.arange(len(val)) // repeats  # member n is a seed of configuration n // repeats
-    candidates = selection_candidates(20, "nll", "mean", groups)  # as the pipeline's defaults
-    choice = cross_validated_choice(val, data.y_val, candidates, "nll", folds=5)
-    best = best_group(val, data.y_val, groups)
+    chosen = choose_ensemble(val, data.y_val, groups, "nll", bags=20, folds=5)  # the pipeline's defaults
     weights = {
-        "selected": choice.weights,
-        "bagged": candidates["selection"](val, data.y_val),
+        "selected": chosen.weights,
+        "bagged": chosen.bagged.weights,
         "greedy": greedy_selection(val, data.y_val, "nll").weights,
         "uniform": np.ones(len(val)),
-        "best_configuration": best,
+        "best_configuration": chosen.best_configuration,
     }
-    configuration = int(np.argmax(best)) // repeats
+    configuration = int(np.argmax(chosen.best_configuration)) // repeats
     return {
         **{name: ensemble_loss(test, w, data.y_test, "nll") for name, w in weights.items()},
-        "chosen": choice.chosen,
-        "cv": choice.scores,
+        "chosen": chosen.chosen,
+        "cv": chosen.choice.scores,
+        "z": chosen.choice.z_scores,
         "best_lr": LEARNING_RATES[configuration // len(WEIGHT_DECAYS)],
         "best_decay": WEIGHT_DECAYS[configuration % len(WEIGHT_DECAYS)],
     }
@@ -201,24 +204,38 @@ def scores(data, model: FusedMLP, repeats: int = 2) -> dict:
 
 def part_selection(epochs: int, seeds: int) -> None:
     print(f"\n== Selection: test NLL, 64-member sweep, {epochs} epochs, batch 1 (lower is better) ==")
+    print(
+        "selected: the 5-fold cross-validated choice, the uniform ensemble kept unless another beats it by more "
+        f"than {PREFER_UNIFORM_STANDARD_ERRORS:g} standard errors"
+    )
     print(load())
+    met: dict[tuple[str, bool], list[tuple[bool, float]]] = {}  # (source, reported seed) -> (met, ratio)
     for source in ("digits", "breast_cancer"):
         for seed in range(seeds):
             data = prepare_data(DataConfig(source=source, seed=seed))
             model, whole, _ = timed_fit(data, 64, epochs, seed=seed, swept=sweep_settings())
             s = scores(data, model)
-            verdict = (
-                "<= both" if s["selected"] <= min(s["uniform"], s["best_configuration"]) else "NOT <= both"
+            better = min(s["uniform"], s["best_configuration"])
+            met.setdefault((source, seed < REPORTED_SEEDS), []).append(
+                (s["selected"] <= better, s["selected"] / better)
             )
+            verdict = "<= both" if s["selected"] <= better else "NOT <= both"
             cv = ", ".join(f"{name} {v:.4f}" for name, v in s["cv"].items())
+            z = ", ".join(f"{name} {v:+.1f}" for name, v in s["z"].items())
             print(
                 f"{source:13s} seed {seed} ({len(data.y_val)} val rows): selected {s['selected']:.4f} "
-                f"(chose {s['chosen']}; 5-fold val NLL {cv})  bagged {s['bagged']:.4f}  greedy "
+                f"(chose {s['chosen']}; 5-fold val NLL {cv}; vs uniform in standard errors: {z})  bagged {s['bagged']:.4f}  greedy "
                 f"{s['greedy']:.4f}  uniform {s['uniform']:.4f}  best configuration "
                 f"{s['best_configuration']:.4f} (lr {s['best_lr']:.2g}, decay {s['best_decay']:g})  "
                 f"[{verdict}; trained in {whole:.0f} s]",
                 flush=True,
             )
+    for (source, reported), results in met.items():
+        seeds_named = f"seeds 0-{REPORTED_SEEDS - 1}" if reported else f"seeds {REPORTED_SEEDS}-{seeds - 1}"
+        print(
+            f"{source} {seeds_named}: selected <= both in {sum(m for m, _ in results)} of {len(results)}; its test "
+            f"NLL / the better baseline's: mean {np.mean([r for _, r in results]):.3f}"
+        )
     print(load())
 
 

@@ -21,7 +21,11 @@ from ensemble.evaluation.metrics import (
     monitor_mode,
     task_kind,
 )
-from ensemble.evaluation.selection import DEFAULT_SELECTION_METRICS, SELECTION_METRICS
+from ensemble.evaluation.selection import (
+    DEFAULT_SELECTION_METRICS,
+    PREFER_UNIFORM_STANDARD_ERRORS,
+    SELECTION_METRICS,
+)
 
 
 class Section(BaseModel):
@@ -279,7 +283,8 @@ class SweepSection(Section):
     setting it to another number is an error). `learning_rate` replaces SGDR's `lr_init` (`lr_min` scales with it)
     or, without snapshots, `optimizer.learning_rate`. `selection_metric`: the validation metric of the greedy
     ensemble selection, `selection_bags` its bags, `selection_folds` the validation folds that choose between it,
-    the uniform ensemble and the best configuration (0: register the selection unchosen; `ensemble.evaluation.selection`)."""
+    the uniform ensemble and the best configuration (0: register the selection unchosen; `ensemble.evaluation.selection`),
+    `selection_standard_errors` the margin by which another must beat the uniform ensemble to be chosen."""
 
     kind: Literal["grid", "random"] = "grid"
     learning_rate: list[float] | dict[str, float | bool] | None = None
@@ -298,6 +303,9 @@ class SweepSection(Section):
     selection_folds: int = Field(
         5, ge=0
     )  # cross-validated choice: selection, uniform or best configuration; 0: the selection
+    # The choice keeps the uniform ensemble unless the selection or the best configuration beats it in
+    # cross-validation by more than this many standard errors of their per-row difference (0: the best score wins).
+    selection_standard_errors: float = Field(PREFER_UNIFORM_STANDARD_ERRORS, ge=0, allow_inf_nan=False)
 
     @field_validator("selection_metric")
     @classmethod

@@ -8,11 +8,14 @@ ensemble of all members and the best single configuration (the configuration who
 score best on validation). With `sweep.selection_folds: F` (default 5) the registered ensemble is whichever of the
 three scores best in F-fold cross-validation over the validation rows (each fitted on F-1 folds, scored on the
 held-out one, the winner refitted on all rows), so the selection is registered only where its choices hold up on
-validation rows it did not fit; all three are scored on the test split.
+validation rows it did not fit; and the uniform ensemble stays unless the winner beats it by more than
+`sweep.selection_standard_errors` (default 3) standard errors of their per-row held-out difference. All three are
+scored on the test split.
 
 Parent run: `selection/val_<metric>` at step = round (the greedy curve on all models), `selection/bagged_val_<metric>`
 at step = bag (the average of bags 0..b), `selection/cv_<metric>/{selection,uniform,best_configuration}` (the
-cross-validated scores), `selection/{selected,uniform,best_configuration}_test_<metric>`,
+cross-validated scores), `selection/cv_z/{selection,best_configuration}` (each one's held-out row losses minus the
+uniform ensemble's, in standard errors), `selection/{selected,uniform,best_configuration}_test_<metric>`,
 `selection/members_chosen`, params `selection/best_configuration.*`, `selection/metric` and `selection/chosen`, the
 table `selection.json` (every model with its member, cycle, configuration, hyper-parameters, validation score, greedy
 count and registered weight). Member runs: `selection/weight` (the sum of its models' weights). The registered,
@@ -151,7 +154,11 @@ def log_parent(
         curve = {b: {f"{prefix}bagged_val_{metric}": v} for b, v in enumerate(chosen.bagged.curve)}
         tracker.log_metrics_at_steps(run_id, curve)
     if chosen.choice is not None:
-        tracker.log_metrics(run_id, {f"{prefix}cv_{metric}/{n}": v for n, v in chosen.choice.scores.items()})
+        tracker.log_metrics(
+            run_id,
+            {f"{prefix}cv_{metric}/{n}": v for n, v in chosen.choice.scores.items()}
+            | {f"{prefix}cv_z/{n}": v for n, v in chosen.choice.z_scores.items()},
+        )
     tracker.log_params(
         run_id,
         {
@@ -217,7 +224,14 @@ def select_ensemble_task(
     configurations = sweep_members(sweep, config.optimizer, config.snapshots, config.train)
     groups = [configurations[member]["configuration"] for member, _ in keys]  # each model's configuration
     chosen = choose_ensemble(
-        val, prepared.y_val, groups, metric, sweep.selection_bags, sweep.selection_folds, uniform.combiner
+        val,
+        prepared.y_val,
+        groups,
+        metric,
+        sweep.selection_bags,
+        sweep.selection_folds,
+        uniform.combiner,
+        sweep.selection_standard_errors,
     )
     ensembles = weighted_ensembles(uniform, chosen, prepared)
     bins = config.evaluation.bins

@@ -10,7 +10,9 @@ Caruana et al.'s remedies for small validation splits: `sorted_init` starts from
 validation) instead of one; `bagged_selection` averages the selections of random halves of the library. And
 `cross_validated_choice` chooses between ways to weight the models (e.g. `selection_candidates`: the selection, the
 uniform ensemble, the best configuration) by their K-fold cross-validated score over the validation rows, so a
-selection that only fits the rows it chose on loses to the simple ensembles.
+selection that only fits the rows it chose on loses to the simple ensembles; with `prefer` it keeps one of them
+(a sweep: the uniform ensemble) unless another beats it by a margin in standard errors, since on a few dozen rows
+the cross-validated order is itself noise.
 
 Metrics: the names in `SCORES`, the metrics of the registry `ensemble.evaluation.metrics.METRICS` that a selection can
 optimise, scored on the combined probabilities (classification) or the combined mean (regression); the registry says
@@ -31,40 +33,53 @@ from ensemble.evaluation.metrics import METRICS, higher_is_better, metrics_for, 
 from ensemble.uncertainty import weighted_log_combine
 
 
-def _accuracy(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return (log_probs.argmax(axis=-1) == y[None]).mean(axis=1)  # (K,)
+def _errors(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (log_probs.argmax(axis=-1) != y[None]).astype("float64")  # (K, B)
 
 
-def _nll(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return -log_probs[:, np.arange(log_probs.shape[1]), y].mean(axis=1)  # (K,)
+def _nll_rows(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return -log_probs[:, np.arange(log_probs.shape[1]), y]  # (K, B)
 
 
-def _brier(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _brier_rows(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     onehot = np.eye(log_probs.shape[-1])[y]  # (B, C)
-    return ((np.exp(log_probs) - onehot[None]) ** 2).sum(axis=-1).mean(axis=1)  # (K,)
+    return ((np.exp(log_probs) - onehot[None]) ** 2).sum(axis=-1)  # (K, B)
 
 
-def _rmse(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.sqrt(((mean - y[None]) ** 2).mean(axis=1))  # (K,)
+def _squared_errors(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (mean - y[None]) ** 2  # (K, B)
 
 
-def _mae(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.abs(mean - y[None]).mean(axis=1)  # (K,)
+def _absolute_errors(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.abs(mean - y[None])  # (K, B)
+
+
+ROW_LOSSES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "accuracy": _errors,
+    "nll": _nll_rows,
+    "brier": _brier_rows,
+    "rmse": _squared_errors,
+    "mae": _absolute_errors,
+    "r2": _squared_errors,
+}
+"""Each selectable metric's loss per row `(K, B)` (lower is better): a candidate with a lower mean row loss on the
+same rows has the better metric (for rmse and r2 through the squared errors). `SCORES` are built from them, and
+`cross_validated_choice` compares two candidates row by row with them."""
 
 
 def _r2(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
-    residual, total = ((mean - y[None]) ** 2).sum(axis=1), np.sum((y - y.mean()) ** 2)  # (K,), ()
+    residual, total = _squared_errors(mean, y).sum(axis=1), np.sum((y - y.mean()) ** 2)  # (K,), ()
     if total == 0:  # constant targets: 1 for a perfect fit, else 0, as `ensemble.evaluation.metrics.r2`
         return (residual == 0).astype("float64")
     return 1.0 - residual / total
 
 
 SCORES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "accuracy": _accuracy,
-    "nll": _nll,
-    "brier": _brier,
-    "rmse": _rmse,
-    "mae": _mae,
+    "accuracy": lambda log_probs, y: 1.0 - _errors(log_probs, y).mean(axis=1),
+    "nll": lambda log_probs, y: _nll_rows(log_probs, y).mean(axis=1),
+    "brier": lambda log_probs, y: _brier_rows(log_probs, y).mean(axis=1),
+    "rmse": lambda mean, y: np.sqrt(_squared_errors(mean, y).mean(axis=1)),
+    "mae": lambda mean, y: _absolute_errors(mean, y).mean(axis=1),
     "r2": _r2,
 }
 """The metrics of `ensemble.evaluation.metrics.METRICS` a selection can optimise, each vectorised over K candidate ensembles:
@@ -73,6 +88,7 @@ targets `(B,)` -> values `(K,)`, as `ensemble.evaluation.metrics` computes them 
 Names, kind of task and direction come from `METRICS`; a metric is selectable by adding its vectorised score here."""
 
 assert set(SCORES) <= set(METRICS), set(SCORES) - set(METRICS)  # names come from the one registry
+assert set(ROW_LOSSES) == set(SCORES), set(ROW_LOSSES) ^ set(SCORES)
 
 SELECTION_METRICS: tuple[str, ...] = tuple(name for name in METRICS if name in SCORES)
 """The selectable metrics, in registry order (derived; edit `SCORES` or `ensemble.evaluation.metrics.METRICS`)."""
@@ -113,15 +129,21 @@ def losses(predictions: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
     return 1.0 - values if higher_is_better(metric) else values
 
 
+def combined_prediction(member_preds: np.ndarray, weights, metric: str, combiner: str = "mean") -> np.ndarray:
+    """The `weights`-combined members: log-probabilities `(B, C)` from `(K, B, C)`, or the weighted mean `(B,)` from
+    regression predictions `(K, B)` (`metric`'s kind of task says which)."""
+    if METRICS[metric].kind == "regression":
+        w = np.asarray(weights, "float64") / np.sum(weights)
+        return np.tensordot(w, member_preds, axes=1)  # (B,)
+    return weighted_log_combine(member_preds, weights, combiner)  # (B, C)
+
+
 def ensemble_loss(
     member_preds: np.ndarray, weights, y: np.ndarray, metric: str, combiner: str = "mean"
 ) -> float:
     """The loss (lower is better, see `losses`) of the `weights`-combined members on `(member_preds, y)`."""
-    if METRICS[metric].kind == "regression":
-        w = np.asarray(weights, "float64") / np.sum(weights)
-        mean = np.tensordot(w, member_preds, axes=1)  # (B,)
-        return float(losses(mean[None], np.asarray(y), metric)[0])
-    return float(losses(weighted_log_combine(member_preds, weights, combiner)[None], y, metric)[0])
+    combined = combined_prediction(member_preds, weights, metric, combiner)
+    return float(losses(combined[None], np.asarray(y), metric)[0])
 
 
 @dataclass(frozen=True)
@@ -310,24 +332,48 @@ def best_group(
     return chosen / chosen.sum()
 
 
+PREFER_UNIFORM_STANDARD_ERRORS = 3.0
+"""A sweep's default margin (`choose_ensemble`, `sweep.selection_standard_errors`): the selection or the best
+configuration replaces the uniform ensemble only when it beats it in cross-validation by more than this many
+standard errors of their per-row difference. Chosen on data-split seeds 3-29 of `benchmarks/bench_sweep.py`
+(digits and breast_cancer), not on the reported seeds 0-2: 0 (the lowest score wins) met the issue's target in
+37 of 54, 2 in 41, 3 in 44; on breast_cancer's 85 validation rows the cross-validated order of the three is no
+better than chance, and the uniform ensemble, which fits nothing to those rows, is the safer choice there."""
+
+
 @dataclass(frozen=True)
 class CrossValidatedChoice:
     """The result of `cross_validated_choice`.
 
     Attributes:
-        chosen: the name of the candidate with the best cross-validated score.
+        chosen: the name of the chosen candidate: the best cross-validated score, or `prefer` when that one does
+            not beat it by more than `standard_errors`.
         scores: each candidate's cross-validated score (lower is better).
         weights: the chosen candidate's weights fitted on all rows `(K,)` (sums to 1).
         metric: the selection metric.
+        z_scores: with `prefer`, each other candidate's held-out row losses minus the preferred one's, in standard
+            errors of their mean (negative: better than the preferred candidate); else empty.
     """
 
     chosen: str
     scores: dict[str, float]
     weights: list[float]
     metric: str
+    z_scores: dict[str, float] = field(default_factory=dict)
 
     def get_config(self) -> dict:
         return asdict(self)
+
+
+def paired_z(losses_a: np.ndarray, losses_b: np.ndarray) -> float:
+    """The mean of the per-row differences `losses_a - losses_b` `(B,)` in standard errors of that mean (negative:
+    a is better); 0 for equal losses, +-inf for a constant nonzero difference."""
+    difference = np.asarray(losses_a, "float64") - np.asarray(losses_b, "float64")
+    mean = difference.mean()
+    error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
+    if error == 0:
+        return 0.0 if mean == 0 else float(np.copysign(np.inf, mean))
+    return float(mean / error)
 
 
 def cross_validated_choice(
@@ -338,6 +384,8 @@ def cross_validated_choice(
     folds: int = 5,
     seed: int = 0,
     combiner: str = "mean",
+    prefer: str | None = None,
+    standard_errors: float = 0.0,
 ) -> CrossValidatedChoice:
     """Chooses among ways to weight the models by K-fold cross-validation over the validation rows.
 
@@ -347,6 +395,11 @@ def cross_validated_choice(
     procedure scores what its choices are worth on rows it did not see, so the choice between a greedy selection
     and the simple ensembles beside it is not itself fitted to the rows that made the selection.
 
+    On few rows the cross-validated order is itself noisy. With `prefer` (a candidate's name, e.g. the uniform
+    ensemble, which fits nothing to these rows) the best-scoring candidate is chosen only when its held-out row
+    losses (`ROW_LOSSES`) beat the preferred candidate's by more than `standard_errors` standard errors of their
+    mean per-row difference (a paired one-sided test, `paired_z`); otherwise `prefer` is chosen.
+
     Args:
         member_preds: validation predictions `(K, B, C)` log-probabilities, or `(K, B)` (regression).
         y: validation labels / targets `(B,)`.
@@ -355,6 +408,8 @@ def cross_validated_choice(
         folds: folds of the rows, 2 <= folds <= B.
         seed: draws the rows' fold assignment.
         combiner: how probabilities combine, as the predictor will combine them.
+        prefer: the name of the candidate to keep unless another is clearly better; None: the best score wins.
+        standard_errors: the margin, >= 0, by which another candidate must beat `prefer`.
     """
     preds, y = np.asarray(member_preds, dtype="float64"), np.asarray(y)
     if not candidates:
@@ -363,18 +418,32 @@ def cross_validated_choice(
         )
     if not 2 <= int(folds) <= len(y):
         raise ValueError(f"Argument `folds` must be in [2, rows={len(y)}]. Received: folds={folds}")
+    if prefer is not None and prefer not in candidates:
+        raise ValueError(
+            f"Argument `prefer` must be one of {list(candidates)} or None. Received: prefer={prefer!r}"
+        )
+    if not standard_errors >= 0:
+        raise ValueError(
+            f"Argument `standard_errors` must be >= 0. Received: standard_errors={standard_errors}"
+        )
     held_out = np.array_split(np.random.default_rng(seed).permutation(len(y)), int(folds))
-    scores = {}
+    scores, row_losses = {}, {}
     for name, fit in candidates.items():
-        total = 0.0
+        total, rows = 0.0, np.zeros(len(y))
         for held in held_out:
             kept = np.setdiff1d(np.arange(len(y)), held)
-            weights = fit(preds[:, kept], y[kept])
-            total += ensemble_loss(preds[:, held], weights, y[held], metric, combiner) * len(held)
-        scores[name] = total / len(y)
+            combined = combined_prediction(preds[:, held], fit(preds[:, kept], y[kept]), metric, combiner)
+            total += float(losses(combined[None], y[held], metric)[0]) * len(held)
+            rows[held] = ROW_LOSSES[metric](combined[None], y[held])[0]
+        scores[name], row_losses[name] = total / len(y), rows
     chosen = min(scores, key=scores.get)
+    z_scores = {}
+    if prefer is not None:
+        z_scores = {n: paired_z(row_losses[n], row_losses[prefer]) for n in candidates if n != prefer}
+        if chosen != prefer and not z_scores[chosen] < -standard_errors:
+            chosen = prefer
     weights = np.asarray(candidates[chosen](preds, y), "float64")
-    return CrossValidatedChoice(chosen, scores, (weights / weights.sum()).tolist(), metric)
+    return CrossValidatedChoice(chosen, scores, (weights / weights.sum()).tolist(), metric, z_scores)
 
 
 def selection_candidates(bags: int, metric: str, combiner: str, groups) -> dict:
@@ -432,18 +501,29 @@ def choose_ensemble(
     bags: int = 20,
     folds: int = 5,
     combiner: str = "mean",
+    standard_errors: float = PREFER_UNIFORM_STANDARD_ERRORS,
 ) -> SweepSelection:
     """A sweep's ensemble selection: the greedy selection (sorted initialisation), bagged over `bags` random halves
     of the models unless 0, and with `folds` >= 2 the cross-validated choice between it, the uniform ensemble and
-    the best configuration (`selection_candidates`); `groups[k]` is model k's configuration. Other arguments as
-    `greedy_selection` / `cross_validated_choice`."""
+    the best configuration (`selection_candidates`), which keeps the uniform ensemble unless another beats it by
+    more than `standard_errors`; `groups[k]` is model k's configuration. Other arguments as `greedy_selection` /
+    `cross_validated_choice`."""
     greedy = greedy_selection(member_preds, y, metric, combiner=combiner, sorted_init=True)
     bagged = (
         bagged_selection(member_preds, y, metric, bags, combiner=combiner, sorted_init=True) if bags else None
     )
     candidates = selection_candidates(bags, metric, combiner, groups)
     choice = (
-        cross_validated_choice(member_preds, y, candidates, metric, folds, combiner=combiner)
+        cross_validated_choice(
+            member_preds,
+            y,
+            candidates,
+            metric,
+            folds,
+            combiner=combiner,
+            prefer="uniform",
+            standard_errors=standard_errors,
+        )
         if folds
         else None
     )

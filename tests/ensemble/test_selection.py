@@ -6,6 +6,8 @@ import pytest
 from ensemble.evaluation import metrics
 from ensemble.evaluation.selection import (
     DEFAULT_SELECTION_METRICS,
+    PREFER_UNIFORM_STANDARD_ERRORS,
+    ROW_LOSSES,
     SCORES,
     SELECTION_METRICS,
     bagged_selection,
@@ -16,6 +18,7 @@ from ensemble.evaluation.selection import (
     ensemble_loss,
     greedy_selection,
     losses,
+    paired_z,
     selection_candidates,
 )
 
@@ -177,9 +180,82 @@ def test_selection_never_scores_worse_in_cross_validation_than_uniform_or_best_c
         assert choice.chosen == "uniform" and choice.weights == pytest.approx([1 / 8] * 8)
 
 
+def row_losses_by_hand(preds, y, candidates, held_out):
+    """Each candidate's held-out NLL per row: fitted on the other folds, -log p(y) of the combined ensemble."""
+    rows = {}
+    for name, fit in candidates.items():
+        rows[name] = np.zeros(len(y))
+        for held in held_out:
+            kept = np.array([r for r in range(len(y)) if r not in set(held)])
+            w = np.asarray(fit(preds[:, kept], y[kept]), "float64")
+            probs = np.einsum("k,kbc->bc", w / w.sum(), np.exp(preds[:, held]))
+            rows[name][held] = -np.log(probs[np.arange(len(held)), y[held]])
+    return rows
+
+
+def test_prefer_keeps_the_uniform_ensemble_unless_another_beats_it_by_the_margin_in_standard_errors():
+    preds, y = library(members=6, rows=60, seed=6)
+    candidates = candidates_of([0, 0, 1, 1, 2, 2])
+    plain = cross_validated_choice(preds, y, candidates, folds=4, seed=3)
+    assert plain.chosen != "uniform" and plain.z_scores == {}  # the best score wins without `prefer`
+    rows = row_losses_by_hand(
+        preds, y, candidates, np.array_split(np.random.default_rng(3).permutation(60), 4)
+    )
+    z = {}
+    for name in (
+        "selection",
+        "best_configuration",
+    ):  # the obvious paired z: mean difference / its standard error
+        d = rows[name] - rows["uniform"]
+        z[name] = d.mean() / (d.std(ddof=1) / np.sqrt(60))
+    assert (
+        -z[plain.chosen] > 0.5
+    )  # better than uniform, by a margin the thresholds below fall on either side of
+    for margin, expected in (
+        (0.0, plain.chosen),
+        (-z[plain.chosen] - 0.01, plain.chosen),
+        (-z[plain.chosen] + 0.01, "uniform"),
+    ):
+        choice = cross_validated_choice(
+            preds, y, candidates, folds=4, seed=3, prefer="uniform", standard_errors=margin
+        )
+        assert choice.z_scores == pytest.approx(z, abs=1e-9)
+        assert choice.scores == plain.scores and choice.chosen == expected
+        refit = np.asarray(candidates[expected](preds, y), "float64")
+        np.testing.assert_allclose(choice.weights, refit / refit.sum())
+
+
+def test_paired_z_is_the_mean_difference_in_standard_errors_and_handles_constant_differences():
+    a, b = np.array([1.0, 2.0, 4.0, 3.0]), np.array([2.0, 2.0, 5.0, 5.0])
+    d = a - b
+    assert paired_z(a, b) == pytest.approx(d.mean() / (d.std(ddof=1) / 2))
+    assert paired_z(a, a) == 0.0
+    assert paired_z(a, a + 1) == -np.inf and paired_z(a + 1, a) == np.inf
+
+
+@pytest.mark.parametrize("metric", SELECTION_METRICS)
+def test_each_row_loss_orders_candidates_as_its_metric_does(metric):
+    rng = np.random.default_rng(4)
+    if metrics.METRICS[metric].kind == "regression":
+        y = rng.normal(size=30)
+        predictions = y[None] + rng.normal(scale=[[0.1], [0.5], [1.0], [2.0]], size=(4, 30))
+    else:
+        predictions, y = library(members=4, rows=30, seed=4)
+    rows = ROW_LOSSES[metric](predictions, y)
+    assert rows.shape == (len(predictions), 30)
+    np.testing.assert_array_equal(np.argsort(rows.mean(axis=1)), np.argsort(losses(predictions, y, metric)))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"folds": 1}, "folds"), ({"folds": 41}, "folds"), ({"candidates": {}}, "candidates")],
+    [
+        ({"folds": 1}, "folds"),
+        ({"folds": 41}, "folds"),
+        ({"candidates": {}}, "candidates"),
+        ({"prefer": "best"}, "prefer"),
+        ({"standard_errors": -1.0}, "standard_errors"),
+        ({"standard_errors": float("nan")}, "standard_errors"),
+    ],
 )
 def test_cross_validated_choice_rejects_bad_arguments(kwargs, match):
     preds, y = library()
@@ -254,8 +330,16 @@ def test_choose_ensemble_registers_the_cross_validated_choice_or_without_folds_t
     preds, y = library(members=6, rows=60, seed=6)
     groups = [0, 0, 1, 1, 2, 2]
     chosen = choose_ensemble(preds, y, groups, bags=4, folds=3)
-    choice = cross_validated_choice(preds, y, selection_candidates(4, "nll", "mean", groups), folds=3)
+    choice = cross_validated_choice(
+        preds,
+        y,
+        selection_candidates(4, "nll", "mean", groups),
+        folds=3,
+        prefer="uniform",
+        standard_errors=PREFER_UNIFORM_STANDARD_ERRORS,
+    )
     assert chosen.chosen == choice.chosen and chosen.choice.scores == choice.scores
+    assert chosen.choice.z_scores == choice.z_scores
     np.testing.assert_allclose(chosen.weights, choice.weights)
     np.testing.assert_allclose(chosen.best_configuration, best_group(preds, y, groups))
     assert chosen.greedy == greedy_selection(preds, y, sorted_init=True)

@@ -75,6 +75,14 @@ SWEEP_ERRORS = {  # case -> (overrides, words the one message must hold)
     ),
     "growth": ({"sweep.learning_rate": [0.01], "growth.enabled": True}, ["growth.enabled with a sweep"]),
     "one_fold": ({"sweep.learning_rate": [0.01], "sweep.selection_folds": 1}, ["selection_folds", ">= 2"]),
+    "negative_margin": (
+        {"sweep.learning_rate": [0.01], "sweep.selection_standard_errors": -1},
+        ["selection_standard_errors", "greater than or equal to 0"],
+    ),
+    "nan_margin": (
+        {"sweep.learning_rate": [0.01], "sweep.selection_standard_errors": "nan"},
+        ["selection_standard_errors", "finite number"],
+    ),
     "unselectable_metric": (
         {"sweep.learning_rate": [0.01], "sweep.selection_metric": "ece"},
         ["unknown selection metric 'ece'", "'accuracy', 'nll', 'brier', 'rmse', 'mae', 'r2'", "null"],

@@ -11,7 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ensemble.data import PreparedData
-from ensemble.evaluation.selection import bagged_selection, cross_validated_choice, selection_candidates
+from ensemble.evaluation.selection import (
+    PREFER_UNIFORM_STANDARD_ERRORS,
+    bagged_selection,
+    cross_validated_choice,
+    selection_candidates,
+)
 from ensemble.predictor import EnsemblePredictor
 from flows.train import train_flow
 from tests.pipeline.helpers import EPOCHS, tiny_config
@@ -82,17 +87,28 @@ def test_registered_predictor_is_the_selection_with_its_logged_weights(swept, tm
     assert sum(member_weights) == pytest.approx(1.0)
 
     # The registered weights are the 5-fold cross-validated choice between the bagged selection (20 bags of half
-    # the models, sorted initialisation), the uniform ensemble and the best configuration, refitted on validation.
+    # the models, sorted initialisation), the uniform ensemble and the best configuration, refitted on validation,
+    # the uniform ensemble kept unless another beats it by more than the default margin.
     val = np.concatenate([g.predict_members(prepared.x_val, log_probs=True) for g in predictor.groups])
     groups = [row["configuration"] for row in rows]
     choice = cross_validated_choice(
-        val, prepared.y_val, selection_candidates(20, "nll", "mean", groups), "nll", folds=5
+        val,
+        prepared.y_val,
+        selection_candidates(20, "nll", "mean", groups),
+        "nll",
+        folds=5,
+        prefer="uniform",
+        standard_errors=PREFER_UNIFORM_STANDARD_ERRORS,
     )
     np.testing.assert_allclose(predictor.weights, choice.weights, atol=1e-9)
     parent_run = client.get_run(result["run_id"]).data
     assert parent_run.params["selection/chosen"] == choice.chosen
     for name, score in choice.scores.items():
         assert parent_run.metrics[f"selection/cv_nll/{name}"] == pytest.approx(score)
+    assert set(choice.z_scores) == {"selection", "best_configuration"}
+    for name, z in choice.z_scores.items():
+        if np.isfinite(z):
+            assert parent_run.metrics[f"selection/cv_z/{name}"] == pytest.approx(z)
     if choice.chosen == "selection":
         bagged = bagged_selection(val, prepared.y_val, "nll", 20, sorted_init=True)
         np.testing.assert_allclose(predictor.weights, bagged.weights, atol=1e-9)
