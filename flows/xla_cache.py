@@ -8,6 +8,9 @@ temporary file and renamed, so concurrent runs are safe) and a later process com
 
 TensorFlow fails the XLA call when it cannot write there (`jit_compile="auto"` then falls back to a plain graph,
 with a warning), so the directory is created and checked before the flag is set, and skipped if unusable.
+
+The folder gains a file per distinct program and shape, and TensorFlow never removes one: `enable` keeps it under
+`MAX_BYTES` by deleting the files written longest ago (`prune`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ import hashlib
 import importlib.util
 import os
 import platform
+import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 FLAG = "--tf_xla_persistent_cache_directory"
+MAX_BYTES = 256 * 2**20  # ~850 compiled digits step loops (~0.3 MB each)
+RECENT_SECONDS = (
+    3600.0  # files written this recently are kept: they may be another run's, still being renamed
+)
 
 
 def default_directory(environ: Mapping[str, str] = os.environ) -> Path:
@@ -54,10 +62,11 @@ def cpu_digest() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def enable(environ: MutableMapping[str, str] = os.environ) -> str | None:
+def enable(environ: MutableMapping[str, str] = os.environ, max_bytes: int = MAX_BYTES) -> str | None:
     """Adds `--tf_xla_persistent_cache_directory=<default_directory()>` to `TF_XLA_FLAGS` unless it already names a
     cache directory (`--tf_xla_persistent_cache_directory=` with no value: no cache) or the directory cannot be
-    created or written. Effective only before TensorFlow reads its flags (its first XLA compilation).
+    created or written. Effective only before TensorFlow reads its flags (its first XLA compilation). The folder is
+    first pruned to `max_bytes` (`prune`).
 
     Returns:
         The cache directory now in use (None: none).
@@ -73,5 +82,37 @@ def enable(environ: MutableMapping[str, str] = os.environ) -> str | None:
         return None
     if not os.access(directory, os.W_OK | os.X_OK):
         return None
+    prune(directory, max_bytes)
     environ["TF_XLA_FLAGS"] = f"{flags} {FLAG}={directory}".strip()
     return str(directory)
+
+
+def prune(directory: Path, max_bytes: int = MAX_BYTES, now: float | None = None) -> list[Path]:
+    """Deletes the files of `directory` written longest ago until the rest hold at most `max_bytes`; a file written
+    in the last `RECENT_SECONDS` is never deleted. A deleted program that a run needs again is compiled and written
+    again (its new write time keeps it). Files another process removes meanwhile are skipped.
+
+    Returns:
+        The deleted files, oldest first.
+    """
+    now = time.time() if now is None else now
+    files = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    stat = entry.stat(follow_symlinks=False)
+                    files.append((stat.st_mtime, stat.st_size, Path(entry.path)))
+            except OSError:
+                continue
+    total, deleted = sum(size for _, size, _ in files), []
+    for written, size, path in sorted(files):
+        if total <= max_bytes or now - written < RECENT_SECONDS:
+            break
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        deleted.append(path)
+    return deleted

@@ -47,6 +47,33 @@ def test_the_xla_cache_keeps_other_xla_flags_and_yields_to_a_cache_the_environme
     assert not (tmp_path / "other").exists()
 
 
+def test_the_xla_cache_deletes_the_files_written_longest_ago_down_to_its_size_limit_but_never_recent_ones(
+    tmp_path,
+):
+    now = time.time()
+    ages_hours = {"oldest": 50, "old": 40, "middle": 30, "recent_a": 0.5, "recent_b": 0.1}
+    for name, hours in ages_hours.items():
+        path = tmp_path / name
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - hours * 3600, now - hours * 3600))
+    deleted = xla_cache.prune(tmp_path, max_bytes=3000, now=now)
+    assert [p.name for p in deleted] == ["oldest", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["middle", "recent_a", "recent_b"]
+    assert xla_cache.prune(tmp_path, max_bytes=0, now=now) == [tmp_path / "middle"]  # recent ones stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recent_a", "recent_b"]
+
+
+def test_enabling_the_xla_cache_prunes_its_folder(tmp_path):
+    environ = {"XDG_CACHE_HOME": str(tmp_path)}
+    directory = Path(xla_cache.default_directory(environ))
+    directory.mkdir(parents=True)
+    old = directory / "program"
+    old.write_bytes(b"x" * 10)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert xla_cache.enable(environ, max_bytes=5) == str(directory)
+    assert not old.exists()
+
+
 def test_an_unusable_cache_folder_sets_no_flag_since_tensorflow_would_fail_the_xla_call(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
