@@ -161,8 +161,7 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
     """
     if source in BUNDLED_DATASETS:
         return _bundled_frame(source), target or "target"
-    _check_not_a_misspelt_bundled_name(source)
-    frame = read_table(source)  # checks the file first (`check_input_table`)
+    frame = read_table(_data_file(source))
     return frame, _required_target(Path(source), target, list(frame.columns))
 
 
@@ -223,12 +222,13 @@ def check_source(
     validate_frame(frame, target, features, drop, id_column)
 
 
-def _check_not_a_misspelt_bundled_name(source: str) -> None:
-    """DataError when a data source that is not a bundled name looks like one (a bare name, no extension, no
-    such file): the fix is one of `BUNDLED_DATASETS`, not a file type."""
+def _data_file(source: str) -> Path:
+    """The existing CSV/Parquet file a data source that is not a bundled name names (`check_input_table`); a bare
+    name without extension that is no file is taken for a misspelt bundled name, and the DataError lists those."""
     path = Path(source)
     if not path.suffix and not path.exists() and len(path.parts) == 1:
         raise DataError(f"Unknown bundled data set {source!r}. Available: {list(BUNDLED_DATASETS)}.")
+    return check_input_table(path)
 
 
 def _required_target(path: Path, target: str | None, columns: list[str]) -> str:
@@ -657,8 +657,7 @@ def file_sha256(path: str | Path) -> str:
         import sklearn
 
         return hashlib.sha256(f"{path}:scikit-learn=={sklearn.__version__}".encode()).hexdigest()
-    _check_not_a_misspelt_bundled_name(str(path))  # the same DataError as loading it would give
-    path = check_input_table(path)
+    path = _data_file(str(path))  # the same DataError as loading it would give
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

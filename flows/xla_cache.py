@@ -25,9 +25,8 @@ from pathlib import Path
 
 FLAG = "--tf_xla_persistent_cache_directory"
 MAX_BYTES = 256 * 2**20  # ~850 compiled digits step loops (~0.3 MB each)
-RECENT_SECONDS = (
-    3600.0  # files written this recently are kept: they may be another run's, still being renamed
-)
+# Files written this recently are kept: they may be another run's, still being renamed.
+RECENT_SECONDS = 3600.0
 
 
 def default_directory(environ: Mapping[str, str] = os.environ) -> Path:
@@ -97,14 +96,17 @@ def prune(directory: Path, max_bytes: int = MAX_BYTES, now: float | None = None)
     """
     now = time.time() if now is None else now
     files = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    stat = entry.stat(follow_symlinks=False)
-                    files.append((stat.st_mtime, stat.st_size, Path(entry.path)))
-            except OSError:
-                continue
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        stat = entry.stat(follow_symlinks=False)
+                        files.append((stat.st_mtime, stat.st_size, Path(entry.path)))
+                except OSError:
+                    continue
+    except OSError:  # unreadable or gone: nothing to prune
+        return []
     total, deleted = sum(size for _, size, _ in files), []
     for written, size, path in sorted(files):
         if total <= max_bytes or now - written < RECENT_SECONDS:

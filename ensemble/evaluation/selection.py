@@ -348,7 +348,7 @@ class CrossValidatedChoice:
     Attributes:
         chosen: the name of the chosen candidate: the best cross-validated score, or `prefer` when that one does
             not beat it by more than `standard_errors`.
-        scores: each candidate's cross-validated score (lower is better).
+        scores: each candidate's cross-validated score (lower is better): `metric` of its held-out predictions.
         weights: the chosen candidate's weights fitted on all rows `(K,)` (sums to 1).
         metric: the selection metric.
         z_scores: with `prefer`, each other candidate's held-out row losses minus the preferred one's, in standard
@@ -390,15 +390,17 @@ def cross_validated_choice(
     """Chooses among ways to weight the models by K-fold cross-validation over the validation rows.
 
     Each candidate maps `(member_preds, y)` of some rows to weights `(K,)`. It is fitted on all folds but one and
-    scored on the held-out fold, for each fold in turn; the candidate with the best row-weighted mean held-out score
-    is refitted on all rows. A fixed ensemble (uniform weights) scores its plain validation score; a selection
+    predicts the held-out fold, for each fold in turn; its score is `metric` of these held-out predictions of all
+    rows, and the candidate with the best score is refitted on all rows. A fixed ensemble (uniform weights) scores its plain validation score; a selection
     procedure scores what its choices are worth on rows it did not see, so the choice between a greedy selection
     and the simple ensembles beside it is not itself fitted to the rows that made the selection.
 
     On few rows the cross-validated order is itself noisy. With `prefer` (a candidate's name, e.g. the uniform
     ensemble, which fits nothing to these rows) the best-scoring candidate is chosen only when its held-out row
     losses (`ROW_LOSSES`) beat the preferred candidate's by more than `standard_errors` standard errors of their
-    mean per-row difference (a paired one-sided test, `paired_z`); otherwise `prefer` is chosen.
+    mean per-row difference (a paired one-sided test, `paired_z`); otherwise `prefer` is chosen (only the
+    best-scoring candidate is tested; a z that is not a number, from infinite losses on both sides, keeps
+    `prefer`).
 
     Args:
         member_preds: validation predictions `(K, B, C)` log-probabilities, or `(K, B)` (regression).
@@ -429,13 +431,13 @@ def cross_validated_choice(
     held_out = np.array_split(np.random.default_rng(seed).permutation(len(y)), int(folds))
     scores, row_losses = {}, {}
     for name, fit in candidates.items():
-        total, rows = 0.0, np.zeros(len(y))
+        held_out_prediction = np.zeros(preds.shape[1:])  # (B, C) log-probabilities or (B,) means
         for held in held_out:
             kept = np.setdiff1d(np.arange(len(y)), held)
-            combined = combined_prediction(preds[:, held], fit(preds[:, kept], y[kept]), metric, combiner)
-            total += float(losses(combined[None], y[held], metric)[0]) * len(held)
-            rows[held] = ROW_LOSSES[metric](combined[None], y[held])[0]
-        scores[name], row_losses[name] = total / len(y), rows
+            weights = fit(preds[:, kept], y[kept])
+            held_out_prediction[held] = combined_prediction(preds[:, held], weights, metric, combiner)
+        scores[name] = float(losses(held_out_prediction[None], y, metric)[0])
+        row_losses[name] = ROW_LOSSES[metric](held_out_prediction[None], y)[0]  # (B,)
     chosen = min(scores, key=scores.get)
     z_scores = {}
     if prefer is not None:

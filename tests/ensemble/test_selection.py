@@ -225,6 +225,22 @@ def test_prefer_keeps_the_uniform_ensemble_unless_another_beats_it_by_the_margin
         np.testing.assert_allclose(choice.weights, refit / refit.sum())
 
 
+@pytest.mark.parametrize("metric", ["rmse", "r2"])
+def test_cross_validated_scores_are_the_metric_of_all_held_out_predictions_even_with_one_row_per_fold(metric):
+    """Pooled, not per fold: a one-row fold has no r2 of its own, and a mean of per-fold rmse is not the rmse."""
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=12)
+    preds = y[None] + rng.normal(scale=[[0.2], [0.4], [1.5]], size=(3, 12))  # (K, B) regression predictions
+    candidates = {"first": lambda p, t: np.array([1.0, 0, 0]), "uniform": lambda p, t: np.ones(3)}
+    choice = cross_validated_choice(preds, y, candidates, metric, folds=12)
+    for name, fit in candidates.items():
+        w = fit(preds, y)
+        held_out = w @ preds / w.sum()  # fixed weights: the held-out predictions are the plain weighted means
+        expected = np.sqrt(np.mean((held_out - y) ** 2)) if metric == "rmse" else 1 - metrics.r2(held_out, y)
+        assert choice.scores[name] == pytest.approx(expected, abs=1e-12)
+    assert choice.chosen == "first"
+
+
 def test_paired_z_is_the_mean_difference_in_standard_errors_and_handles_constant_differences():
     a, b = np.array([1.0, 2.0, 4.0, 3.0]), np.array([2.0, 2.0, 5.0, 5.0])
     d = a - b
@@ -233,17 +249,30 @@ def test_paired_z_is_the_mean_difference_in_standard_errors_and_handles_constant
     assert paired_z(a, a + 1) == -np.inf and paired_z(a + 1, a) == np.inf
 
 
+ROW_LOSS_TO_METRIC = {  # the registry metric of one prediction in terms of its row losses
+    "accuracy": lambda rows, y: 1.0 - rows.mean(),
+    "nll": lambda rows, y: rows.mean(),
+    "brier": lambda rows, y: rows.mean(),
+    "rmse": lambda rows, y: np.sqrt(rows.mean()),
+    "mae": lambda rows, y: rows.mean(),
+    "r2": lambda rows, y: 1.0 - rows.sum() / np.sum((y - y.mean()) ** 2),
+}
+
+
 @pytest.mark.parametrize("metric", SELECTION_METRICS)
-def test_each_row_loss_orders_candidates_as_its_metric_does(metric):
+def test_each_row_loss_is_the_part_of_its_registry_metric_one_row_contributes(metric):
+    """Checked against `ensemble.evaluation.metrics` prediction by prediction, so another metric's row loss fails."""
     rng = np.random.default_rng(4)
     if metrics.METRICS[metric].kind == "regression":
         y = rng.normal(size=30)
-        predictions = y[None] + rng.normal(scale=[[0.1], [0.5], [1.0], [2.0]], size=(4, 30))
+        predictions = y[None] + rng.standard_t(2, size=(4, 30)) * np.array([[0.1], [0.5], [1.0], [2.0]])
     else:
         predictions, y = library(members=4, rows=30, seed=4)
     rows = ROW_LOSSES[metric](predictions, y)
     assert rows.shape == (len(predictions), 30)
-    np.testing.assert_array_equal(np.argsort(rows.mean(axis=1)), np.argsort(losses(predictions, y, metric)))
+    for k, prediction in enumerate(predictions):
+        expected = reference_value(metric, prediction, y)
+        assert ROW_LOSS_TO_METRIC[metric](rows[k], y) == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize(
