@@ -9,7 +9,14 @@ from ensemble.model.fused import FusedMLP
 from ensemble.optim.schedules import SGDRSchedule
 from ensemble.training.sweep import SweepConfig, member_settings
 from ensemble.training.train import TrainConfig, epoch_indices, fit
-from tests.ensemble.test_train import FEATURES, HIDDEN, REFERENCE_LOSSES, make_data, max_weight_difference
+from tests.ensemble.test_train import (
+    FEATURES,
+    HIDDEN,
+    REFERENCE_LOSSES,
+    make_data,
+    max_relative_weight_difference,
+    max_weight_difference,
+)
 
 MEMBERS = 4
 LR_SCALES = (1.0, 0.3, 2.0, 0.5)
@@ -87,8 +94,10 @@ def test_each_swept_member_equals_a_separate_keras_run_with_its_own_settings(
 
     fit(model, x, y, optimizer=base_optimizer(), config=config)
 
-    for n in range(MEMBERS):
-        assert max_weight_difference(model.member_weights(n), references[n]) < 1e-4, f"member {n}"
+    for n in range(
+        MEMBERS
+    ):  # member 2 (learning rate x2, momentum) grows weights of magnitude ~4 in 240 steps
+        assert max_relative_weight_difference(model.member_weights(n), references[n]) < 1e-4, f"member {n}"
 
 
 def test_a_members_own_learning_rate_changes_only_that_member():

@@ -80,6 +80,12 @@ def max_weight_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.abs(u - v).max()) for u, v in zip(a, b, strict=True))
 
 
+def max_relative_weight_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """`max_weight_difference` over the reference `b`'s largest weight magnitude (at least 1): float32 rounding in a
+    long run with a large learning rate grows with the weights (on some CPUs' kernels more than on others)."""
+    return max_weight_difference(a, b) / max(1.0, max(float(np.abs(v).max()) for v in b))
+
+
 # --- equivalence with separate Keras models -------------------------------------------------------------------
 
 
