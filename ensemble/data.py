@@ -161,14 +161,18 @@ def load_frame(source: str, target: str | None = None) -> tuple[pd.DataFrame, st
     """
     if source in BUNDLED_DATASETS:
         return _bundled_frame(source), target or "target"
-    frame = read_table(_data_file(source))
+    frame = _read_checked_table(_data_file(source))
     return frame, _required_target(Path(source), target, list(frame.columns))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """The rows of a CSV or Parquet file (by its extension, `.csv`, `.parquet` or `.pq`); DataError naming the file
     when it is missing, of another type or unreadable."""
-    path = check_input_table(path)
+    return _read_checked_table(check_input_table(path))
+
+
+def _read_checked_table(path: Path) -> pd.DataFrame:
+    """`read_table` of a path `check_input_table` has accepted."""
     try:
         return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path, engine="pyarrow")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError) as error:
